@@ -18,7 +18,8 @@ def ldflags(version: str) -> str:
 def build_llama_server(ollama: Path, build_dir: Path, prefix: Path, *, preset: str,
                        source_dir: Path | None, log: Path) -> Path:
     toolchain.require_cmake("3.24")
-    configure: list[str | Path] = ["cmake", "-S", ollama / "llama/server", "-B", build_dir, "--preset", preset]
+    configure: list[str | Path] = ["cmake", "-S", ollama / "llama/server", "-B", build_dir,
+                                   "--preset", preset]
     if source_dir is not None:
         configure.append(f"-DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP={source_dir}")
     proc.run(configure, log=log)

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ollama_turbo import config
+from ollama_turbo.errors import ConfigError
+
+from .conftest import invoke
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_point_at_the_real_projects() -> None:
+    s = config.parse({})
+    assert s.sources.ollama.url.endswith("ollama/ollama.git")
+    assert s.sources.fork.ref == "feature/turboquant-kv-cache"
+    assert "TheTom/llama-cpp-turboquant" in s.sources.fork.url
+    assert s.sources.upstream.url.endswith("ggml-org/llama.cpp.git")
+    assert (s.kv.type_k, s.kv.type_v, s.kv.flash_attention) == ("turbo4", "turbo4", True)
+    assert s.build.backend == "metal"
+    assert s.workspace == Path(".turbo")
+    assert s.hosts == {}
+
+
+def test_hosts_get_defaults_by_os() -> None:
+    s = config.parse({"hosts": {
+        "macbook": {"ssh": "me@macbook.local", "memory_gib": 36},
+        "predator": {"ssh": "predator", "os": "linux"},
+    }})
+    mac, box = s.host("macbook"), s.host("predator")
+    assert (mac.os, mac.service, mac.port, mac.memory_gib) == ("darwin", "launchd", 11434, 36.0)
+    assert (box.os, box.service) == ("linux", "systemd")
+    assert not mac.is_local
+
+
+@pytest.mark.parametrize(("raw", "key", "words"), [
+    ({"kv": {"type_kk": "q8_0"}}, "turbo.kv.type_kk", "unknown key"),
+    ({"colour": "red"}, "turbo.colour", "unknown key"),
+    ({"kv": {"flash_attention": "maybe"}}, "turbo.kv.flash_attention", "true or false"),
+    ({"build": {"backend": "rocm"}}, "turbo.build.backend", "not one of: metal, cuda, cpu"),
+    ({"kv": {"type_k": 8}}, "turbo.kv.type_k", "non-empty string"),
+    ({"kv": {"type_v": "Turbo 4"}}, "turbo.kv.type_v", "not a cache type"),
+    ({"kv": {"env": {"turbo layer": 1}}}, "turbo.kv.env.turbo layer", "environment variable"),
+    ({"sources": {"fork": {"ref": ""}}}, "turbo.sources.fork.ref", "non-empty string"),
+    ({"sources": "here"}, "turbo.sources", "expected a mapping"),
+    ({"hosts": {"mac": {"os": "windows"}}}, "turbo.hosts.mac.os", "not one of"),
+    ({"hosts": {"mac": {"os": "linux", "service": "launchd"}}}, "turbo.hosts.mac.service", "darwin"),
+    ({"hosts": {"mac": {"memory_gib": -3}}}, "turbo.hosts.mac.memory_gib", "positive number"),
+    ({"hosts": {"mac": {"listen": "nowhere"}}}, "turbo.hosts.mac.listen", "does not match"),
+    ({"hosts": {"mac": {"sshh": "x"}}}, "turbo.hosts.mac.sshh", "unknown key"),
+])
+def test_bad_settings_name_the_key_and_the_file(raw: dict, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.parse(raw, lambda k: "/home/me/invoke.yaml")
+    msg = str(info.value)
+    assert msg.startswith(key + " (in /home/me/invoke.yaml): "), msg
+    assert words in msg
+    assert info.value.exit_code == 2
+
+
+def test_unknown_host_lists_the_known_ones() -> None:
+    s = config.parse({"hosts": {"macbook": {}}})
+    with pytest.raises(ConfigError, match=r"unknown host 'mini' \(configured hosts: macbook\)"):
+        s.host("mini")
+
+
+def test_env_and_runtime_file_override_defaults(tmp_path: Path) -> None:
+    r = invoke("settings-show", "--key", "kv", env={"INVOKE_TURBO_KV_TYPE_K": "q8_0"})
+    assert r.returncode == 0, r.stderr
+    assert '"type_k": "q8_0"' in r.stdout and '"type_v": "turbo4"' in r.stdout
+    f = tmp_path / "mine.yaml"
+    f.write_text("turbo:\n  build: {backend: cuda}\n  hosts:\n    box: {os: linux, memory_gib: 24}\n")
+    r = invoke("-f", str(f), "settings-show")
+    assert r.returncode == 0, r.stderr
+    assert '"backend": "cuda"' in r.stdout and '"service": "systemd"' in r.stdout
+
+
+def test_bad_value_in_runtime_file_names_it(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("turbo:\n  kv:\n    type_k: q8_0\n    flash_attention: sometimes\n")
+    r = invoke("-f", str(f), "settings-show")
+    assert r.returncode == 2
+    assert f"turbo.kv.flash_attention (in {f})" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_value_from_env_names_the_variable() -> None:
+    r = invoke("settings-show", env={"INVOKE_TURBO_BUILD_BACKEND": "rocm"})
+    assert r.returncode == 2
+    assert "turbo.build.backend (in environment INVOKE_TURBO_BUILD_BACKEND)" in r.stderr
+
+
+def test_malformed_project_yaml_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "tasks.py").write_text((ROOT / "tasks.py").read_text())
+    (tmp_path / "invoke.yaml").write_text("turbo:\n  kv: [q8_0,\n")
+    r = invoke("settings-show", cwd=tmp_path)
+    assert r.returncode == 2
+    assert f"{tmp_path / 'invoke.yaml'}:3:1: not valid YAML" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_runtime_file_is_a_clear_error(tmp_path: Path) -> None:
+    r = invoke("-f", str(tmp_path / "nope.yaml"), "settings-show")
+    assert r.returncode == 2
+    assert "nope.yaml does not exist" in r.stderr
+
+
+def test_every_task_has_help() -> None:
+    r = invoke("--list")
+    assert r.returncode == 0
+    for name in ("demo", "sample", "settings-show"):
+        assert name in r.stdout
+    r = invoke("--help", "sample")
+    assert "--scenario" in r.stdout and "empty directory" in r.stdout
