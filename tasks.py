@@ -94,5 +94,73 @@ def settings_show(c, key=""):
     print(json.dumps(value, indent=2, default=str))
 
 
-ns = Collection(sample, demo, settings_show)
+@task(help={
+    "model": "GGUF file to read the geometry (and weights size) from",
+    "layers": "number of layers (instead of --model)",
+    "kv_heads": "KV heads per layer (instead of --model)",
+    "head_dim": "head size (instead of --model)",
+    "heads": "query heads (for the auto-asymmetric rule; default = kv heads)",
+    "weights_gib": "model weights in GiB, for the host budget (instead of --model)",
+    "ctx": "context sizes, comma-separated (e.g. 8192,32k,128k)",
+    "types": "cache types or K/V pairs, comma-separated (e.g. f16,q8_0,turbo4,q8_0/turbo4)",
+    "host": "size the largest context for this host's memory_gib",
+    "reserve_gib": "memory kept for OS, runtime and compute buffers (default 4)",
+    "json": "also write the plan as JSON to this file",
+})
+@entry
+def plan(c, model="", layers=0, kv_heads=0, head_dim=0, heads=0, weights_gib=0.0,
+         ctx="4096,8192,32768,131072", types="f16,q8_0,q4_0,turbo4,turbo3,turbo2,q8_0/turbo4",
+         host="", reserve_gib=4.0, json=""):
+    """KV cache MiB per context and cache type, and the largest context a host fits."""
+    import json as jsonlib
+
+    from ollama_turbo import kvmem
+    from ollama_turbo import plan as plan_mod
+    from ollama_turbo.errors import UsageError
+
+    s = settings(c)
+    if model:
+        geo = kvmem.geometry_from_gguf(Path(model).expanduser())
+    elif layers and kv_heads and head_dim:
+        geo = kvmem.Geometry.simple(int(layers), int(kv_heads), int(head_dim), heads=int(heads) or None,
+                                    weights_bytes=int(float(weights_gib) * kvmem.GIB))
+    else:
+        raise UsageError("give --model GGUF, or --layers, --kv-heads and --head-dim")
+    budget = None
+    if host:
+        h = s.host(host)
+        if h.memory_gib is None:
+            raise ConfigError("no memory size for this host", key=f"hosts.{host}.memory_gib",
+                              hint="set it in invoke.yaml")
+        budget = plan_mod.Budget(host, h.memory_gib, geo.weights_bytes, float(reserve_gib))
+    p = plan_mod.make_plan(geo, plan_mod.parse_contexts(ctx), plan_mod.parse_types(types),
+                           fb=kvmem.ForkBehaviour.from_env(s.kv.env), budget=budget)
+    print(p.render())
+    if json:
+        Path(json).write_text(jsonlib.dumps(p.to_json(), indent=2) + "\n")
+        print(f"\nwrote {json}")
+
+
+@task(help={"host": "render only for this host (default: every host)",
+            "out": "output directory (default: <workspace>/modelfiles)",
+            "specs": "directory of <name>.yaml specs (default: modelfiles/)",
+            "reserve_gib": "memory kept for OS, runtime and compute buffers (default 4)"})
+@entry
+def modelfiles(c, host="", out="", specs="", reserve_gib=4.0):
+    """Render Modelfiles from modelfiles/*.yaml, num_ctx sized for each host's KV cache."""
+    from ollama_turbo import modelfile
+
+    s = settings(c)
+    spec_list = modelfile.load_specs(Path(specs) if specs else ROOT / "modelfiles")
+    out_dir = Path(out) if out else s.workspace / "modelfiles"
+    rendered = modelfile.render_all(s, spec_list, out_dir, host=host or None, reserve_gib=float(reserve_gib))
+    if not rendered:
+        print("no spec targets " + (f"host {host}" if host else "any configured host")
+              + " (add host names under 'hosts:' in the specs)")
+    for r in rendered:
+        ctx = f"num_ctx {r.num_ctx:,}" if r.num_ctx else "num_ctx from the model"
+        print(f"{r.host:<12} {r.spec.name:<24} {ctx:<22} KV {r.type_k}/{r.type_v}  -> {r.path}")
+
+
+ns = Collection(sample, demo, settings_show, plan, modelfiles)
 ns.configure({"turbo": config.DEFAULTS})

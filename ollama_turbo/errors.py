@@ -47,11 +47,11 @@ class ConfigError(UsageError):
 
     def __init__(
         self, message: str, *, key: str | None = None, source: str | None = None,
-        hint: str | None = None,
+        hint: str | None = None, prefix: str = "turbo.",
     ) -> None:
         where = ""
         if key:
-            where += f"turbo.{key}" if not key.startswith("turbo") else key
+            where += key if key.startswith(prefix) else prefix + key
         if source:
             where += f" (in {source})" if where else f"in {source}"
         super().__init__(f"{where}: {message}" if where else message, hint=hint)

@@ -5,13 +5,16 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from ollama_turbo import build_era_c, proc, sample
 from ollama_turbo.ollama_api import Client
+
+from . import real_assets
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,3 +70,71 @@ def era_b_dist(world: sample.World, tmp_path_factory: pytest.TempPathFactory) ->
     build_era_c.go_build(world.ollama_b, out / "bin" / "ollama", version="0.24.0-sample",
                          log=out / "build.log")
     return out
+
+
+# --- real tier ---------------------------------------------------------------------------
+
+
+SETUP_TIMES: list[tuple[str, float, bool]] = []
+
+
+def _timed(name: str, marker: Callable[[], bool], make: Callable[[], Path]) -> Path:
+    cold = not marker()
+    t0 = time.perf_counter()
+    try:
+        out = make()
+    except real_assets.Unavailable as exc:
+        pytest.skip(f"real tier skipped: {exc}")
+    SETUP_TIMES.append((name, time.perf_counter() - t0, cold))
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_llama_repo() -> Path:
+    """Real llama.cpp (from the llama-cpp-python sdists) as a git repo: tags v0.3.16, v0.3.36."""
+    src = real_assets.CACHE / "src"
+    return _timed("llama.cpp sources (2 sdists -> git repo)",
+                  lambda: src.exists() and any(src.glob("llama.cpp-*/.git/turbo-ready")),
+                  real_assets.llama_repo)
+
+
+@pytest.fixture(scope="session")
+def real_llama_server(real_llama_repo: Path) -> Path:
+    build = real_assets.CACHE / "build"
+    return _timed("llama-server build (cmake, cpu)",
+                  lambda: build.exists() and any(build.glob("llama-server-cpu-*/bin/llama-server")),
+                  lambda: real_assets.llama_server(real_llama_repo))
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    return _timed("SmolLM2-135M-Instruct.Q4_1.gguf (wheel)",
+                  lambda: any((real_assets.CACHE / "models").glob("*.gguf")), real_assets.model)
+
+
+@pytest.fixture(scope="session")
+def real_servers(real_llama_server: Path, real_model: Path, tmp_path_factory: pytest.TempPathFactory,
+                 ) -> Iterator[Callable[[str], real_assets.RealServer]]:
+    """``get(cache_type)``: a running real llama-server with that K and V cache type."""
+    running: dict[str, real_assets.RealServer] = {}
+    logs = tmp_path_factory.mktemp("real-servers")
+
+    def get(cache_type: str) -> real_assets.RealServer:
+        if cache_type not in running:
+            t0 = time.perf_counter()
+            running[cache_type] = real_assets.start_server(
+                real_llama_server, real_model, cache_type, logs / f"{cache_type.replace('/', '-')}.log")
+            SETUP_TIMES.append((f"llama-server start ({cache_type})", time.perf_counter() - t0, False))
+        return running[cache_type]
+
+    yield get
+    for server in running.values():
+        proc.stop(server.process)  # type: ignore[arg-type]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not SETUP_TIMES:
+        return
+    terminalreporter.section("real tier set-up times (benchmark)")
+    for name, seconds, cold in SETUP_TIMES:
+        terminalreporter.write_line(f"{name:48s} {seconds:8.2f} s  {'cold' if cold else 'warm'}")
