@@ -162,5 +162,55 @@ def modelfiles(c, host="", out="", specs="", reserve_gib=4.0):
         print(f"{r.host:<12} {r.spec.name:<24} {ctx:<22} KV {r.type_k}/{r.type_v}  -> {r.path}")
 
 
-ns = Collection(sample, demo, settings_show, plan, modelfiles)
+@task(help={
+    "ollama": "Ollama source: a local checkout or a git URL (default: turbo.sources.ollama.url)",
+    "ollama_ref": "Ollama ref (default: turbo.sources.ollama.ref)",
+    "fork": "fork source: a local checkout or a git URL (default: turbo.sources.fork.url)",
+    "fork_ref": "fork ref (default: turbo.sources.fork.ref)",
+    "upstream": "upstream llama.cpp, for the tag an era C Ollama pins (default: turbo.sources.upstream.url)",
+    "target": "layouts for this target: arm64-apple-macos (default), x86_64-linux-gnu, aarch64-linux-gnu",
+    "json": "write the report as JSON to this file",
+    "markdown": "write the report as Markdown to this file",
+    "scan_ollama": "check against several Ollama refs (v0.30.0,v0.31.0 or v0.30.0..v0.32.0) and rank them",
+    "apiignore": "accepted changes (YAML); default: .apiignore in the project",
+    "verbose": "echo every command",
+})
+@entry
+def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", target="arm64-apple-macos",
+              json="", markdown="", scan_ollama="", apiignore="", verbose=False):
+    """Can this fork replace the llama.cpp that this Ollama pins? Exit 0 ok, 4 review, 8 incompatible."""
+    import json as jsonlib
+
+    from ollama_turbo import apicheck, sources
+
+    s = settings(c)
+    supp = apicheck.load_apiignore(Path(apiignore) if apiignore else ROOT / ".apiignore")
+    fork_co = sources.open_source("fork", fork or s.sources.fork.url, fork_ref or s.sources.fork.ref,
+                                  s.workspace)
+    ollama_url = ollama or s.sources.ollama.url
+    if scan_ollama:
+        rows = apicheck.scan(s, ollama_url=ollama_url, refs=scan_ollama, fork=fork_co,
+                             upstream_url=upstream or None, target=target, suppressions=supp)
+        print(apicheck.render_scan(rows))
+        if json:
+            Path(json).write_text(jsonlib.dumps([vars(r) for r in rows], indent=2) + "\n")
+        best = next((r for r in rows if r.verdict != "error"), None)
+        if best is None:
+            raise Exit("error: no Ollama ref could be checked", code=1)
+        if best.exit_code:
+            raise Exit(code=best.exit_code)
+        return
+    ollama_co = sources.open_source("ollama", ollama_url, ollama_ref or s.sources.ollama.ref, s.workspace)
+    report = apicheck.check(s, ollama=ollama_co, fork=fork_co, upstream_url=upstream or None,
+                            target=target, suppressions=supp)
+    print(apicheck.render(report), end="")
+    if json:
+        Path(json).write_text(jsonlib.dumps(report.to_json(), indent=2) + "\n")
+    if markdown:
+        Path(markdown).write_text(apicheck.render(report, markdown=True))
+    if report.exit_code():
+        raise Exit(code=report.exit_code())
+
+
+ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check)
 ns.configure({"turbo": config.DEFAULTS})

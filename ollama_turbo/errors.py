@@ -68,10 +68,7 @@ class CommandError(TurboError):
         hint: str | None = None,
     ) -> None:
         shown = " ".join(argv)
-        if timed_out:
-            what = f"command timed out: {shown}"
-        else:
-            what = f"command failed with exit code {returncode}: {shown}"
+        what = f"command timed out: {shown}" if timed_out else f"command failed with exit code {returncode}: {shown}"
         if cwd:
             what += f"\n  in: {cwd}"
         if log:

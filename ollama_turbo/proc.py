@@ -147,3 +147,15 @@ def stop(p: subprocess.Popen[bytes], timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
+
+
+def output_bytes(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str] | None = None,
+                 timeout: float | None = None) -> bytes:
+    """Run ``argv`` and return its standard output as bytes (for archives)."""
+    args = [os.fspath(a) for a in argv]
+    if _verbose:
+        print("+ " + shlex.join(args), file=sys.stderr, flush=True)
+    p = subprocess.run(args, cwd=cwd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if p.returncode != 0:
+        raise CommandError(args, p.returncode, tail(p.stderr.decode(errors="replace")), cwd=_s(cwd))
+    return p.stdout

@@ -76,6 +76,12 @@ def era_b_dist(world: sample.World, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 SETUP_TIMES: list[tuple[str, float, bool]] = []
+BENCHMARKS: list[str] = []
+
+
+def bench(line: str) -> None:
+    """Record a benchmark line; pytest prints them all at the end of the run."""
+    BENCHMARKS.append(line)
 
 
 def _timed(name: str, marker: Callable[[], bool], make: Callable[[], Path]) -> Path:
@@ -133,8 +139,11 @@ def real_servers(real_llama_server: Path, real_model: Path, tmp_path_factory: py
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not SETUP_TIMES:
-        return
-    terminalreporter.section("real tier set-up times (benchmark)")
-    for name, seconds, cold in SETUP_TIMES:
-        terminalreporter.write_line(f"{name:48s} {seconds:8.2f} s  {'cold' if cold else 'warm'}")
+    if SETUP_TIMES:
+        terminalreporter.section("real tier set-up times (benchmark)")
+        for name, seconds, cold in SETUP_TIMES:
+            terminalreporter.write_line(f"{name:48s} {seconds:8.2f} s  {'cold' if cold else 'warm'}")
+    if BENCHMARKS:
+        terminalreporter.section("benchmarks")
+        for line in BENCHMARKS:
+            terminalreporter.write_line(line)
