@@ -212,5 +212,118 @@ def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", ta
         raise Exit(code=report.exit_code())
 
 
-ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check)
+@task(help={
+    "ollama": "Ollama source: a local checkout or a git URL (default: turbo.sources.ollama.url)",
+    "ollama_ref": "Ollama ref (default: turbo.sources.ollama.ref)",
+    "fork": "fork source: a local checkout or a git URL (default: turbo.sources.fork.url)",
+    "fork_ref": "fork ref (default: turbo.sources.fork.ref)",
+    "backend": "metal, cuda or cpu (default: turbo.build.backend)",
+    "dry_run": "print the plan (sources, pins, rules, patches, commands) and change nothing",
+    "force": "rebuild even when the inputs are unchanged",
+    "allow_dirty": "build a local checkout that has uncommitted changes (the committed ref is built)",
+    "json": "write the result (the manifest, or the plan on --dry-run) as JSON to this file",
+    "verbose": "echo every command",
+})
+@entry
+def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", backend="", dry_run=False, force=False,
+                 allow_dirty=False, json="", verbose=False):
+    """Build Ollama around the fork: patched, version-stamped, with a provenance manifest."""
+    import json as jsonlib
+
+    from ollama_turbo import build
+
+    s = settings(c)
+    if backend and backend not in config.BACKENDS:
+        raise _fail(ConfigError(f"--backend {backend!r} is not one of: {', '.join(config.BACKENDS)}"))
+    opts = build.Options(ollama=ollama, ollama_ref=ollama_ref, fork=fork, fork_ref=fork_ref, backend=backend,
+                         dry_run=dry_run, force=force, allow_dirty=allow_dirty)
+    r = build.run(s, opts)
+    if r.status == "dry-run":
+        print(r.plan.render())
+        print("\ndry run: nothing was built or changed")
+    elif r.status == "up-to-date":
+        print(f"up to date: {r.plan.version} was built from the same inputs ({r.seconds:.2f} s; --force rebuilds)")
+    else:
+        print(f"built {r.plan.version} in {r.seconds:.1f} s: {len(r.manifest.get('files', {}))} files, "
+              f"{len(r.plan.rules)} rules, {len(r.plan.patches)} patches")
+        if r.plan.dropped_flags:
+            print(f"WARNING: {', '.join(r.plan.dropped_flags)} dropped from Ollama's llama-server argv "
+                  "(recorded in the manifest as dropped_flags)")
+    if json:
+        payload = r.manifest if r.status != "dry-run" else {
+            "version": r.plan.version, "era": r.plan.era, "backend": r.plan.backend, "dist": str(r.dist),
+            "rules": [vars(x) for x in r.plan.rules], "patches": r.plan.patches,
+            "dropped_flags": r.plan.dropped_flags, "commands": r.plan.commands}
+        Path(json).write_text(jsonlib.dumps({"status": r.status, "dist": str(r.dist), **payload}, indent=2) + "\n")
+    print(r.dist)
+
+
+@task(help={
+    "url": "endpoint to check, e.g. http://127.0.0.1:11434",
+    "host": "a configured host: its listen address, its deployed manifest and its service log",
+    "api": "ollama (default) or llama-server (a bare llama-server)",
+    "model": "model to use (default: the first one the server lists)",
+    "manifest": "a build's manifest.json (or its dist directory): the version and era to expect",
+    "expect_version": "the version /api/version must report",
+    "cache_type": "the K/V cache type to expect, e.g. turbo4 or q8_0/turbo4 (default: turbo.kv)",
+    "log": "the service log to read the cache type from",
+    "baseline": "a previous smoke --json result (e.g. the f16 run) to gate against",
+    "min_decode_ratio": "gate: decode tok/s at least this fraction of the baseline (default 0.9)",
+    "max_ttft_ratio": "gate: time to first token at most this multiple of the baseline (default 1.1)",
+    "json": "write the result as JSON to this file",
+})
+@entry
+def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_version="", cache_type="", log="",
+          baseline="", min_decode_ratio=0.9, max_ttft_ratio=1.1, json=""):
+    """Prove the endpoint runs the intended build with the intended cache type, and measure it."""
+    import json as jsonlib
+
+    from ollama_turbo import kvmem
+    from ollama_turbo import smoke as smoke_mod
+    from ollama_turbo.errors import UsageError
+
+    s = settings(c)
+    if bool(url) == bool(host):
+        raise UsageError("give exactly one of --url or --host")
+    if api not in ("ollama", "llama-server"):
+        raise UsageError(f"--api {api!r} is not one of: ollama, llama-server")
+    expect = smoke_mod.Expect(version=expect_version or None)
+    type_k, type_v = kvmem.parse_pair(cache_type) if cache_type else (s.kv.type_k, s.kv.type_v)
+    expect.type_k, expect.type_v = type_k, type_v
+    log_reader = None
+    provenance: dict = {"settings_kv": {"type_k": s.kv.type_k, "type_v": s.kv.type_v, "env": s.kv.env}}
+    if host:
+        from ollama_turbo import deploy
+
+        view = deploy.host_view(s, s.host(host))
+        url, log_reader = view.url, view.read_log
+        m = view.current_manifest()
+        provenance["host"] = host
+    else:
+        m = None
+    if manifest:
+        mp = Path(manifest)
+        m = jsonlib.loads((mp / "manifest.json" if mp.is_dir() else mp).read_text())
+    if m:
+        expect.version = expect.version or m.get("version")
+        expect.era = m.get("era")
+        provenance["build"] = {k: m.get(k) for k in ("version", "era", "ollama", "fork", "backend")}
+    if log:
+        log_reader = Path(log).read_text
+    if api == "ollama":
+        r = smoke_mod.smoke_ollama(url, model=model or None, expect=expect, log=log_reader)
+    else:
+        r = smoke_mod.smoke_llama_server(url, expect=expect, log=log_reader)
+    r.provenance.update(provenance)
+    if baseline:
+        smoke_mod.apply_gates(r, jsonlib.loads(Path(baseline).read_text()),
+                              smoke_mod.Thresholds(float(min_decode_ratio), float(max_ttft_ratio)))
+    print(r.render())
+    if json:
+        Path(json).write_text(jsonlib.dumps(r.to_json(), indent=2) + "\n")
+    if not r.ok:
+        raise Exit(f"error: smoke failed: {', '.join(r.failed)}", code=1)
+
+
+ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check, build_ollama, smoke)
 ns.configure({"turbo": config.DEFAULTS})

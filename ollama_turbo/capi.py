@@ -9,11 +9,13 @@ severity error is a failed parse: libclang would otherwise report wrong types si
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,7 +152,6 @@ def parse(include_dirs: list[Path], *, target: str = DEFAULT_TARGET,
     """Parse ``headers`` found in ``include_dirs`` into a :class:`HeaderModel`."""
     from clang import cindex
 
-    triple = TARGETS.get(target, target)
     found: dict[str, Path] = {}
     for h in headers:
         for d in include_dirs:
@@ -160,13 +161,28 @@ def parse(include_dirs: list[Path], *, target: str = DEFAULT_TARGET,
     if "llama.h" not in found and "ggml.h" not in found:
         raise HeaderParseError(f"no llama.h or ggml.h in {', '.join(map(str, include_dirs))}")
     t0 = time.perf_counter()
+    code = "".join(f'#include "{p}"\n' for p in found.values())
+    model = HeaderModel(target=target)
+    with parsed(code, include_dirs, target=target) as tu:
+        wanted = {str(p): name for name, p in found.items()}
+        _collect(tu.cursor, wanted, model, cindex)
+    model.parse_seconds = time.perf_counter() - t0
+    return model
+
+
+@contextlib.contextmanager
+def parsed(code: str, include_dirs: list[Path], *, target: str = DEFAULT_TARGET) -> Iterator[Any]:
+    """A libclang translation unit of ``code``; any error diagnostic raises HeaderParseError."""
+    from clang import cindex
+
+    triple = TARGETS.get(target, target)
     with tempfile.TemporaryDirectory(prefix="turbo-capi-") as tmp:
         stubs = Path(tmp) / "libc"
         stubs.mkdir()
         for name, text in LIBC_STUBS.items():
             (stubs / name).write_text(text)
         tu_file = Path(tmp) / "api.c"
-        tu_file.write_text("".join(f'#include "{p}"\n' for p in found.values()))
+        tu_file.write_text(code)
         args = ["-x", "c", "-std=c11", f"--target={triple}", "-ffreestanding", "-nostdinc",
                 "-I", str(stubs)]
         builtin = _compiler_include_dir()
@@ -184,11 +200,7 @@ def parse(include_dirs: list[Path], *, target: str = DEFAULT_TARGET,
             raise HeaderParseError(f"{where}: {d.spelling}" + (f" (and {len(errors) - 1} more errors)"
                                                              if len(errors) > 1 else ""),
                                    hint="is this a llama.cpp tree? are its headers complete?")
-        model = HeaderModel(target=target)
-        wanted = {str(p): name for name, p in found.items()}
-        _collect(tu.cursor, wanted, model, cindex)
-    model.parse_seconds = time.perf_counter() - t0
-    return model
+        yield tu
 
 
 def _header_of(cursor: Any, wanted: dict[str, str]) -> str | None:

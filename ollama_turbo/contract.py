@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import proc
+from .rules import function_span
 from .sources import Checkout
 
 CGO_REF = re.compile(r"\bC\.(?:struct_|enum_|union_)?([A-Za-z_][A-Za-z0-9_]*)")
@@ -62,26 +63,12 @@ def kv_allowlists(root: Path) -> list[Allowlist]:
     for p in go_files(root):
         text = p.read_text(errors="replace")
         for fn in ALLOWLIST_FUNCS:
-            m = re.search(rf"^func (?:\([^)]*\)\s*)?{fn}\(", text, re.M)
-            if not m:
+            span = function_span(text, fn)
+            if span is None:
                 continue
-            body = _block(text, m.end())
-            types = sorted(set(re.findall(r'"([a-z0-9_]+)"', body)))
-            out.append(Allowlist(str(p.relative_to(root)), fn, text[: m.start()].count("\n") + 1, types))
+            types = sorted(set(re.findall(r'"([a-z0-9_]+)"', text[span[0]:span[1]])))
+            out.append(Allowlist(str(p.relative_to(root)), fn, text[: span[0]].count("\n") + 1, types))
     return out
-
-
-def _block(text: str, start: int) -> str:
-    i = text.index("{", start)
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i: j + 1]
-    return text[i:]
 
 
 @dataclass

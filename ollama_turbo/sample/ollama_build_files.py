@@ -32,8 +32,11 @@ foreach(patch IN LISTS OLLAMA_COMPAT_PATCHES)
     ollama_apply_patch("${{patch}}" "${{llama_cpp_SOURCE_DIR}}")
 endforeach()
 
+set(LLAMA_BUILD_COMMON ON CACHE BOOL "" FORCE)
+set(LLAMA_BUILD_TOOLS ON CACHE BOOL "" FORCE)
 set(LLAMA_BUILD_SERVER ON CACHE BOOL "" FORCE)
 set(LLAMA_BUILD_TESTS OFF CACHE BOOL "" FORCE)
+set(LLAMA_BUILD_EXAMPLES OFF CACHE BOOL "" FORCE)
 add_subdirectory(${{llama_cpp_SOURCE_DIR}} ${{llama_cpp_BINARY_DIR}})
 
 install(TARGETS llama-server RUNTIME DESTINATION lib/ollama COMPONENT llama-server)
@@ -70,7 +73,8 @@ endfunction()
 
 def server_presets() -> str:
     base = {"CMAKE_BUILD_TYPE": "Release", "GGML_NATIVE": "OFF", "LLAMA_CURL": "OFF",
-            "LLAMA_BUILD_TESTS": "OFF"}
+            "LLAMA_OPENSSL": "OFF", "LLAMA_USE_PREBUILT_UI": "OFF", "LLAMA_BUILD_TESTS": "OFF",
+            "LLAMA_BUILD_EXAMPLES": "OFF", "BUILD_SHARED_LIBS": "OFF"}
     presets = [
         {"name": "base", "hidden": True, "cacheVariables": base},
         {"name": "cpu", "inherits": "base", "displayName": "CPU"},

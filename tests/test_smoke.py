@@ -1,0 +1,100 @@
+"""invoke smoke against the sample world's era C build: a good build passes, each fault is named."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ollama_turbo import build, config, sample, smoke
+from ollama_turbo.ollama_api import Client
+
+from .conftest import free_port, invoke, serving
+
+pytestmark = pytest.mark.sample
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, sample.World]:
+    root = tmp_path_factory.mktemp("smoke")
+    world = sample.generate(root / "w")
+    s = config.parse({"workspace": str(root / "ws"), "build": {"backend": "cpu"}})
+    r = build.run(s, build.Options(ollama=str(world.ollama_c), fork=str(world.fork)), say=lambda x: None)
+    return r.dist, world
+
+
+@pytest.fixture
+def server(dist: tuple[Path, sample.World], tmp_path: Path, request: pytest.FixtureRequest
+           ) -> Iterator[tuple[Client, Path]]:
+    d, world = dist
+    env = {"OLLAMA_MODELS": str(tmp_path / "m"), "OLLAMA_KV_CACHE_TYPE": getattr(request, "param", "turbo4"),
+           "OLLAMA_FLASH_ATTENTION": "1"}
+    log = tmp_path / "serve.log"
+    with serving(d / "bin/ollama", log, env) as client:
+        client.create("sample", gguf=world.model)
+        yield client, log
+
+
+def smoke_cli(client: Client, tmp: Path, *args: str) -> tuple[int, dict]:
+    out = tmp / f"smoke-{len(list(tmp.glob('smoke-*')))}.json"
+    r = invoke("smoke", "--url", client.base, "--json", str(out), *args)
+    return r.returncode, json.loads(out.read_text())
+
+
+def test_good_build_passes(server: tuple[Client, Path], dist: tuple[Path, sample.World], tmp_path: Path) -> None:
+    client, log = server
+    code, res = smoke_cli(client, tmp_path, "--manifest", str(dist[0]), "--log", str(log), "--model", "sample")
+    assert code == 0 and res["ok"], res
+    names = [c["name"] for c in res["checks"]]
+    assert names == ["reachable", "version", "model present", "gguf", "generate", "generate stream", "ps",
+                     "cache type"]
+    assert all(c["ok"] for c in res["checks"])
+    cache = res["checks"][-1]["evidence"]
+    assert "argv --cache-type-k turbo4 --cache-type-v turbo4" in cache and "K (turbo4) V (turbo4)" in cache
+    m = res["metrics"]
+    assert m["decode_tps"] > 0 and m["prefill_tps"] > 0 and m["ttft_ms"] > 0
+    assert res["provenance"]["build"]["era"] == "C"
+
+
+def test_wrong_version_missing_model_and_wrong_cache_type(
+        server: tuple[Client, Path], dist: tuple[Path, sample.World], tmp_path: Path) -> None:
+    client, log = server
+    code, res = smoke_cli(client, tmp_path, "--expect-version", "9.9.9", "--log", str(log), "--cache-type", "q8_0")
+    assert code == 1 and res["failed"] == ["version", "cache type"]
+    assert "expected 9.9.9" in res["checks"][1]["evidence"]
+    assert "expected K q8_0 V q8_0" in res["checks"][-1]["evidence"]
+    code, res = smoke_cli(client, tmp_path, "--model", "nope")
+    assert code == 1 and res["failed"] == ["model present"]
+
+
+@pytest.mark.parametrize("server", ["turbo4"], indirect=True)
+def test_era_b_fallback_to_f16_is_caught(server: tuple[Client, Path]) -> None:
+    client, _ = server
+    log = "time=... level=WARN msg=\"unsupported OLLAMA_KV_CACHE_TYPE, falling back to f16\" type=turbo4\n" \
+          "llama_kv_cache: size =    8.00 MiB (  4096 cells,   4 layers,  1/1 seqs), K (f16):    4.00 MiB, " \
+          "V (f16):    4.00 MiB\n"
+    ok, evidence = smoke.cache_type_from_log(log, "turbo4", "turbo4", "B")
+    assert ok is False and "unsupported OLLAMA_KV_CACHE_TYPE" in evidence and "K (f16)" in evidence
+
+
+def test_unreachable_endpoint() -> None:
+    r = invoke("smoke", "--url", f"http://127.0.0.1:{free_port()}")
+    assert r.returncode == 1 and "FAIL  reachable" in r.stdout and "smoke failed: reachable" in r.stderr
+
+
+def test_slow_build_fails_the_baseline_gate(dist: tuple[Path, sample.World], tmp_path: Path) -> None:
+    d, world = dist
+    results = {}
+    for name, token_us in (("fast", "2000"), ("slow", "6000")):
+        env = {"OLLAMA_MODELS": str(tmp_path / name), "OLLAMA_KV_CACHE_TYPE": "turbo4",
+               "OLLAMA_FLASH_ATTENTION": "1", "SAMPLE_LLAMA_TOKEN_US": token_us}
+        with serving(d / "bin/ollama", tmp_path / f"{name}.log", env) as client:
+            client.create("sample", gguf=world.model)
+            results[name] = smoke.smoke_ollama(client.base, model="sample", expect=smoke.Expect(), log=None)
+    smoke.apply_gates(results["slow"], results["fast"].to_json(), smoke.Thresholds())
+    gate = next(c for c in results["slow"].checks if c.name == "decode vs baseline")
+    assert gate.ok is False and "gate >= 90%" in gate.evidence
+    # three times the per-token time: decode and time to first token both fail their gates
+    assert set(results["slow"].failed) == {"decode vs baseline", "ttft vs baseline"}
