@@ -70,12 +70,11 @@ def demo(c, verbose=False, cache_type="turbo4"):
     s = settings(c)
     r = demo_mod.run(s.workspace, say=print, cache_type=cache_type)
     print()
-    print(f"built     {r.binary}")
-    print(f"version   {r.version}")
-    print(f"argv      {r.server_argv.split('cmd=', 1)[-1].strip(chr(34))}")
-    print(f"kv cache  {r.kv_cache_line}")
-    print(f"reply     {r.reply!r} ({r.eval_count} tokens, {r.decode_tps} tok/s)")
-    print(f"result    {s.workspace / 'demo' / 'demo.json'}")
+    print(f"{'OK' if r.smoke_ok else 'FAILED'}: Ollama {r.version} runs the fork with a {cache_type} KV cache")
+    print(f"result: {s.workspace / 'demo' / 'demo.json'}")
+    print(r.dist)
+    if not r.smoke_ok:
+        raise Exit(code=1)
 
 
 @task(help={"key": "show only this dotted key, e.g. kv.type_k"})
@@ -325,5 +324,97 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
         raise Exit(f"error: smoke failed: {', '.join(r.failed)}", code=1)
 
 
-ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check, build_ollama, smoke)
+@task(help={
+    "url": "pre-started servers, one per cache type: f16=http://127.0.0.1:8080,turbo4=http://127.0.0.1:8081",
+    "host": "a configured host: bench redeploys its KV cache type for each type",
+    "api": "ollama (default) or llama-server",
+    "model": "model name (Ollama API)",
+    "types": "cache types or K/V pairs (default f16,q8_0,turbo4,q8_0/turbo4)",
+    "depths": "context depths in tokens (default 0,2048,8192)",
+    "reps": "repetitions per depth (default 3)",
+    "n_predict": "tokens generated per speed run (default 32)",
+    "niah_lengths": "needle-in-a-haystack lengths in tokens (default 1024,4096)",
+    "niah_depths": "needle positions as fractions (default 0.1,0.5,0.9)",
+    "ab_predict": "tokens generated per A/B prompt (default 128)",
+    "llama_server": "start this llama-server binary here for each type (with --gguf)",
+    "gguf": "the model file: for --llama-server, and for the planner's KV prediction",
+    "ctx": "context size for servers bench starts (default: largest depth + 1024)",
+    "log": "server logs for --url servers: TYPE=FILE,...",
+    "manifest": "the build's manifest.json (or dist directory), recorded as provenance",
+    "out": "output directory (default <workspace>/bench/<timestamp>)",
+})
+@entry
+def bench(c, url="", host="", api="ollama", model="", types="f16,q8_0,turbo4,q8_0/turbo4", depths="0,2048,8192",
+          reps=3, n_predict=32, niah_lengths="1024,4096", niah_depths="0.1,0.5,0.9", ab_predict=128,
+          llama_server="", gguf="", ctx=0, log="", manifest="", out=""):
+    """Measure each cache type: tok/s per depth, latency, KV memory, needle retrieval, A/B outputs."""
+    import datetime
+    import json as jsonlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ollama_turbo import bench as bench_mod
+    from ollama_turbo import bench_targets, kvmem
+    from ollama_turbo import plan as plan_mod
+    from ollama_turbo.errors import UsageError
+
+    s = settings(c)
+    pairs = plan_mod.parse_types(types)
+    opts = bench_mod.Options(
+        depths=bench_mod.parse_depths(depths), reps=int(reps), n_predict=int(n_predict), ab_predict=int(ab_predict),
+        niah_lengths=plan_mod.parse_contexts(niah_lengths) if niah_lengths else [],
+        niah_depths=[float(x) for x in niah_depths.split(",") if x.strip()] if niah_lengths else [])
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(out) if out else s.workspace / "bench" / stamp
+    provenance: dict = {"model": model or gguf, "settings_kv": {"type_k": s.kv.type_k, "type_v": s.kv.type_v,
+                                                                "env": s.kv.env}}
+    if gguf:
+        opts.geometry = kvmem.geometry_from_gguf(Path(gguf))
+    if manifest:
+        mp = Path(manifest)
+        m = jsonlib.loads((mp / "manifest.json" if mp.is_dir() else mp).read_text())
+        provenance["build"] = {k: m.get(k) for k in ("version", "era", "ollama", "fork", "backend")}
+    if llama_server:
+        if not gguf:
+            raise UsageError("--llama-server needs --gguf MODEL")
+        size = int(ctx) or max([*opts.depths, *opts.niah_lengths, 0]) + 1024
+        targets = bench_targets.local_llama_server(Path(llama_server), Path(gguf), pairs, ctx=size,
+                                                   logs=out_dir / "logs", extra_env=s.kv.env)
+        provenance["server"] = llama_server
+    elif url:
+        urls = bench_targets.parse_urls(url)
+        logs = {k: Path(v) for k, v in (bench_targets.parse_urls(log) if log else {}).items()}
+        wanted = {bench_targets.label(k, v) for k, v in pairs}
+        if types and set(urls) != wanted and types != "f16,q8_0,turbo4,q8_0/turbo4":
+            raise UsageError(f"--types {types} does not match the types given in --url ({', '.join(urls)})")
+        targets = bench_targets.static(urls, api, model, logs)
+        provenance["url"] = url
+    elif host:
+        from ollama_turbo import deploy
+
+        targets = deploy.bench_targets(s, s.host(host), pairs, model)
+        provenance["host"] = host
+    else:
+        raise UsageError("give --url TYPE=URL,..., --host H, or --llama-server BIN --gguf MODEL")
+
+    def progress(total: int):
+        with Progress(TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      transient=False) as bar:
+            task_id = bar.add_task("bench", total=total)
+
+            def tick(what: str) -> None:
+                bar.update(task_id, advance=1, description=what)
+
+            yield tick
+
+    report = bench_mod.run(targets, opts, out_dir, provenance, progress)
+    for r in report["results"]:
+        last = r["perf"][-1]
+        kv = r["kv"].get("logged_mib")
+        print(f"{r['label']:<14} decode {last['decode_tps']['mean']:8.1f} tok/s at depth {last['depth']:>6}, "
+              f"KV {kv if kv is not None else '-'} MiB, needles {sum(g['found'] for g in r['niah'])}/{len(r['niah'])}")
+    print(out_dir)
+
+
+ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check, build_ollama, smoke, bench)
 ns.configure({"turbo": config.DEFAULTS})

@@ -1,22 +1,19 @@
 """``invoke demo``: the whole job on the embedded sample world, offline.
 
-Generates the sample world in the workspace, puts the TurboQuant fork into the era C Ollama
-(a scratch copy of the fork as the llama.cpp source, Ollama's compat patch applied), builds
-llama-server and the version-stamped ``ollama`` binary, runs it with ``turbo4`` and proves
-that the KV cache really is ``turbo4``.
+sample world -> api-check (era C) -> build-ollama (cpu) -> plan -> run the build with turbo4 ->
+create the model -> smoke (version, model, generation, cache type in effect).
 """
 
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import socket
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from . import build_era_c, proc, sample
+from . import apicheck, build, config, kvmem, plan, proc, sample, smoke, sources
 from .ollama_api import Client
 
 Say = Callable[[str], None]
@@ -25,15 +22,12 @@ Say = Callable[[str], None]
 @dataclass
 class DemoResult:
     world: str
+    verdict: str
     version: str
-    binary: str
-    llama_server: str
-    cache_type: str
-    server_argv: str
-    kv_cache_line: str
-    reply: str
-    eval_count: int
-    decode_tps: float
+    dist: str
+    plan: str
+    smoke_ok: bool
+    smoke: dict[str, Any] = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -43,49 +37,52 @@ def free_port() -> int:
 
 
 def run(workspace: Path, say: Say = print, cache_type: str = "turbo4") -> DemoResult:
+    import shutil
+
     root = workspace / "demo"
     if root.exists():
         shutil.rmtree(root)
-    logs = root / "logs"
-    say(f"1/5 generating the sample world in {root / 'world'}")
+    say(f"1/6 sample world -> {root / 'world'}")
     world = sample.generate(root / "world")
-    tag = proc.run(["git", "describe", "--tags", "--abbrev=0"], cwd=world.ollama_c).stdout.strip()
-    fork_sha = proc.run(["git", "rev-parse", "--short=9", "HEAD"], cwd=world.fork).stdout.strip()
-    version = f"{tag.lstrip('v')}-turbo+{fork_sha}"
-    say(f"2/5 copying the fork ({sample.world.FORK_BRANCH} @ {fork_sha}) to a scratch source tree")
-    fork_src = root / "fork-src"
-    proc.run(["git", "clone", "-q", "--branch", sample.world.FORK_BRANCH, world.fork, fork_src])
-    dist = root / "dist" / version
-    say(f"3/5 building llama-server from the fork (cmake preset cpu); log: {logs / 'build.log'}")
-    server_bin = build_era_c.build_llama_server(
-        world.ollama_c, root / "build", dist, preset="cpu", source_dir=fork_src, log=logs / "build.log")
-    say(f"4/5 building ollama {version} (go build)")
-    binary = build_era_c.go_build(world.ollama_c, dist / "bin" / "ollama", version=version,
-                                  log=logs / "build.log")
+    s = config.parse({"workspace": str(root / "ws"), "build": {"backend": "cpu"},
+                      "kv": {"type_k": cache_type, "type_v": cache_type},
+                      "sources": {"ollama": {"url": str(world.ollama_c), "ref": "main"},
+                                  "fork": {"url": str(world.fork), "ref": sample.world.FORK_BRANCH},
+                                  "upstream": {"url": str(world.upstream), "ref": "master"}}})
+    say("2/6 api-check: can the fork replace the llama.cpp Ollama pins?")
+    ollama = sources.open_source("ollama", str(world.ollama_c), "main", s.workspace)
+    fork = sources.open_source("fork", str(world.fork), sample.world.FORK_BRANCH, s.workspace)
+    report = apicheck.check(s, ollama=ollama, fork=fork)
+    say(f"    verdict {report.verdict} (exit {report.exit_code()}): {report.count('incompatible')} incompatible, "
+        f"{report.count('review')} to review; flags ok: {all(f.in_fork for f in report.flags)}; "
+        f"compat patches: {', '.join(p.status for p in report.patches)}")
+    say("3/6 build-ollama (era C, cpu)")
+    b = build.run(s, build.Options(), say=lambda line: say("   " + line))
+    geo = kvmem.geometry_from_gguf(world.model)
+    say(f"4/6 plan: KV cache of {world.model.name} at 8,192 tokens")
+    p = plan.make_plan(geo, [8192], [("f16", "f16"), ("q8_0", "q8_0"), (cache_type, cache_type)])
+    table = "\n".join(p.render().splitlines()[2:6])
+    for line in table.splitlines():
+        say("    " + line)
     port = free_port()
-    serve_log = logs / "serve.log"
-    say(f"5/5 running it on 127.0.0.1:{port} with OLLAMA_KV_CACHE_TYPE={cache_type}")
-    server = proc.spawn([binary, "serve"], log=serve_log, extra_env={
+    log = root / "logs" / "serve.log"
+    say(f"5/6 run {b.plan.version} on 127.0.0.1:{port} with OLLAMA_KV_CACHE_TYPE={cache_type}")
+    server = proc.spawn([b.dist / "bin" / "ollama", "serve"], log=log, extra_env={
         "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(root / "models"),
-        "OLLAMA_KV_CACHE_TYPE": cache_type, "OLLAMA_FLASH_ATTENTION": "1",
-    })
+        "OLLAMA_KV_CACHE_TYPE": cache_type, "OLLAMA_FLASH_ATTENTION": "1"})
     try:
         client = Client(f"http://127.0.0.1:{port}")
         client.wait_ready()
-        served = client.version()
         client.create("sample", gguf=world.model, parameters={"num_ctx": 8192})
-        out = client.generate("sample", "Why compress the KV cache?", num_predict=12)
+        say("6/6 smoke: version, model, generation, /api/ps, cache type in effect")
+        r = smoke.smoke_ollama(client.base, model="sample", log=log.read_text,
+                               expect=smoke.Expect(version=b.plan.version, type_k=cache_type, type_v=cache_type,
+                                                   era="C"))
     finally:
         proc.stop(server)
-    log = serve_log.read_text(errors="replace")
-    argv = next((ln for ln in log.splitlines() if "starting llama server" in ln), "")
-    kv = next((ln for ln in log.splitlines() if re.search(r"llama_kv_cache: size", ln)), "")
-    seconds = out.get("eval_duration", 0) / 1e9
-    result = DemoResult(
-        world=str(world.root), version=served, binary=str(binary), llama_server=str(server_bin),
-        cache_type=cache_type, server_argv=argv, kv_cache_line=kv.strip(),
-        reply=str(out.get("response", "")), eval_count=int(out.get("eval_count", 0)),
-        decode_tps=round(out.get("eval_count", 0) / seconds, 1) if seconds else 0.0,
-    )
+    for line in r.render().splitlines()[1:]:
+        say("    " + line)
+    result = DemoResult(world=str(world.root), verdict=report.verdict, version=b.plan.version, dist=str(b.dist),
+                        plan=table, smoke_ok=r.ok, smoke=r.to_json())
     (root / "demo.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result

@@ -20,7 +20,7 @@ import requests
 from .errors import TurboError
 from .ollama_api import ApiError, Client
 
-PROMPT = "Explain in one sentence why the sky is blue."
+PROMPT = "Once upon a time, in a small harbour town, there lived"
 KV_LINE = re.compile(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells.*?K \((\w+)\): +([\d.]+) MiB, "
                      r"V \((\w+)\): +([\d.]+) MiB")
 LogReader = Callable[[], str]
@@ -256,13 +256,15 @@ def smoke_llama_server(url: str, *, expect: Expect, log: LogReader | None, num_p
         return None, f"build_info {build!r}, model {r.model}"
 
     check("version", props)
-    body = {"prompt": PROMPT, "n_predict": num_predict, "temperature": 0, "seed": 1, "cache_prompt": False}
+    body = {"prompt": PROMPT, "n_predict": num_predict, "temperature": 0, "seed": 1, "cache_prompt": False,
+            "ignore_eos": True}
 
     def generate() -> tuple[bool, str]:
         out = requests.post(base + "/completion", json=body, timeout=timeout).json()
         t = out.get("timings", {})
         if t.get("predicted_ms"):
-            r.metrics["decode_tps"] = t["predicted_n"] / t["predicted_ms"] * 1000
+            # llama.cpp's convention: the first token comes out of prefill, so n - 1 over the decode time
+            r.metrics["decode_tps"] = max(t["predicted_n"] - 1, 1) / t["predicted_ms"] * 1000
         if t.get("prompt_ms"):
             r.metrics["prefill_tps"] = t["prompt_n"] / t["prompt_ms"] * 1000
         r.metrics["server_decode_tps"] = float(t.get("predicted_per_second", 0.0))
@@ -275,6 +277,7 @@ def smoke_llama_server(url: str, *, expect: Expect, log: LogReader | None, num_p
         first = None
         chunks = 0
         done = False
+        stamps = []
         with requests.post(base + "/completion", json={**body, "stream": True}, stream=True,
                            timeout=timeout) as resp:
             for line in resp.iter_lines():
@@ -282,11 +285,15 @@ def smoke_llama_server(url: str, *, expect: Expect, log: LogReader | None, num_p
                     continue
                 c = json.loads(line[6:])
                 chunks += 1
-                if first is None and c.get("content"):
-                    first = time.perf_counter() - t0
+                if c.get("content"):
+                    stamps.append(time.perf_counter())
+                    if first is None:
+                        first = stamps[-1] - t0
                 done = done or bool(c.get("stop"))
         if first is not None:
             r.metrics["ttft_ms"] = first * 1000
+        if len(stamps) > 2:
+            r.metrics["client_decode_tps"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
         return done and first is not None, f"{chunks} chunks, first token after {(first or 0) * 1000:.0f} ms"
 
     check("generate stream", stream)

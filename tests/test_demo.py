@@ -10,12 +10,14 @@ from .conftest import invoke
 pytestmark = pytest.mark.sample
 
 
-def test_invoke_demo_runs_the_fork_with_turbo4(tmp_path: Path) -> None:
+def test_invoke_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     r = invoke("demo", env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "K (turbo4):" in r.stdout and "V (turbo4):" in r.stdout
+    assert "verdict review (exit 4)" in r.stdout
+    assert "PASS  cache type" in r.stdout and "K (turbo4) V (turbo4)" in r.stdout
     result = json.loads((tmp_path / "ws/demo/demo.json").read_text())
-    assert result["version"].startswith("0.31.0-turbo+")
-    assert "--cache-type-k turbo4 --cache-type-v turbo4" in result["server_argv"]
-    assert result["eval_count"] == 12 and result["decode_tps"] > 0
-    assert Path(result["llama_server"]).is_file()
+    assert result["version"].startswith("0.31.0-turbo+") and result["smoke_ok"]
+    checks = {c["name"]: c["ok"] for c in result["smoke"]["checks"]}
+    assert all(checks.values()) and len(checks) == 8
+    dist = Path(r.stdout.strip().splitlines()[-1])
+    assert (dist / "manifest.json").is_file() and (dist / "lib/ollama/llama-server").is_file()

@@ -98,3 +98,27 @@ def test_slow_build_fails_the_baseline_gate(dist: tuple[Path, sample.World], tmp
     assert gate.ok is False and "gate >= 90%" in gate.evidence
     # three times the per-token time: decode and time to first token both fail their gates
     assert set(results["slow"].failed) == {"decode vs baseline", "ttft vs baseline"}
+
+
+def test_bench_against_prestarted_ollama_servers(dist: tuple[Path, sample.World], tmp_path: Path) -> None:
+    d, world = dist
+    with serving(d / "bin/ollama", tmp_path / "t4.log", {"OLLAMA_MODELS": str(tmp_path / "a"),
+                 "OLLAMA_KV_CACHE_TYPE": "turbo4", "OLLAMA_FLASH_ATTENTION": "1"}) as t4, \
+            serving(d / "bin/ollama", tmp_path / "q8.log", {"OLLAMA_MODELS": str(tmp_path / "b"),
+                    "OLLAMA_KV_CACHE_TYPE": "q8_0", "OLLAMA_FLASH_ATTENTION": "1"}) as q8:
+        for client in (t4, q8):
+            client.create("sample", gguf=world.model)
+        out = tmp_path / "bench"
+        r = invoke("bench", "--url", f"turbo4={t4.base},q8_0={q8.base}", "--model", "sample",
+                   "--log", f"turbo4={tmp_path / 't4.log'},q8_0={tmp_path / 'q8.log'}", "--gguf", str(world.model),
+                   "--depths", "0,64", "--reps", "2", "--niah-lengths", "", "--ab-predict", "4",
+                   "--manifest", str(d), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "bench.json").read_text())
+    assert [x["label"] for x in report["results"]] == ["turbo4", "q8_0"]
+    assert report["provenance"]["build"]["era"] == "C"
+    t4r = report["results"][0]
+    assert t4r["kv"]["logged_types"] == ["turbo4", "turbo4"] and abs(t4r["kv"]["delta"]) < 0.01
+    assert t4r["perf"][1]["prompt_tokens"] > t4r["perf"][0]["prompt_tokens"]
+    r = invoke("bench", "--url", "turbo4=http://x", "--types", "f16")
+    assert r.returncode == 2 and "does not match" in r.stderr

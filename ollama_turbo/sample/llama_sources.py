@@ -277,6 +277,19 @@ uint32_t llama_n_ctx(const struct llama_context * ctx) {
     return ctx->cparams.n_ctx;
 }
 """
+    if fl.turbo:
+        head_size = """// TurboQuant: each head is zero-padded up to whole 128-value WHT groups.
+static int64_t head_size(enum ggml_type type, int64_t n) {
+    const int turbo = type == GGML_TYPE_TURBO2_0 || type == GGML_TYPE_TURBO3_0 || type == GGML_TYPE_TURBO4_0;
+    return turbo && n % 128 ? (n + 127) / 128 * 128 : n;
+}
+"""
+    else:
+        head_size = """static int64_t head_size(enum ggml_type type, int64_t n) {
+    (void) type;
+    return n;
+}
+"""
     return f"""// Miniature llama.cpp runtime (ollama-turbo sample world).
 //
 // Reads the model geometry from the GGUF metadata, sizes the KV cache from the ggml type
@@ -455,6 +468,7 @@ int32_t llama_model_n_layer(const struct llama_model * model) {{
     return (int32_t) model->n_layer;
 }}
 
+{head_size}
 struct llama_context * llama_init_from_model(struct llama_model * model, struct llama_context_params params) {{
     if (params.n_ctx == 0) params.n_ctx = model->n_ctx_train ? model->n_ctx_train : 4096;
     int fa = params.flash_attn_type != LLAMA_FLASH_ATTN_TYPE_DISABLED;
@@ -466,10 +480,9 @@ struct llama_context * llama_init_from_model(struct llama_model * model, struct 
     ctx->model = model;
     ctx->cparams = params;
     const int64_t n_embd_head = model->n_embd / model->n_head;
-    const int64_t n_embd_gqa = n_embd_head * model->n_head_kv;
     const int64_t cells = params.n_ctx;
-    ctx->kv_k_bytes = ggml_row_size(params.type_k, n_embd_gqa) * cells * model->n_layer;
-    ctx->kv_v_bytes = ggml_row_size(params.type_v, n_embd_gqa) * cells * model->n_layer;
+    ctx->kv_k_bytes = ggml_row_size(params.type_k, head_size(params.type_k, n_embd_head) * model->n_head_kv) * cells * model->n_layer;
+    ctx->kv_v_bytes = ggml_row_size(params.type_v, head_size(params.type_v, n_embd_head) * model->n_head_kv) * cells * model->n_layer;
     const double mib = 1024.0 * 1024.0;
     fprintf(stderr, "llama_context: n_ctx         = %u\\n", params.n_ctx);
     fprintf(stderr, "llama_context: n_batch       = %u\\n", params.n_batch);
