@@ -416,5 +416,67 @@ def bench(c, url="", host="", api="ollama", model="", types="f16,q8_0,turbo4,q8_
     print(out_dir)
 
 
-ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check, build_ollama, smoke, bench)
+@task(help={
+    "host": "a host under turbo.hosts",
+    "dist": "the build to deploy (default: the newest in <workspace>/dist)",
+    "dry_run": "print the plan (files to send, service config diff, commands) and change nothing",
+    "specs": "Modelfile specs to create on the host after the switch (default: modelfiles/)",
+    "json": "write the result as JSON to this file",
+    "verbose": "echo every command",
+})
+@entry
+def deploy(c, host, dist="", dry_run=False, specs="", json="", verbose=False):
+    """Install a build as a service on a host, switch atomically, verify, roll back on failure."""
+    import json as jsonlib
+
+    from ollama_turbo import deploy as deploy_mod
+
+    s = settings(c)
+    h = s.host(host)
+    d = Path(dist) if dist else deploy_mod.latest_dist(s)
+    r = deploy_mod.deploy(s, h, d, dry_run=dry_run, specs_dir=Path(specs) if specs else ROOT / "modelfiles")
+    if r.status == "dry-run":
+        print(f"plan for {host}: {r.version} (current: {r.previous or 'none'})")
+        print(f"files to send ({len(r.uploaded)}): " + (", ".join(r.uploaded) or "none"))
+        print(f"already on the host: {', '.join(r.reused) or 'none'}")
+        print(r.config_diff or "service config unchanged")
+        for cmd in r.commands:
+            print(f"  {cmd}")
+        print("dry run: nothing was changed")
+    else:
+        print(f"deployed {r.version} to {host} in {r.seconds:.1f} s (previous: {r.previous or 'none'}); "
+              f"models: {', '.join(r.models) or 'none'}; smoke ok")
+    if json:
+        Path(json).write_text(jsonlib.dumps(r.to_json(), indent=2) + "\n")
+
+
+@task(help={"host": "a host under turbo.hosts", "to": "the release to go back to (default: the previous one)"})
+@entry
+def rollback(c, host, to=""):
+    """Switch a host back to the previous (or a given) release and restart it."""
+    from ollama_turbo import deploy as deploy_mod
+
+    s = settings(c)
+    print(f"{host} now serves {deploy_mod.rollback(s, s.host(host), to or None)}")
+
+
+@task(help={"host": "a host under turbo.hosts", "json": "write the status as JSON to this file"})
+@entry
+def status(c, host, json=""):
+    """Current and previous releases, service state and KV cache type of a host."""
+    import json as jsonlib
+
+    from ollama_turbo import deploy as deploy_mod
+
+    s = settings(c)
+    st = deploy_mod.status(s, s.host(host))
+    for key in ("host", "service", "state", "current", "serving", "previous", "releases", "kv_cache", "prefix"):
+        value = st[key]
+        print(f"{key:<10} {', '.join(value) if isinstance(value, list) else value}")
+    if json:
+        Path(json).write_text(jsonlib.dumps(st, indent=2) + "\n")
+
+
+ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check, build_ollama, smoke, bench, deploy,
+                rollback, status)
 ns.configure({"turbo": config.DEFAULTS})

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system tools the tests use that a fresh Debian/Ubuntu machine may lack:
-# git, make, a C/C++ compiler, rsync (era B Makefile.sync) and OpenSSH (deploy tests).
+# git, make, a C/C++ compiler, rsync (era B Makefile.sync), OpenSSH and curl (deploy tests).
 # On macOS these come with the Xcode command line tools; nothing is installed there.
 set -euo pipefail
 
@@ -12,6 +12,7 @@ command -v c++ >/dev/null || need+=(g++)
 command -v rsync >/dev/null || need+=(rsync)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
+command -v curl >/dev/null || need+=(curl)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

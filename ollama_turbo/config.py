@@ -43,6 +43,8 @@ HOST_DEFAULTS: dict[str, Any] = {
     "memory_gib": None,
     "prefix": "~/.ollama-turbo",
     "models_dir": "~/.ollama/models",
+    "keep": 3,
+    "health_timeout": 60,
 }
 
 _HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -101,6 +103,8 @@ class Host:
     memory_gib: float | None
     prefix: str
     models_dir: str
+    keep: int = 3
+    health_timeout: float = 60
 
     @property
     def is_local(self) -> bool:
@@ -256,9 +260,16 @@ class _Validator:
         if not isinstance(ssh, str):
             raise self.fail(f"{key}.ssh", f"expected a string (user@host, an ssh alias or "
                                           f"'local'), got {ssh!r}")
+        keep = m["keep"]
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise self.fail(f"{key}.keep", f"expected a whole number >= 1 (releases to keep), got {keep!r}")
+        ht = m["health_timeout"]
+        if isinstance(ht, bool) or not isinstance(ht, (int, float)) or ht <= 0:
+            raise self.fail(f"{key}.health_timeout", f"expected seconds > 0, got {ht!r}")
         return Host(
             name=name, ssh=ssh, os=os_, service=service, listen=listen,
             memory_gib=None if mem is None else float(mem),
             prefix=self.string(m["prefix"], f"{key}.prefix"),
             models_dir=self.string(m["models_dir"], f"{key}.models_dir"),
+            keep=keep, health_timeout=float(ht),
         )

@@ -1,0 +1,124 @@
+"""A real sshd on 127.0.0.1 for deploy tests, logging in as a dedicated test account.
+
+The fixture generates a host key and a client key, writes a private sshd_config (its own
+port, no passwords, no PAM), gives the account a fresh home whose PATH carries the strict
+launchctl emulator, and hands the client an ssh_config + known_hosts through
+TURBO_SSH_CONFIG / TURBO_KNOWN_HOSTS. Creating the account needs root (CI runs as root).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ollama_turbo import proc
+
+USER = "turbotest"
+SSHD = "/usr/sbin/sshd"
+
+
+@dataclass
+class SSHHost:
+    alias: str
+    port: int
+    home: Path
+    user: str
+    uid: int
+    ssh_config: Path
+    known_hosts: Path
+    process: object
+
+    def env(self) -> dict[str, str]:
+        return {"TURBO_SSH_CONFIG": str(self.ssh_config), "TURBO_KNOWN_HOSTS": str(self.known_hosts)}
+
+
+def unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "deploy over SSH needs root to create the test account"
+    if not Path(SSHD).exists() or not shutil.which("ssh-keygen"):
+        return "openssh-server is not installed (ci/system-deps.sh installs it)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(emulator: Path) -> SSHHost:
+    root = Path(tempfile.mkdtemp(prefix="turbo-ssh-", dir="/tmp"))
+    root.chmod(0o755)
+    home = root / "home"
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        proc.run(["useradd", "--no-create-home", "--shell", "/bin/sh", USER])
+    proc.run(["usermod", "-p", "*", "-d", str(home), USER])
+    info = pwd.getpwnam(USER)
+    (home / ".ssh").mkdir(parents=True)
+    (home / "bin").mkdir()
+    shutil.copy(emulator, home / "bin" / "launchctl")
+    (home / "bin" / "launchctl").chmod(0o755)
+    keys = root / "keys"
+    keys.mkdir(mode=0o700)
+    proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "host"), "-C", "turbo-test-host"])
+    proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "client"), "-C", "turbo-test"])
+    shutil.copy(keys / "client.pub", home / ".ssh" / "authorized_keys")
+    for p in [home, *home.rglob("*")]:
+        os.chown(p, info.pw_uid, info.pw_gid)
+    (home / ".ssh").chmod(0o700)
+    port = _free_port()
+    cfg = root / "sshd_config"
+    cfg.write_text(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {keys / 'host'}
+PidFile {root / 'sshd.pid'}
+AuthorizedKeysFile {home / '.ssh' / 'authorized_keys'}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+UsePAM no
+StrictModes no
+PermitRootLogin no
+AllowUsers {USER}
+AllowTcpForwarding yes
+SetEnv PATH={home / 'bin'}:/usr/local/bin:/usr/bin:/bin
+Subsystem sftp internal-sftp
+LogLevel ERROR
+""")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    p = proc.spawn([SSHD, "-D", "-e", "-f", str(cfg)], log=root / "sshd.log")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if p.poll() is not None:
+            raise RuntimeError("sshd exited: " + (root / "sshd.log").read_text())
+        time.sleep(0.05)
+    host_pub = (keys / "host.pub").read_text().split()
+    known = root / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    ssh_config = root / "ssh_config"
+    ssh_config.write_text(f"""Host turbo-test
+    HostName 127.0.0.1
+    Port {port}
+    User {USER}
+    IdentityFile {keys / 'client'}
+    IdentitiesOnly yes
+""")
+    return SSHHost("turbo-test", port, home, USER, info.pw_uid, ssh_config, known, p)
+
+
+def stop(h: SSHHost) -> None:
+    proc.run(["pkill", "-u", h.user], check=False)
+    proc.stop(h.process)  # type: ignore[arg-type]
+    time.sleep(0.2)
+    proc.run(["pkill", "-KILL", "-u", h.user], check=False)
