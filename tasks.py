@@ -61,14 +61,15 @@ def sample(c, dest, scenario="clean", verbose=False):
     print(world.describe())
 
 
-@task(help={"verbose": "echo every command", "cache_type": "KV cache type to run with (default turbo4)"})
+@task(help={"verbose": "echo every command", "cache_type": "KV cache type to run with (default turbo4)",
+            "keep_running": "leave the deployed demo server running (stop it with kill $(cat <pidfile>))"})
 @entry
-def demo(c, verbose=False, cache_type="turbo4"):
+def demo(c, verbose=False, cache_type="turbo4", keep_running=False):
     """Run the whole job offline on the embedded sample world."""
     from ollama_turbo import demo as demo_mod
 
     s = settings(c)
-    r = demo_mod.run(s.workspace, say=print, cache_type=cache_type)
+    r = demo_mod.run(s.workspace, say=print, cache_type=cache_type, keep_running=keep_running)
     print()
     print(f"{'OK' if r.smoke_ok else 'FAILED'}: Ollama {r.version} runs the fork with a {cache_type} KV cache")
     print(f"result: {s.workspace / 'demo' / 'demo.json'}")

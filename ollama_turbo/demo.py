@@ -1,7 +1,7 @@
 """``invoke demo``: the whole job on the embedded sample world, offline.
 
-sample world -> api-check (era C) -> build-ollama (cpu) -> plan -> run the build with turbo4 ->
-create the model -> smoke (version, model, generation, cache type in effect).
+sample world -> api-check (era C) -> build-ollama (cpu) -> plan + Modelfile -> deploy to this
+machine (a detached service) -> smoke (version, model, generation, cache type in effect).
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import apicheck, build, config, kvmem, plan, proc, sample, smoke, sources
-from .ollama_api import Client
+from . import apicheck, build, config, kvmem, plan, sample, smoke, sources
 
 Say = Callable[[str], None]
 
@@ -36,7 +35,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(workspace: Path, say: Say = print, cache_type: str = "turbo4") -> DemoResult:
+def _raw(s: config.Settings) -> dict[str, Any]:
+    return {"workspace": str(s.workspace), "build": {"backend": s.build.backend},
+            "kv": {"type_k": s.kv.type_k, "type_v": s.kv.type_v},
+            "sources": {n: {"url": getattr(s.sources, n).url, "ref": getattr(s.sources, n).ref}
+                        for n in ("ollama", "fork", "upstream")}}
+
+
+def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_running: bool = False) -> DemoResult:
     import shutil
 
     root = workspace / "demo"
@@ -59,27 +65,36 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4") -> DemoRe
     say("3/6 build-ollama (era C, cpu)")
     b = build.run(s, build.Options(), say=lambda line: say("   " + line))
     geo = kvmem.geometry_from_gguf(world.model)
-    say(f"4/6 plan: KV cache of {world.model.name} at 8,192 tokens")
+    say(f"4/6 plan: KV cache of {world.model.name} at 8,192 tokens; Modelfile with num_ctx: auto")
     p = plan.make_plan(geo, [8192], [("f16", "f16"), ("q8_0", "q8_0"), (cache_type, cache_type)])
     table = "\n".join(p.render().splitlines()[2:6])
     for line in table.splitlines():
         say("    " + line)
+    specs = root / "modelfiles"
+    specs.mkdir(parents=True)
+    (specs / "sample.yaml").write_text(f"from: {world.model}\nnum_ctx: auto\nhosts: [this-machine]\n"
+                                       "parameters: {temperature: 0}\n")
     port = free_port()
-    log = root / "logs" / "serve.log"
-    say(f"5/6 run {b.plan.version} on 127.0.0.1:{port} with OLLAMA_KV_CACHE_TYPE={cache_type}")
-    server = proc.spawn([b.dist / "bin" / "ollama", "serve"], log=log, extra_env={
-        "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(root / "models"),
-        "OLLAMA_KV_CACHE_TYPE": cache_type, "OLLAMA_FLASH_ATTENTION": "1"})
+    s = config.parse({**_raw(s), "hosts": {"this-machine": {
+        "ssh": "local", "os": "linux", "service": "none", "listen": f"127.0.0.1:{port}", "memory_gib": 6,
+        "prefix": str(root / "host"), "models_dir": str(root / "host-models"), "health_timeout": 30}}})
+    say(f"5/6 deploy {b.plan.version} to this machine (127.0.0.1:{port}, a detached service under {root / 'host'})")
+    from . import deploy as deploy_mod
+
+    host = s.host("this-machine")
     try:
-        client = Client(f"http://127.0.0.1:{port}")
-        client.wait_ready()
-        client.create("sample", gguf=world.model, parameters={"num_ctx": 8192})
-        say("6/6 smoke: version, model, generation, /api/ps, cache type in effect")
-        r = smoke.smoke_ollama(client.base, model="sample", log=log.read_text,
-                               expect=smoke.Expect(version=b.plan.version, type_k=cache_type, type_v=cache_type,
-                                                   era="C"))
+        d = deploy_mod.deploy(s, host, b.dist, specs_dir=specs, say=lambda line: say("    " + line))
     finally:
-        proc.stop(server)
+        if not keep_running:
+            from .services import Layout, Manager
+            from .transport import LocalTransport
+
+            Manager(LocalTransport(), host, Layout("", str(root / "host"), "")).stop()
+    say("6/6 smoke (run by the deploy): version, model, generation, /api/ps, cache type in effect")
+    r = smoke.SmokeResult(url=f"http://127.0.0.1:{port}", api="ollama", model=(d.models or [""])[0])
+    r.checks = [smoke.Check(**c) for c in (d.smoke or {}).get("checks", [])]
+    r.metrics = (d.smoke or {}).get("metrics", {})
+    r.seconds = (d.smoke or {}).get("seconds", 0.0)
     for line in r.render().splitlines()[1:]:
         say("    " + line)
     result = DemoResult(world=str(world.root), verdict=report.verdict, version=b.plan.version, dist=str(b.dist),

@@ -175,6 +175,7 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
     t0 = time.perf_counter()
     m = load_dist(dist)
     version, era = m["version"], m["era"]
+    rendered = render_models(settings, host, specs_dir)
     t = connect(host.name, host.ssh)
     try:
         layout = _layout(t, host)
@@ -200,13 +201,13 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
             res.seconds = time.perf_counter() - t0
             return res
         with host_lock(t, layout, say):
-            return _deploy_locked(settings, host, t, layout, mgr, m, dist, config, res, say, specs_dir, t0)
+            return _deploy_locked(settings, host, t, layout, mgr, m, dist, config, res, say, rendered, t0)
     finally:
         t.close()
 
 
 def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout, mgr: Manager, m: dict[str, Any],
-                   dist: Path, config: str, res: DeployResult, say: Say, specs_dir: Path | None,
+                   dist: Path, config: str, res: DeployResult, say: Say, rendered: list[modelfile.Rendered],
                    t0: float) -> DeployResult:
     version = m["version"]
     release = f"{layout.releases}/{version}"
@@ -241,7 +242,7 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
             ok, why = wait_version(url, version, host.health_timeout)
             if not ok:
                 raise DeployError(f"{version} did not come up: {why}")
-            res.models = _models(settings, host, url, specs_dir, say)
+            res.models = _models(host, url, rendered, say)
             r = smoke.smoke_ollama(url, model=res.models[0] if res.models else None, log=lambda: t.read(layout.log),
                                    expect=smoke.Expect(version=version, type_k=settings.kv.type_k,
                                                        type_v=settings.kv.type_v, era=m["era"]))
@@ -298,13 +299,17 @@ def _upload(t: Transport, layout: Layout, dist: Path, m: dict[str, Any], res: De
     t.sh(f"mv {q(partial)} {q(release)}")
 
 
-def _models(settings: Settings, host: Host, url: str, specs_dir: Path | None, say: Say) -> list[str]:
+def render_models(settings: Settings, host: Host, specs_dir: Path | None) -> list[modelfile.Rendered]:
+    """The host's Modelfiles, rendered before anything on the host changes (bad specs stop here)."""
     if specs_dir is None or not specs_dir.is_dir():
         return []
     specs = [s for s in modelfile.load_specs(specs_dir) if host.name in s.hosts]
     if not specs:
         return []
-    rendered = modelfile.render_all(settings, specs, settings.workspace / "modelfiles", host=host.name)
+    return modelfile.render_all(settings, specs, settings.workspace / "modelfiles", host=host.name)
+
+
+def _models(host: Host, url: str, rendered: list[modelfile.Rendered], say: Say) -> list[str]:
     client = Client(url, timeout=600)
     names = []
     for r in rendered:
