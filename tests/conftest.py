@@ -75,7 +75,7 @@ def era_b_dist(world: sample.World, tmp_path_factory: pytest.TempPathFactory) ->
 # --- real tier ---------------------------------------------------------------------------
 
 
-SETUP_TIMES: list[tuple[str, float, bool]] = []
+SETUP_TIMES: list[tuple[str, float, bool | None]] = []  # None: not cached, so neither cold nor warm
 BENCHMARKS: list[str] = []
 
 
@@ -130,7 +130,7 @@ def real_servers(real_llama_server: Path, real_model: Path, tmp_path_factory: py
             t0 = time.perf_counter()
             running[cache_type] = real_assets.start_server(
                 real_llama_server, real_model, cache_type, logs / f"{cache_type.replace('/', '-')}.log")
-            SETUP_TIMES.append((f"llama-server start ({cache_type})", time.perf_counter() - t0, False))
+            SETUP_TIMES.append((f"llama-server start ({cache_type})", time.perf_counter() - t0, None))
         return running[cache_type]
 
     yield get
@@ -142,7 +142,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if SETUP_TIMES:
         terminalreporter.section("real tier set-up times (benchmark)")
         for name, seconds, cold in SETUP_TIMES:
-            terminalreporter.write_line(f"{name:48s} {seconds:8.2f} s  {'cold' if cold else 'warm'}")
+            state = "" if cold is None else ("cold" if cold else "warm")
+            terminalreporter.write_line(f"{name:48s} {seconds:8.2f} s  {state}")
     if BENCHMARKS:
         terminalreporter.section("benchmarks")
         for line in BENCHMARKS:

@@ -243,6 +243,29 @@ def test_status(env: dict) -> None:
     assert code == 2 and "unknown host 'nowhere'" in err
 
 
+def test_smoke_and_bench_through_the_host(env: dict) -> None:
+    out_json = env["root"] / "smoke-host.json"
+    code, out, err = run(env, "smoke", "--host", "mac", "--json", str(out_json))
+    assert code == 0, out + err
+    res = json.loads(out_json.read_text())
+    v3 = version_of(env["dists"][2])
+    assert res["provenance"]["host"] == "mac" and res["provenance"]["build"]["version"] == v3
+    cache = next(c for c in res["checks"] if c["name"] == "cache type")
+    assert cache["ok"] and "K (turbo4) V (turbo4)" in cache["evidence"]  # the log, read over SSH
+    bench_out = env["root"] / "bench-host"
+    code, out, err = run(env, "bench", "--host", "mac", "--model", "sample", "--types", "q8_0,turbo4",
+                         "--depths", "0", "--reps", "1", "--niah-lengths", "", "--ab-predict", "2",
+                         "--out", str(bench_out))
+    assert code == 0, out + err
+    report = json.loads((bench_out / "bench.json").read_text())
+    assert [(r["label"], r["kv"]["logged_types"]) for r in report["results"]] == [
+        ("q8_0", ["q8_0", "q8_0"]), ("turbo4", ["turbo4", "turbo4"])]
+    # bench put the host's own setting back
+    assert "<string>turbo4</string>" in (env["sshd"].home / "Library/LaunchAgents" /
+                                         f"{services.LABEL}.plist").read_text()
+    assert version(env) == v3
+
+
 def test_systemd_unit_rendering(tmp_path: Path) -> None:
     s = config.parse({"hosts": {"box": {"os": "linux", "listen": "0.0.0.0:11434"}},
                       "kv": {"type_k": "q8_0", "type_v": "turbo4", "env": {"TURBO_LAYER_ADAPTIVE": 7}}})
