@@ -1,0 +1,134 @@
+"""Pure logic without toolchains: the rule engine, launchd's restart sequence, source mirrors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ollama_turbo import config, proc, rules, services, sources
+from ollama_turbo.errors import SourceError
+from ollama_turbo.sample.gitrepo import Repo
+
+GO = """package ggml
+
+func kvCacheBytesPerElement(cacheType string) float64 {
+	switch cacheType {
+	case "q8_0":
+		return 1
+	default:
+		return 2
+	}
+}
+
+func other() {
+	switch x {
+	}
+}
+"""
+
+
+def test_rule_inserts_inside_the_named_function_only() -> None:
+    r = rules.Rule("kv", "fs/ggml/ggml.go", r"^\s*switch \w+ \{\s*$", "insert_after", '\tcase "turbo4":\n\t\treturn 0.5\n',
+                   function="kvCacheBytesPerElement", expect=r'case "turbo4":')
+    out = rules.apply_rule(GO, r)
+    body = out[out.index("func kvCacheBytesPerElement"):out.index("func other")]
+    assert 'case "turbo4"' in body and out.count('case "turbo4"') == 1
+
+
+def test_rule_anchor_must_match_exactly_once() -> None:
+    both = rules.Rule("sw", "x.go", r"^\s*switch \w+ \{", "insert_after", "// x\n")
+    with pytest.raises(rules.RuleError, match="found 2 times"):
+        rules.apply_rule(GO, both)
+    gone = rules.Rule("gone", "x.go", r"nothing like this", "delete_line")
+    with pytest.raises(rules.RuleError, match="x.go: rule gone: anchor .* not found"):
+        rules.apply_rule(GO, gone)
+    twice = rules.Rule("dup", "x.go", r"^\s*default:", "insert_after", '\tcase "q8_0":\n', expect=r'case "q8_0":',
+                       function="kvCacheBytesPerElement")
+    with pytest.raises(rules.RuleError, match="should occur once"):
+        rules.apply_rule(GO, twice)
+
+
+def test_rules_are_all_or_nothing(tmp_path: Path) -> None:
+    f = tmp_path / "a.go"
+    f.write_text(GO)
+    good = rules.Rule("ok", "a.go", r"^\s*default:", "replace", "\tdefault: // changed")
+    bad = rules.Rule("bad", "a.go", r"missing anchor", "delete_line")
+    with pytest.raises(rules.RuleError):
+        rules.apply_rules(tmp_path, [good, bad])
+    assert f.read_text() == GO
+
+
+@dataclass
+class Scripted:
+    """A transport that answers launchctl the way launchd can: exit 5 once, 'in progress' once."""
+
+    name: str = "mac"
+    calls: list[str] = field(default_factory=list)
+    bootstrap_codes: list[int] = field(default_factory=lambda: [5, 0])
+    bootout_codes: list[int] = field(default_factory=lambda: [36, 0, 0])
+
+    def sh(self, script: str, *, check: bool = True, timeout: float | None = 120) -> proc.Result:
+        self.calls.append(script)
+        if script.startswith("id -u"):
+            return proc.Result([script], 0, "501\n", "")
+        if script.startswith("id -un"):
+            return proc.Result([script], 0, "me\n", "")
+        if script.startswith("ls -ln /dev/console"):
+            return proc.Result([script], 0, "0\n", "")
+        if script.startswith("launchctl bootout"):
+            code = self.bootout_codes.pop(0) if self.bootout_codes else 113
+            return proc.Result([script], code, "", "Boot-out failed: 36: Operation now in progress" if code == 36
+                               else "")
+        if script.startswith("launchctl bootstrap"):
+            code = self.bootstrap_codes.pop(0)
+            return proc.Result([script], code, "", "Bootstrap failed: 5: Input/output error" if code else "")
+        if script.startswith("launchctl print"):
+            return proc.Result([script], 0, "\tstate = running\n\tpid = 4711\n", "")
+        return proc.Result([script], 0, "", "")
+
+
+def test_launchd_restart_retries_bootout_in_progress_and_bootstrap_exit_5() -> None:
+    host = config.parse({"hosts": {"mac": {}}}).host("mac")
+    t = Scripted()
+    m = services.Manager(t, host, services.Layout("/Users/me", "/Users/me/.ollama-turbo", "/Users/me/m"))  # type: ignore[arg-type]
+    m.restart()
+    launchctl = [c.split()[1] for c in t.calls if c.startswith("launchctl")]
+    # bootout (in progress) -> bootout -> bootstrap (5) -> bootout -> bootstrap -> kickstart -k -> print
+    assert launchctl == ["bootout", "bootout", "bootstrap", "bootout", "bootstrap", "kickstart", "print"]
+    assert all("user/501" in c for c in t.calls if c.startswith("launchctl bootstrap"))
+    assert any("kickstart -k user/501/com.ollama-turbo.ollama" in c for c in t.calls)
+    assert m.pid() == 4711
+
+
+def test_gui_domain_when_the_user_owns_the_console() -> None:
+    host = config.parse({"hosts": {"mac": {}}}).host("mac")
+    t = Scripted()
+    original = t.sh
+
+    def console_owner(script: str, **kw: object) -> proc.Result:
+        if script.startswith("ls -ln /dev/console"):
+            return proc.Result([script], 0, "501\n", "")
+        return original(script)
+
+    t.sh = console_owner  # type: ignore[method-assign]
+    m = services.Manager(t, host, services.Layout("/Users/me", "/p", "/m"))  # type: ignore[arg-type]
+    assert m.domain() == "gui/501"
+
+
+def test_sources_mirror_a_git_url_once(tmp_path: Path) -> None:
+    repo = Repo.init(tmp_path / "remote")
+    repo.write({"README.md": "x\n"})
+    sha = repo.commit("first", tag="v1")
+    ws = tmp_path / "ws"
+    url = f"file://{repo.path}"
+    co = sources.open_source("ollama", url, "v1", ws)
+    assert co.sha == sha and not co.local and co.git_dir.is_relative_to(ws / "sources")
+    repo.write({"README.md": "y\n"})
+    sha2 = repo.commit("second", tag="v2")
+    assert sources.open_source("ollama", url, "v2", ws).sha == sha2  # fetched again
+    with pytest.raises(SourceError, match="ref 'v9' not found .* v2, v1"):
+        sources.open_source("ollama", url, "v9", ws)
+    with pytest.raises(SourceError, match="cannot fetch"):
+        sources.open_source("ollama", f"file://{tmp_path}/nowhere", "main", ws)
