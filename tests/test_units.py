@@ -30,8 +30,9 @@ func other() {
 
 
 def test_rule_inserts_inside_the_named_function_only() -> None:
-    r = rules.Rule("kv", "fs/ggml/ggml.go", r"^\s*switch \w+ \{\s*$", "insert_after", '\tcase "turbo4":\n\t\treturn 0.5\n',
-                   function="kvCacheBytesPerElement", expect=r'case "turbo4":')
+    r = rules.Rule("kv", "fs/ggml/ggml.go", r"^\s*switch \w+ \{\s*$", "insert_after",
+                   '\tcase "turbo4":\n\t\treturn 0.5\n', function="kvCacheBytesPerElement",
+                   expect=r'case "turbo4":')
     out = rules.apply_rule(GO, r)
     body = out[out.index("func kvCacheBytesPerElement"):out.index("func other")]
     assert 'case "turbo4"' in body and out.count('case "turbo4"') == 1
