@@ -451,14 +451,24 @@ def deploy(c, host, dist="", dry_run=False, specs="", json="", verbose=False):
         Path(json).write_text(jsonlib.dumps(r.to_json(), indent=2) + "\n")
 
 
-@task(help={"host": "a host under turbo.hosts", "to": "the release to go back to (default: the previous one)"})
+@task(help={"host": "a host under turbo.hosts", "to": "the release to go back to (default: the previous one)",
+            "dry_run": "say which release it would switch to, and change nothing",
+            "json": "write the result as JSON to this file"})
 @entry
-def rollback(c, host, to=""):
+def rollback(c, host, to="", dry_run=False, json=""):
     """Switch a host back to the previous (or a given) release and restart it."""
+    import json as jsonlib
+
     from ollama_turbo import deploy as deploy_mod
 
     s = settings(c)
-    print(f"{host} now serves {deploy_mod.rollback(s, s.host(host), to or None)}")
+    r = deploy_mod.rollback(s, s.host(host), to or None, dry_run=dry_run)
+    if dry_run:
+        print(f"would switch {host} from {r['from']} to {r['to']} and restart it; dry run: nothing was changed")
+    else:
+        print(f"{host} now serves {r['to']} (was {r['from']})")
+    if json:
+        Path(json).write_text(jsonlib.dumps(r, indent=2) + "\n")
 
 
 @task(help={"host": "a host under turbo.hosts", "json": "write the status as JSON to this file"})

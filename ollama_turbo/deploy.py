@@ -224,7 +224,7 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
                      "'systemctl stop ollama' / 'launchctl bootout gui/$(id -u)/com.ollama.ollama', or give "
                      f"turbo.hosts.{host.name}.listen another port")
     say(f"[{host.name}] upload {len(res.uploaded)} files ({len(res.reused)} already there) -> {release}")
-    _upload(t, layout, dist, m, res)
+    _upload(t, layout, dist, m, res, say)
     previous = res.previous.rsplit("/", 1)[-1] if res.previous else None
     if previous == version:
         previous = t.sh(f"cat {q(layout.prefix + '/previous')} 2>/dev/null", check=False).stdout.strip() or None
@@ -272,7 +272,7 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
     return res
 
 
-def _upload(t: Transport, layout: Layout, dist: Path, m: dict[str, Any], res: DeployResult) -> None:
+def _upload(t: Transport, layout: Layout, dist: Path, m: dict[str, Any], res: DeployResult, say: Say) -> None:
     release = f"{layout.releases}/{m['version']}"
     if not res.uploaded and t.sh(f"test -d {q(release)}", check=False).ok:
         return
@@ -280,14 +280,19 @@ def _upload(t: Transport, layout: Layout, dist: Path, m: dict[str, Any], res: De
     t.sh(f"mkdir -p {q(partial)} {q(layout.prefix + '/logs')} && if [ -d {q(release)} ]; then "
          f"cp -Rp {q(release)}/. {q(partial)}/ && rm -rf {q(release)}; fi")
     current = remote_sums(t, layout.current + "/")
-    for rel in res.uploaded:
+    for i, rel in enumerate(res.uploaded, 1):
         target = f"{partial}/{rel}"
         t.sh(f"mkdir -p \"$(dirname {q(target)})\"")
         same = next((f for f, d in current.items() if d == m["files"][rel]), None)
+        t_file = time.perf_counter()
         if same:
             t.sh(f"cp -p {q(layout.current + '/' + same)} {q(target)}")
+            say(f"  [{i}/{len(res.uploaded)}] {rel}: same as current/{same}, copied on the host")
         else:
+            size = (dist / rel).stat().st_size
             t.put(dist / rel, target)
+            secs = time.perf_counter() - t_file
+            say(f"  [{i}/{len(res.uploaded)}] {rel}: {size / 1e6:.1f} MB sent in {secs:.1f} s")
         if (dist / rel).stat().st_mode & 0o111:
             t.sh(f"chmod 755 {q(target)}")
     t.put(dist / "manifest.json", f"{partial}/manifest.json")
@@ -369,20 +374,24 @@ def releases(t: Transport, layout: Layout) -> list[str]:
 # --- rollback, status, views for smoke and bench ---------------------------------------------
 
 
-def rollback(settings: Settings, host: Host, to: str | None = None, say: Say = print) -> str:
+def rollback(settings: Settings, host: Host, to: str | None = None, say: Say = print,
+             dry_run: bool = False) -> dict[str, Any]:
+    """Switch back to the previous (or a given) release; returns {from, to, status}."""
     t = connect(host.name, host.ssh)
     try:
         layout = _layout(t, host)
         mgr = Manager(t, host, layout)
+        current = (readlink(t, layout.current) or "").rsplit("/", 1)[-1] or None
+        target = to or t.sh(f"cat {q(layout.prefix + '/previous')} 2>/dev/null", check=False).stdout.strip()
+        have = releases(t, layout)
+        if not target:
+            raise DeployError(f"{host.name}: no previous release to roll back to (releases: {', '.join(have)})")
+        if target not in have:
+            raise DeployError(f"{host.name}: release {target} is not installed (releases: {', '.join(have)})",
+                              hint="pick one of those with --to")
+        if dry_run:
+            return {"host": host.name, "from": current, "to": target, "status": "dry-run"}
         with host_lock(t, layout, say):
-            current = (readlink(t, layout.current) or "").rsplit("/", 1)[-1] or None
-            target = to or t.sh(f"cat {q(layout.prefix + '/previous')} 2>/dev/null", check=False).stdout.strip()
-            have = releases(t, layout)
-            if not target:
-                raise DeployError(f"{host.name}: no previous release to roll back to (releases: {', '.join(have)})")
-            if target not in have:
-                raise DeployError(f"{host.name}: release {target} is not installed (releases: {', '.join(have)})",
-                                  hint="pick one of those with --to")
             switch(t, layout, target, host)
             if current and current != target:
                 t.write(layout.prefix + "/previous", current + "\n")
@@ -392,7 +401,7 @@ def rollback(settings: Settings, host: Host, to: str | None = None, say: Say = p
             _history(t, layout, target, "rollback" if ok else "rollback-failed")
             if not ok:
                 raise DeployError(f"{host.name}: {target} did not come up: {why}\n{log_tail(t, layout)}")
-            return target
+            return {"host": host.name, "from": current, "to": target, "status": "rolled-back"}
     finally:
         t.close()
 

@@ -111,6 +111,7 @@ def test_fresh_install(env: dict) -> None:
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][0]), "--specs", str(env["specs"]))
     assert code == 0, out + err
     assert f"deployed {v1} to mac" in out and "models: sample" in out
+    assert "[1/2] bin/ollama:" in out and "MB sent in" in out
     assert version(env) == v1
     home = env["sshd"].home
     plist = home / "Library/LaunchAgents" / f"{services.LABEL}.plist"
@@ -191,6 +192,8 @@ def test_failed_health_rolls_back_automatically(env: dict) -> None:
 
 def test_rollback_command(env: dict) -> None:
     v2, v3 = version_of(env["dists"][1]), version_of(env["dists"][2])
+    code, out, err = run(env, "rollback", "--host", "mac", "--dry-run")
+    assert code == 0 and f"would switch mac from {v3} to {v2}" in out and version(env) == v3
     t0 = time.perf_counter()
     code, out, err = run(env, "rollback", "--host", "mac")
     bench(f"invoke rollback over SSH: {time.perf_counter() - t0:.2f} s")
