@@ -84,21 +84,33 @@ COND_OPENERS = re.compile(r"^\s*(\}\s*)?(if|else|for|switch|case|default)\b")
 
 
 def server_flags(go_source: str) -> list[Flag]:
-    """llama-server flags in Ollama's argv builder; ``always`` unless inside if/for/switch."""
+    """llama-server flags in Ollama's argv builder, each marked ``always`` or conditional.
+
+    A flag is conditional when it sits inside an if/else/for/switch block, or after an early
+    ``return`` inside such a block in the same function (the guard-clause style:
+    ``if len(x) == 0 { return params }`` then ``append(params, "--flag", ...)``). Error returns
+    (``return nil, err``) do not count: they leave only when something failed.
+    """
     flags: dict[str, Flag] = {}
     stack: list[bool] = []  # for each open brace: is it a conditional block
+    guarded = False  # an early return has been seen in the current function
     for i, line in enumerate(go_source.splitlines(), 1):
         code = re.sub(r'"(?:[^"\\]|\\.)*"', lambda m: m.group(0) if FLAG_LITERAL.fullmatch(m.group(0))
                       else '""', line.split("//", 1)[0])
+        if re.match(r"^func\b", code):
+            guarded = False
         conditional_line = bool(COND_OPENERS.match(code))
         in_cond = any(stack)
         for m in FLAG_LITERAL.finditer(code):
             name = m.group(1)
-            always = not in_cond
+            always = not in_cond and not guarded
             if name in flags:
                 flags[name].always = flags[name].always or always
             else:
                 flags[name] = Flag(name, always, i)
+        ret = re.search(r"\breturn\b(.*)", code)
+        if in_cond and ret and not re.search(r"\b(err|nil|Errorf|errors\.)", ret.group(1)):
+            guarded = True  # the normal path may leave here: what follows runs only sometimes
         for ch in re.sub(r'"[^"]*"', "", code):
             if ch == "{":
                 stack.append(conditional_line)

@@ -133,3 +133,38 @@ def test_sources_mirror_a_git_url_once(tmp_path: Path) -> None:
         sources.open_source("ollama", url, "v9", ws)
     with pytest.raises(SourceError, match="cannot fetch"):
         sources.open_source("ollama", f"file://{tmp_path}/nowhere", "main", ws)
+
+
+ARGV = """package llm
+
+func buildArgs(opts Options) ([]string, error) {
+	path, err := find()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{
+		"--model", path,
+		"--port", "0",
+	}
+	if opts.Threads > 0 {
+		args = append(args, "--threads", "4")
+	}
+	return withProjector(args, opts), nil
+}
+
+func withProjector(args []string, opts Options) []string {
+	args = append(args, "--log-verbosity", "4")
+	if opts.Projector == "" {
+		return args
+	}
+	return append(args, "--mmproj", opts.Projector)
+}
+"""
+
+
+def test_flags_after_a_guard_clause_are_conditional() -> None:
+    from ollama_turbo import contract
+
+    flags = {f.name: f.always for f in contract.server_flags(ARGV)}
+    assert flags == {"--model": True, "--port": True, "--threads": False, "--log-verbosity": True,
+                     "--mmproj": False}
