@@ -43,10 +43,6 @@ def _layout(t: Transport, host: Host) -> Layout:
     return Layout(home=home, prefix=expand(host.prefix, home), models=expand(host.models_dir, home))
 
 
-def _port(host: Host) -> int:
-    return host.port
-
-
 def latest_dist(settings: Settings) -> Path:
     dists = sorted((p for p in (settings.workspace / "dist").glob("*") if (p / "manifest.json").is_file()),
                    key=lambda p: p.stat().st_mtime)
@@ -211,7 +207,7 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
                    t0: float) -> DeployResult:
     version = m["version"]
     release = f"{layout.releases}/{version}"
-    holder = port_holder(t, _port(host))
+    holder = port_holder(t, host.port)
     if holder:
         current = (res.previous or "").rsplit("/", 1)[-1]
         served = t.sh(f"curl -s -m 2 http://127.0.0.1:{host.port}/api/version", check=False).stdout

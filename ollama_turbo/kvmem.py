@@ -12,7 +12,6 @@ cache size are modelled and switchable (:class:`ForkBehaviour`):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,10 +261,6 @@ def max_context(geo: Geometry, budget_bytes: int, type_k: str, type_v: str | Non
 # --- GGUF ---------------------------------------------------------------------------------
 
 
-def _scalar(value: Any) -> Any:
-    return value
-
-
 def geometry_from_metadata(kv: Mapping[str, Any], *, source: str = "model",
                            weights_bytes: int = 0) -> Geometry:
     """Geometry from GGUF metadata (``general.architecture`` and ``<arch>.*`` keys)."""
@@ -345,14 +340,5 @@ def geometry_from_gguf(path: Path) -> Geometry:
     return geometry_from_metadata(meta, source=str(path), weights_bytes=path.stat().st_size)
 
 
-def fmt_mib(n_bytes: float) -> str:
-    return f"{n_bytes / MIB:,.0f}" if n_bytes >= 10 * MIB else f"{n_bytes / MIB:,.2f}"
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 __all__ = ["CACHE_TYPES", "CacheType", "ForkBehaviour", "Geometry", "KVEstimate", "KVMemError",
-           "estimate", "geometry_from_gguf", "geometry_from_metadata", "max_context", "parse_pair",
-           "math"]
+           "estimate", "geometry_from_gguf", "geometry_from_metadata", "max_context", "parse_pair"]

@@ -13,7 +13,7 @@ import hashlib
 import os
 import shlex
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -174,7 +174,3 @@ def connect(name: str, ssh: str) -> Transport:
     if ssh in ("", "local"):
         return LocalTransport(name)
     return SSHTransport(name, ssh)
-
-
-def sh_lines(lines: Sequence[str]) -> str:
-    return "set -e\n" + "\n".join(lines) + "\n"
