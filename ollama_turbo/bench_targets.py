@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -15,6 +14,7 @@ import requests
 from . import kvmem, proc
 from .bench import Endpoint
 from .errors import TurboError, UsageError
+from .ports import free_port
 
 Starter = Callable[[], AbstractContextManager[Endpoint]]
 
@@ -53,12 +53,6 @@ def _fixed(ep: Endpoint) -> Starter:
     return start
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def local_llama_server(binary: Path, gguf: Path, pairs: list[tuple[str, str]], *, ctx: int, logs: Path,
                        extra_env: dict[str, str] | None = None) -> list[tuple[Endpoint, Starter]]:
     """Start ``binary`` once per cache type, on 127.0.0.1, and stop it after that type's bench."""
@@ -73,7 +67,7 @@ def local_llama_server(binary: Path, gguf: Path, pairs: list[tuple[str, str]], *
 
 @contextlib.contextmanager
 def _spawn(binary: Path, gguf: Path, ep: Endpoint, ctx: int, log: Path, env: dict[str, str]) -> Iterator[Endpoint]:
-    port = _free_port()
+    port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
     p = proc.spawn([binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx), "-np", "1",

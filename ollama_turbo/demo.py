@@ -7,13 +7,13 @@ machine (a detached service) -> smoke (version, model, generation, cache type in
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import apicheck, build, config, kvmem, plan, sample, smoke, sources
+from .ports import free_port
 
 Say = Callable[[str], None]
 
@@ -27,12 +27,6 @@ class DemoResult:
     plan: str
     smoke_ok: bool
     smoke: dict[str, Any] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _raw(s: config.Settings) -> dict[str, Any]:

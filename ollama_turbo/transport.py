@@ -12,13 +12,13 @@ import contextlib
 import hashlib
 import os
 import shlex
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from . import proc
 from .errors import TurboError
+from .ports import free_port
 
 
 class TransportError(TurboError):
@@ -160,9 +160,7 @@ class SSHTransport:
 
     @contextlib.contextmanager
     def forward(self, remote_port: int) -> Iterator[int]:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            local_port = int(s.getsockname()[1])
+        local_port = free_port()
         with self.conn.forward_local(local_port, remote_port=remote_port, remote_host="127.0.0.1"):
             yield local_port
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,11 @@ import pytest
 
 from ollama_turbo import build_era_c, proc, sample
 from ollama_turbo.ollama_api import Client
+from ollama_turbo.ports import free_port
 
 from . import real_assets
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def invoke(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None,

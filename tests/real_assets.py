@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import sys
 import tarfile
 import time
@@ -21,6 +20,7 @@ import requests
 
 from ollama_turbo import llama_build, proc
 from ollama_turbo.manifest import sha256
+from ollama_turbo.ports import free_port
 from ollama_turbo.sample.gitrepo import Repo
 
 CACHE = Path(os.environ.get("TURBO_TEST_CACHE", Path.home() / ".cache" / "ollama-turbo-tests"))
@@ -118,12 +118,6 @@ class RealServer:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(binary: Path, model_path: Path, cache_type: str, log: Path, *,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ollama_turbo import proc
+from ollama_turbo.ports import free_port
 
 USER = "turbotest"
 SSHD = "/usr/sbin/sshd"
@@ -46,12 +47,6 @@ def unavailable() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start(emulator: Path) -> SSHHost:
     root = Path(tempfile.mkdtemp(prefix="turbo-ssh-", dir="/tmp"))
     root.chmod(0o755)
@@ -74,7 +69,7 @@ def start(emulator: Path) -> SSHHost:
     for p in [home, *home.rglob("*")]:
         os.chown(p, info.pw_uid, info.pw_gid)
     (home / ".ssh").chmod(0o700)
-    port = _free_port()
+    port = free_port()
     cfg = root / "sshd_config"
     cfg.write_text(f"""Port {port}
 ListenAddress 127.0.0.1
