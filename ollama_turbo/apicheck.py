@@ -217,10 +217,7 @@ def _era_c(report: Report, settings: Settings, ollama_dir: Path, fork: sources.C
     if not go.exists():
         raise SourceError(f"ollama {report.ollama['ref']}: llm/llama_server.go not found; cannot tell "
                           "which llama-server flags Ollama passes")
-    arg_cpp = (fork_dir / "common/arg.cpp").read_text(errors="replace") \
-        if (fork_dir / "common/arg.cpp").exists() else ""
-    ggml_c = (fork_dir / "ggml/src/ggml.c").read_text(errors="replace") \
-        if (fork_dir / "ggml/src/ggml.c").exists() else ""
+    arg_cpp, ggml_c = contract.read_fork_sources(fork_dir)
     defined = contract.fork_flags(arg_cpp)
     report.flags = contract.server_flags(go.read_text())
     for f in report.flags:

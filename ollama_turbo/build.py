@@ -121,8 +121,7 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     preset = _check_backend(backend, info.era)
     o_dir = ollama.export(probe / "ollama", PROBE_PATHS)
     f_dir = fork.export(probe / "fork", [*FORK_PATHS, "ggml/src/ggml-common.h", "ggml/src"])
-    arg_cpp = (f_dir / "common/arg.cpp").read_text(errors="replace") if (f_dir / "common/arg.cpp").exists() else ""
-    ggml_c = (f_dir / "ggml/src/ggml.c").read_text(errors="replace") if (f_dir / "ggml/src/ggml.c").exists() else ""
+    arg_cpp, ggml_c = contract.read_fork_sources(f_dir)
     fork_types = contract.fork_cache_types(arg_cpp, ggml_c)
     if not fork_types:
         raise BuildError(f"fork {fork.ref}: no KV cache type list in common/arg.cpp", hint="is this llama.cpp?")
@@ -269,15 +268,6 @@ def _toolchain(plan: Plan) -> dict[str, str]:
     return tools
 
 
-def _tree_hash(*roots: Path) -> str:
-    h = hashlib.sha256()
-    for root in roots:
-        for p in sorted(root.rglob("*")) if root.is_dir() else [root]:
-            if p.is_file():
-                h.update(str(p.relative_to(root.parent)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()
-
-
 def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage: Path, log: Path,
              step: _Steps, patch_results: list[dict[str, str]]) -> dict[str, Any]:
     fork_dir = work / "fork"
@@ -311,7 +301,7 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
 
     step(f"check {len(plan.patches)} compat patches against the fork", check_patches)
     cache_key = hashlib.sha256("\0".join([
-        plan.fork.sha, _tree_hash(ollama_dir / "llama/server", ollama_dir / "llama/compat"), plan.preset,
+        plan.fork.sha, manifest.tree_hash(ollama_dir, ["llama/server", "llama/compat"]), plan.preset,
         str(toolchain.cmake_version())]).encode()).hexdigest()[:16]
     cached = settings.workspace / "cache" / "llama-server" / cache_key
     if not (cached / "lib").is_dir():
@@ -365,16 +355,9 @@ def _build_b(plan: Plan, work: Path, ollama_dir: Path, stage: Path, log: Path, s
     step("sync the fork into llama/llama.cpp and ml/backend/ggml/ggml (Makefile.sync, git am -3, go generate)",
          sync)
     step(f"apply {len(plan.rules)} Go rules", lambda: rules.apply_rules(ollama_dir, plan.rules))
-    vendored = _tree_hash(ollama_dir / "llama/llama.cpp", ollama_dir / "ml/backend/ggml/ggml")[:16]
+    vendored = manifest.tree_hash(ollama_dir, ["llama/llama.cpp", "ml/backend/ggml/ggml"])[:16]
     flags = f"-O2 -g -DOLLAMA_TURBO_SOURCES={vendored}"
-
-    def go() -> None:
-        env = toolchain.go_env({"CGO_CFLAGS": flags, "CGO_CXXFLAGS": flags})
-        toolchain.require_go(toolchain.go_mod_version((ollama_dir / "go.mod").read_text()))
-        out = stage / "bin" / "ollama"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        proc.run(["go", "build", "-trimpath", "-ldflags", build_era_c.ldflags(plan.version), "-o", out, "."],
-                 cwd=ollama_dir, extra_env=env, log=log)
-
-    step(f"go build ollama {plan.version} (cgo)", go)
+    step(f"go build ollama {plan.version} (cgo)",
+         lambda: build_era_c.go_build(ollama_dir, stage / "bin" / "ollama", version=plan.version, log=log,
+                                      extra_env={"CGO_CFLAGS": flags, "CGO_CXXFLAGS": flags}))
     return {"cgo_cflags": flags}

@@ -28,12 +28,13 @@ def build_llama_server(ollama: Path, build_dir: Path, prefix: Path, *, preset: s
     return prefix / "lib" / "ollama" / "llama-server"
 
 
-def go_build(ollama: Path, out: Path, *, version: str, log: Path, force: bool = False) -> Path:
+def go_build(ollama: Path, out: Path, *, version: str, log: Path, force: bool = False,
+             extra_env: dict[str, str] | None = None) -> Path:
     toolchain.require_go(toolchain.go_mod_version((ollama / "go.mod").read_text()))
     out.parent.mkdir(parents=True, exist_ok=True)
     argv: list[str | Path] = ["go", "build", "-trimpath", "-ldflags", ldflags(version), "-o", out]
     if force:
         argv.insert(2, "-a")
     argv.append(".")
-    proc.run(argv, cwd=ollama, extra_env=toolchain.go_env(), log=log)
+    proc.run(argv, cwd=ollama, extra_env=toolchain.go_env(extra_env), log=log)
     return out

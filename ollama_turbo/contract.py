@@ -119,6 +119,15 @@ def server_flags(go_source: str) -> list[Flag]:
     return list(flags.values())
 
 
+def read_fork_sources(fork_dir: Path) -> tuple[str, str]:
+    """The fork's ``common/arg.cpp`` and ``ggml/src/ggml.c`` ("" for a file it lacks)."""
+    texts = []
+    for rel in ("common/arg.cpp", "ggml/src/ggml.c"):
+        p = fork_dir / rel
+        texts.append(p.read_text(errors="replace") if p.exists() else "")
+    return texts[0], texts[1]
+
+
 def fork_flags(arg_cpp: str) -> set[str]:
     """Every flag name in llama.cpp's ``common/arg.cpp`` option table."""
     names: set[str] = set()

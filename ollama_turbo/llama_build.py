@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from . import proc, toolchain
+from .manifest import tree_hash
 
 BACKEND_FLAGS = {
     "cpu": [],
@@ -32,16 +33,7 @@ SOURCE_DIRS = ("CMakeLists.txt", "cmake", "common", "ggml", "include", "src", "t
 
 def source_hash(src: Path) -> str:
     """A content hash of the parts of a llama.cpp tree that the server build reads."""
-    h = hashlib.sha256()
-    for top in SOURCE_DIRS:
-        base = src / top
-        paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
-        for p in paths:
-            if ".git" in p.parts:
-                continue
-            h.update(str(p.relative_to(src)).encode() + b"\0")
-            h.update(p.read_bytes())
-    return h.hexdigest()
+    return tree_hash(src, SOURCE_DIRS)
 
 
 def build_key(src: Path, backend: str) -> str:

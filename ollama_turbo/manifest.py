@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,21 @@ def sha256(path: Path) -> str:
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_hash(base: Path, parts: Iterable[str]) -> str:
+    """A content hash of files and directories under ``base`` (paths and bytes; .git skipped)."""
+    h = hashlib.sha256()
+    for top in parts:
+        start = base / top
+        paths = [start] if start.is_file() else sorted(p for p in start.rglob("*") if p.is_file())
+        for p in paths:
+            rel = p.relative_to(base)
+            if ".git" in rel.parts:
+                continue
+            h.update(str(rel).encode() + b"\0")
+            h.update(p.read_bytes())
     return h.hexdigest()
 
 
