@@ -22,6 +22,8 @@ class Completion:
     ttft_s: float
     itl_s: list[float] = field(default_factory=list)  # inter-token latencies seen by the client
     wall_s: float = 0.0
+    tokens: int = 0     # pieces of text that arrived
+    done: bool = False  # the server sent its final message
 
     @property
     def prefill_tps(self) -> float:
@@ -86,4 +88,4 @@ def complete(url: str, api: str, prompt: str, *, n_predict: int, model: str = ""
             t.get("predicted_ms", 0.0)
     itl = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     return Completion("".join(pieces), int(pn), float(pms), int(dn), float(dms),
-                      (stamps[0] - t0) if stamps else wall, itl, wall)
+                      (stamps[0] - t0) if stamps else wall, itl, wall, len(stamps), bool(final))

@@ -8,7 +8,6 @@ cache line; era B: no "unsupported OLLAMA_KV_CACHE_TYPE" and the KV cache line).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 
 import requests
 
+from .bench_client import complete
 from .errors import TurboError
 from .ollama_api import ApiError, Client
 
@@ -188,22 +188,7 @@ def smoke_ollama(url: str, *, model: str | None, expect: Expect, log: LogReader 
 
     check("generate", generate)
 
-    def stream() -> tuple[bool, str]:
-        t0 = time.perf_counter()
-        first = None
-        chunks = 0
-        last: dict[str, Any] = {}
-        for c in client.generate_stream(r.model, PROMPT, **opts):
-            chunks += 1
-            if first is None and c.get("response"):
-                first = time.perf_counter() - t0
-            last = c
-        if first is not None:
-            r.metrics["ttft_ms"] = first * 1000
-        return bool(last.get("done")) and first is not None, \
-            f"{chunks} chunks, first token after {first * 1000 if first else 0:.0f} ms"
-
-    check("generate stream", stream)
+    check("generate stream", _stream(r, url, "ollama", num_predict, timeout))
 
     def ps() -> tuple[bool, str]:
         models = client.get("/api/ps")["models"]
@@ -218,6 +203,23 @@ def smoke_ollama(url: str, *, model: str | None, expect: Expect, log: LogReader 
     _cache_check(check, expect, log)
     r.seconds = time.perf_counter() - t_start
     return r
+
+
+def _stream(r: SmokeResult, url: str, api: str, num_predict: int, timeout: float
+            ) -> Callable[[], tuple[bool, str]]:
+    """The streamed generation check: time to first token, and the client's own decode rate."""
+
+    def stream() -> tuple[bool, str]:
+        # llama-server: generate every requested token, as the non-streamed check does
+        c = complete(url, api, PROMPT, n_predict=num_predict, model=r.model, ignore_eos=api == "llama-server",
+                     timeout=timeout)
+        if c.tokens:
+            r.metrics["ttft_ms"] = c.ttft_s * 1000
+        if api == "llama-server" and c.tokens > 2:
+            r.metrics["client_decode_tps"] = c.client_decode_tps
+        return c.done and c.tokens > 0, f"{c.tokens} tokens streamed, first after {c.ttft_s * 1000:.0f} ms"
+
+    return stream
 
 
 def _cache_check(check: _Run, expect: Expect, log: LogReader | None) -> None:
@@ -272,31 +274,7 @@ def smoke_llama_server(url: str, *, expect: Expect, log: LogReader | None, num_p
 
     check("generate", generate)
 
-    def stream() -> tuple[bool, str]:
-        t0 = time.perf_counter()
-        first = None
-        chunks = 0
-        done = False
-        stamps = []
-        with requests.post(base + "/completion", json={**body, "stream": True}, stream=True,
-                           timeout=timeout) as resp:
-            for line in resp.iter_lines():
-                if not line.startswith(b"data: "):
-                    continue
-                c = json.loads(line[6:])
-                chunks += 1
-                if c.get("content"):
-                    stamps.append(time.perf_counter())
-                    if first is None:
-                        first = stamps[-1] - t0
-                done = done or bool(c.get("stop"))
-        if first is not None:
-            r.metrics["ttft_ms"] = first * 1000
-        if len(stamps) > 2:
-            r.metrics["client_decode_tps"] = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-        return done and first is not None, f"{chunks} chunks, first token after {(first or 0) * 1000:.0f} ms"
-
-    check("generate stream", stream)
+    check("generate stream", _stream(r, url, "llama-server", num_predict, timeout))
     _cache_check(check, Expect(type_k=expect.type_k, type_v=expect.type_v, era="B"), log)
     r.seconds = time.perf_counter() - t_start
     return r
