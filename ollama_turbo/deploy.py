@@ -77,9 +77,19 @@ def remote_sums(t: Transport, directory: str) -> dict[str, str]:
     return out
 
 
-def readlink(t: Transport, path: str) -> str | None:
-    r = t.sh(f"readlink {q(path)}", check=False)
-    return r.stdout.strip() or None if r.ok else None
+def current_release(t: Transport, layout: Layout) -> str | None:
+    """The release ``current`` points at (None before the first deploy)."""
+    r = t.sh(f"readlink {q(layout.current)}", check=False)
+    return (r.stdout.strip().rsplit("/", 1)[-1] or None) if r.ok else None
+
+
+def previous_release(t: Transport, layout: Layout) -> str | None:
+    """The release to go back to, as recorded at the last switch."""
+    return t.sh(f"cat {q(layout.prefix + '/previous')} 2>/dev/null", check=False).stdout.strip() or None
+
+
+def set_previous(t: Transport, layout: Layout, name: str) -> None:
+    t.write(layout.prefix + "/previous", name + "\n")
 
 
 def switch(t: Transport, layout: Layout, version: str, host: Host) -> None:
@@ -186,7 +196,7 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
         partial = remote_sums(t, release + ".partial")
         want = {k: v for k, v in m["files"].items()}
         send = [f for f, d in want.items() if have.get(f) != d and partial.get(f) != d]
-        res = DeployResult(host.name, version, "dry-run", previous=readlink(t, layout.current),
+        res = DeployResult(host.name, version, "dry-run", previous=current_release(t, layout),
                            uploaded=send, reused=[f for f in want if f not in send], config_diff=diff)
         res.commands = [f"upload {len(send)} files to {release}.partial, verify sha256, rename to {release}",
                         f"switch {layout.current} -> releases/{version} (one rename)",
@@ -209,7 +219,7 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
     release = f"{layout.releases}/{version}"
     holder = port_holder(t, host.port)
     if holder:
-        current = (res.previous or "").rsplit("/", 1)[-1]
+        current = res.previous or ""
         served = t.sh(f"curl -s -m 2 http://127.0.0.1:{host.port}/api/version", check=False).stdout
         ours = bool(current) and f'"{current}"' in served and "running" in mgr.state()
         if not ours:
@@ -221,15 +231,15 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
                      f"turbo.hosts.{host.name}.listen another port")
     say(f"[{host.name}] upload {len(res.uploaded)} files ({len(res.reused)} already there) -> {release}")
     _upload(t, layout, dist, m, res, say)
-    previous = res.previous.rsplit("/", 1)[-1] if res.previous else None
+    previous = res.previous
     if previous == version:
-        previous = t.sh(f"cat {q(layout.prefix + '/previous')} 2>/dev/null", check=False).stdout.strip() or None
+        previous = previous_release(t, layout)
     old_config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
-    old_previous = t.sh(f"cat {q(layout.prefix + '/previous')} 2>/dev/null", check=False).stdout
+    old_previous = previous_release(t, layout)
     say(f"[{host.name}] switch current -> {version}" + (f" (previous: {previous})" if previous else ""))
     switch(t, layout, version, host)
     if previous and previous != version:
-        t.write(layout.prefix + "/previous", previous + "\n")
+        set_previous(t, layout, previous)
     try:
         mgr.install(config)
         mgr.restart()
@@ -253,7 +263,7 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
         say(f"[{host.name}] FAILED: {exc}; rolling back")
         _rollback_to(t, host, layout, mgr, previous, old_config, say)
         if old_previous:
-            t.write(layout.prefix + "/previous", old_previous)
+            set_previous(t, layout, old_previous)
         res.status = "rolled-back" if previous else "failed"
         _history(t, layout, version, res.status)
         res.seconds = time.perf_counter() - t0
@@ -377,8 +387,8 @@ def rollback(settings: Settings, host: Host, to: str | None = None, say: Say = p
     try:
         layout = _layout(t, host)
         mgr = Manager(t, host, layout)
-        current = (readlink(t, layout.current) or "").rsplit("/", 1)[-1] or None
-        target = to or t.sh(f"cat {q(layout.prefix + '/previous')} 2>/dev/null", check=False).stdout.strip()
+        current = current_release(t, layout)
+        target = to or previous_release(t, layout)
         have = releases(t, layout)
         if not target:
             raise DeployError(f"{host.name}: no previous release to roll back to (releases: {', '.join(have)})")
@@ -390,7 +400,7 @@ def rollback(settings: Settings, host: Host, to: str | None = None, say: Say = p
         with host_lock(t, layout, say):
             switch(t, layout, target, host)
             if current and current != target:
-                t.write(layout.prefix + "/previous", current + "\n")
+                set_previous(t, layout, current)
             mgr.restart()
             with t.forward(host.port) as port:
                 ok, why = wait_version(f"http://127.0.0.1:{port}", target, host.health_timeout)
@@ -407,7 +417,7 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
     try:
         layout = _layout(t, host)
         mgr = Manager(t, host, layout)
-        current = (readlink(t, layout.current) or "").rsplit("/", 1)[-1] or None
+        current = current_release(t, layout)
         kv = None
         if current:
             with contextlib.suppress(TurboError, ValueError):
@@ -424,8 +434,7 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
         env_kv = {k: v for k, v in config_env(config, host.service).items()
                   if k in ("OLLAMA_KV_CACHE_TYPE", "LLAMA_ARG_CACHE_TYPE_K", "LLAMA_ARG_CACHE_TYPE_V")}
         return {"host": host.name, "service": host.service, "state": mgr.state(), "current": current,
-                "serving": served, "previous": t.sh(f"cat {q(layout.prefix + '/previous')} 2>/dev/null",
-                                                    check=False).stdout.strip() or None,
+                "serving": served, "previous": previous_release(t, layout),
                 "releases": releases(t, layout), "kv_cache": env_kv or kv, "prefix": layout.prefix}
     finally:
         t.close()
