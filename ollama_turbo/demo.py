@@ -29,13 +29,6 @@ class DemoResult:
     smoke: dict[str, Any] = field(default_factory=dict)
 
 
-def _raw(s: config.Settings) -> dict[str, Any]:
-    return {"workspace": str(s.workspace), "build": {"backend": s.build.backend},
-            "kv": {"type_k": s.kv.type_k, "type_v": s.kv.type_v},
-            "sources": {n: {"url": getattr(s.sources, n).url, "ref": getattr(s.sources, n).ref}
-                        for n in ("ollama", "fork", "upstream")}}
-
-
 def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_running: bool = False) -> DemoResult:
     import shutil
 
@@ -44,11 +37,13 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
         shutil.rmtree(root)
     say(f"1/6 sample world -> {root / 'world'}")
     world = sample.generate(root / "world")
-    s = config.parse({"workspace": str(root / "ws"), "build": {"backend": "cpu"},
-                      "kv": {"type_k": cache_type, "type_v": cache_type},
-                      "sources": {"ollama": {"url": str(world.ollama_c), "ref": "main"},
-                                  "fork": {"url": str(world.fork), "ref": sample.world.FORK_BRANCH},
-                                  "upstream": {"url": str(world.upstream), "ref": "master"}}})
+    raw: dict[str, Any] = {
+        "workspace": str(root / "ws"), "build": {"backend": "cpu"},
+        "kv": {"type_k": cache_type, "type_v": cache_type},
+        "sources": {"ollama": {"url": str(world.ollama_c), "ref": "main"},
+                    "fork": {"url": str(world.fork), "ref": sample.world.FORK_BRANCH},
+                    "upstream": {"url": str(world.upstream), "ref": "master"}}}
+    s = config.parse(raw)
     say("2/6 api-check: can the fork replace the llama.cpp Ollama pins?")
     ollama = sources.open_source("ollama", str(world.ollama_c), "main", s.workspace)
     fork = sources.open_source("fork", str(world.fork), sample.world.FORK_BRANCH, s.workspace)
@@ -69,7 +64,7 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
     (specs / "sample.yaml").write_text(f"from: {world.model}\nnum_ctx: auto\nhosts: [this-machine]\n"
                                        "parameters: {temperature: 0}\n")
     port = free_port()
-    s = config.parse({**_raw(s), "hosts": {"this-machine": {
+    s = config.parse({**raw, "hosts": {"this-machine": {
         "ssh": "local", "os": "linux", "service": "none", "listen": f"127.0.0.1:{port}", "memory_gib": 6,
         "prefix": str(root / "host"), "models_dir": str(root / "host-models"), "health_timeout": 30}}})
     say(f"5/6 deploy {b.plan.version} to this machine (127.0.0.1:{port}, a detached service under {root / 'host'})")
