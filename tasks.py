@@ -15,6 +15,7 @@ from invoke import Collection, task
 from invoke.exceptions import Exit
 
 from ollama_turbo import config, proc, settings_files
+from ollama_turbo import manifest as manifest_mod
 from ollama_turbo.errors import ConfigError, TurboError
 
 ROOT = Path(__file__).resolve().parent
@@ -302,8 +303,7 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
     else:
         m = None
     if manifest:
-        mp = Path(manifest)
-        m = jsonlib.loads((mp / "manifest.json" if mp.is_dir() else mp).read_text())
+        m = manifest_mod.load(Path(manifest))
     if m:
         expect.version = expect.version or m.get("version")
         expect.era = m.get("era")
@@ -350,7 +350,6 @@ def bench(c, url="", host="", api="ollama", model="", types="f16,q8_0,turbo4,q8_
           llama_server="", gguf="", ctx=0, log="", manifest="", out=""):
     """Measure each cache type: tok/s per depth, latency, KV memory, needle retrieval, A/B outputs."""
     import datetime
-    import json as jsonlib
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -372,8 +371,7 @@ def bench(c, url="", host="", api="ollama", model="", types="f16,q8_0,turbo4,q8_
     if gguf:
         opts.geometry = kvmem.geometry_from_gguf(Path(gguf))
     if manifest:
-        mp = Path(manifest)
-        m = jsonlib.loads((mp / "manifest.json" if mp.is_dir() else mp).read_text())
+        m = manifest_mod.load(Path(manifest))
         provenance["build"] = {k: m.get(k) for k in ("version", "era", "ollama", "fork", "backend")}
     if llama_server:
         if not gguf:

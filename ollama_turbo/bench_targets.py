@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -65,29 +66,40 @@ def local_llama_server(binary: Path, gguf: Path, pairs: list[tuple[str, str]], *
     return out
 
 
+def start_llama_server(binary: Path, gguf: Path, type_k: str, type_v: str, *, ctx: int, log: Path,
+                       extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None,
+                       timeout: float = 180) -> tuple[subprocess.Popen[bytes], str]:
+    """Start llama-server on a free 127.0.0.1 port with these cache types; return it once healthy.
+
+    It logs at verbosity 4, where llama.cpp prints its KV cache lines.
+    """
+    port = free_port()
+    p = proc.spawn([binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx), "-np", "1",
+                    "-fa", "on", "--cache-type-k", type_k, "--cache-type-v", type_v, "-lv", "4", *extra_args],
+                   log=log, extra_env=extra_env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        if p.poll() is not None:
+            raise TurboError(f"llama-server ({label(type_k, type_v)}) exited with {p.returncode}:\n"
+                             f"{proc.tail(log.read_text(errors='replace'), 8)}")
+        try:
+            if requests.get(url + "/health", timeout=2).status_code == 200:
+                return p, url
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            proc.stop(p)
+            raise TurboError(f"llama-server ({label(type_k, type_v)}) did not become healthy; log: {log}")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def _spawn(binary: Path, gguf: Path, ep: Endpoint, ctx: int, log: Path, env: dict[str, str]) -> Iterator[Endpoint]:
-    port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    p = proc.spawn([binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx), "-np", "1",
-                    "-fa", "on", "--cache-type-k", ep.type_k, "--cache-type-v", ep.type_v, "-lv", "4"],
-                   log=log, extra_env=env)
-    ep.url = f"http://127.0.0.1:{port}"
+    p, ep.url = start_llama_server(binary, gguf, ep.type_k, ep.type_v, ctx=ctx, log=log, extra_env=env)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if p.poll() is not None:
-                raise TurboError(f"llama-server for {ep.label} exited with {p.returncode}:\n"
-                                 f"{proc.tail(log.read_text(errors='replace'), 8)}")
-            try:
-                if requests.get(ep.url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise TurboError(f"llama-server for {ep.label} did not become healthy; log: {log}")
-            time.sleep(0.1)
         yield ep
     finally:
         proc.stop(p)

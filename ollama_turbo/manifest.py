@@ -57,6 +57,19 @@ def read(root: Path) -> dict[str, Any] | None:
         return None
 
 
+def load(path: Path) -> dict[str, Any]:
+    """A manifest given as its file or as the dist directory that holds it."""
+    from .errors import UsageError
+
+    p = path / NAME if path.is_dir() else path
+    try:
+        data: dict[str, Any] = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the build manifest {p}: {exc}",
+                         hint="pass a dist directory of invoke build-ollama or its manifest.json") from None
+    return data
+
+
 def verify(root: Path, data: dict[str, Any]) -> list[str]:
     """Files whose checksum differs from the manifest (or that are missing or extra)."""
     want: dict[str, str] = data.get("files", {})

@@ -11,16 +11,13 @@ import os
 import shutil
 import sys
 import tarfile
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
-
 from ollama_turbo import llama_build, proc
+from ollama_turbo.bench_targets import start_llama_server
 from ollama_turbo.manifest import sha256
-from ollama_turbo.ports import free_port
 from ollama_turbo.sample.gitrepo import Repo
 
 CACHE = Path(os.environ.get("TURBO_TEST_CACHE", Path.home() / ".cache" / "ollama-turbo-tests"))
@@ -122,21 +119,6 @@ class RealServer:
 
 def start_server(binary: Path, model_path: Path, cache_type: str, log: Path, *,
                  ctx: int = 2048, extra: tuple[str, ...] = ()) -> RealServer:
-    port = free_port()
-    argv = [binary, "-m", model_path, "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx),
-            "-fa", "on", "--cache-type-k", cache_type, "--cache-type-v", cache_type, "-t", "2",
-            "-np", "1", "--no-webui", "-lv", "4", *extra]
-    p = proc.spawn(argv, log=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if p.poll() is not None:
-            raise RuntimeError(f"llama-server exited with {p.returncode}:\n{proc.tail(log.read_text())}")
-        try:
-            if requests.get(url + "/health", timeout=2).status_code == 200:
-                return RealServer(url=url, log=log, cache_type=cache_type, ctx=ctx, process=p)
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    proc.stop(p)
-    raise RuntimeError(f"llama-server did not become healthy:\n{proc.tail(log.read_text())}")
+    p, url = start_llama_server(binary, model_path, cache_type, cache_type, ctx=ctx, log=log,
+                                extra_args=("-t", "2", "--no-webui", *extra), timeout=120)
+    return RealServer(url=url, log=log, cache_type=cache_type, ctx=ctx, process=p)
