@@ -12,8 +12,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import apicheck, build, config, kvmem, plan, sample, smoke, sources
-from .ports import free_port
+from ollama_turbo import sample
+from ollama_turbo.build import build_ollama as build
+from ollama_turbo.check import apicheck
+from ollama_turbo.core import settings as config
+from ollama_turbo.core import sources
+from ollama_turbo.core.ports import free_port
+from ollama_turbo.kv import geometry, plan
+from ollama_turbo.prove import smoke
 
 Say = Callable[[str], None]
 
@@ -53,7 +59,7 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
         f"compat patches: {', '.join(p.status for p in report.patches)}")
     say("3/6 build-ollama (era C, cpu)")
     b = build.run(s, build.Options(), say=lambda line: say("   " + line))
-    geo = kvmem.geometry_from_gguf(world.model)
+    geo = geometry.geometry_from_gguf(world.model)
     say(f"4/6 plan: KV cache of {world.model.name} at 8,192 tokens; Modelfile with num_ctx: auto")
     p = plan.make_plan(geo, [8192], [("f16", "f16"), ("q8_0", "q8_0"), (cache_type, cache_type)])
     table = "\n".join(p.render().splitlines()[2:6])
@@ -68,15 +74,15 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
         "ssh": "local", "os": "linux", "service": "none", "listen": f"127.0.0.1:{port}", "memory_gib": 6,
         "prefix": str(root / "host"), "models_dir": str(root / "host-models"), "health_timeout": 30}}})
     say(f"5/6 deploy {b.plan.version} to this machine (127.0.0.1:{port}, a detached service under {root / 'host'})")
-    from . import deploy as deploy_mod
+    from ollama_turbo.deploy import releases as deploy_mod
 
     host = s.host("this-machine")
     try:
         d = deploy_mod.deploy(s, host, b.dist, specs_dir=specs, say=lambda line: say("    " + line))
     finally:
         if not keep_running:
-            from .services import Layout, Manager
-            from .transport import LocalTransport
+            from ollama_turbo.deploy.services import Layout, Manager
+            from ollama_turbo.deploy.transport import LocalTransport
 
             Manager(LocalTransport(), host, Layout("", str(root / "host"), "")).stop()
     say("6/6 smoke (run by the deploy): version, model, generation, /api/ps, cache type in effect")

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo import build_era_c, proc, sample
-from ollama_turbo.ollama_api import Client
-from ollama_turbo.ports import free_port
+from ollama_turbo import sample
+from ollama_turbo.build import era_c as build_era_c
+from ollama_turbo.core import proc
+from ollama_turbo.core.ports import free_port
+from ollama_turbo.prove.ollama_api import Client
 
 from . import real_assets
 

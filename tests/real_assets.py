@@ -15,9 +15,10 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ollama_turbo import llama_build, proc
-from ollama_turbo.bench_targets import start_llama_server
-from ollama_turbo.manifest import sha256
+from ollama_turbo.build import llama_server as llama_build
+from ollama_turbo.core import proc
+from ollama_turbo.core.manifest import sha256
+from ollama_turbo.prove.targets import start_llama_server
 from ollama_turbo.sample.gitrepo import Repo
 
 CACHE = Path(os.environ.get("TURBO_TEST_CACHE", Path.home() / ".cache" / "ollama-turbo-tests"))

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ollama_turbo import proc
-from ollama_turbo.ports import free_port
+from ollama_turbo.core import proc
+from ollama_turbo.core.ports import free_port
 
 USER = "turbotest"
 SSHD = "/usr/sbin/sshd"

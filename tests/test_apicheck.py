@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo import apicheck, capi, config, sample, sources
-from ollama_turbo.errors import ConfigError, SourceError
+from ollama_turbo import sample
+from ollama_turbo.check import apicheck
+from ollama_turbo.core import capi, sources
+from ollama_turbo.core import settings as config
+from ollama_turbo.core.errors import ConfigError, SourceError
 
 from .conftest import invoke
 

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo import build, config, kvmem, manifest, proc, sample
-from ollama_turbo.errors import SourceError, ToolMissing
-from ollama_turbo.rules import RuleError
+from ollama_turbo import sample
+from ollama_turbo.build import build_ollama as build
+from ollama_turbo.core import manifest, proc
+from ollama_turbo.core import settings as config
+from ollama_turbo.core.errors import SourceError, ToolMissing
+from ollama_turbo.core.rules import RuleError
+from ollama_turbo.kv import geometry
 from ollama_turbo.sample.gitrepo import Repo
 
 from .conftest import bench, invoke, serving
@@ -73,7 +77,7 @@ def test_era_c_build_runs_turbo4_with_the_stamped_version(
     text = log.read_text()
     assert "--cache-type-k turbo4 --cache-type-v turbo4" in text and "K (turbo4):" in text
     # Ollama's memory estimate now uses turbo4's 68 bytes per 128 values, not f16's 2 bytes
-    geo = kvmem.geometry_from_gguf(worlds["clean"].model)
+    geo = geometry.geometry_from_gguf(worlds["clean"].model)
     kv = geo.n_layer * 2048 * geo.n_head_kv[0] * geo.head_dim_k * 2 * 68 / 128
     assert ps["size_vram"] == worlds["clean"].model.stat().st_size + kv
 

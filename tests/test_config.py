@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo import config
-from ollama_turbo.errors import ConfigError
+from ollama_turbo.core import settings as config
+from ollama_turbo.core.errors import ConfigError
 
 from .conftest import invoke
 

@@ -18,7 +18,11 @@ import pytest
 import requests
 import yaml
 
-from ollama_turbo import build, config, manifest, sample, services
+from ollama_turbo import sample
+from ollama_turbo.build import build_ollama as build
+from ollama_turbo.core import manifest
+from ollama_turbo.core import settings as config
+from ollama_turbo.deploy import services
 from ollama_turbo.sample.gitrepo import Repo
 
 from . import ssh_host
@@ -288,7 +292,7 @@ def test_systemd_unit_rendering(tmp_path: Path) -> None:
     (tmp_path / "p/current/bin/ollama").chmod(0o755)
     unit_file = tmp_path / "ollama-turbo.service"
     unit_file.write_text(unit)
-    from ollama_turbo import proc
+    from ollama_turbo.core import proc
 
     r = proc.run(["systemd-analyze", "verify", str(unit_file)], check=False)
     assert r.returncode == 0, r.stderr

@@ -6,9 +6,14 @@ import gguf
 import numpy as np
 import pytest
 
-from ollama_turbo import kvmem, plan
-from ollama_turbo.errors import UsageError
-from ollama_turbo.kvmem import ForkBehaviour, Geometry, KVMemError, estimate
+from ollama_turbo.core.errors import UsageError
+from ollama_turbo.core.sizes import parse_sizes
+from ollama_turbo.fork import cache_types
+from ollama_turbo.fork.behaviour import ForkBehaviour
+from ollama_turbo.fork.cache_types import KVMemError
+from ollama_turbo.kv import geometry, memory, plan
+from ollama_turbo.kv.geometry import Geometry
+from ollama_turbo.kv.memory import estimate
 
 UNIFORM = ForkBehaviour(layer_adaptive=0)
 
@@ -115,21 +120,21 @@ def test_sliding_window_layers_are_capped() -> None:
 
 def test_max_context_rounds_down_to_1024() -> None:
     geo = Geometry.simple(40, 8, 128)
-    budget = 5120 * kvmem.MIB  # exactly f16 at 32768
-    assert kvmem.max_context(geo, budget, "f16") == 32768
-    assert kvmem.max_context(geo, budget - 1, "f16") == 31744
-    assert kvmem.max_context(geo, budget, "turbo4") == 122880  # 5120 MiB / 42.5 KiB per token
-    assert kvmem.max_context(geo, 10, "f16") == 0
+    budget = 5120 * cache_types.MIB  # exactly f16 at 32768
+    assert memory.max_context(geo, budget, "f16") == 32768
+    assert memory.max_context(geo, budget - 1, "f16") == 31744
+    assert memory.max_context(geo, budget, "turbo4") == 122880  # 5120 MiB / 42.5 KiB per token
+    assert memory.max_context(geo, 10, "f16") == 0
 
 
 def test_pairs_and_bad_names() -> None:
-    assert kvmem.parse_pair("q8_0/turbo4") == ("q8_0", "turbo4")
-    assert kvmem.parse_pair("Turbo3") == ("turbo3", "turbo3")
+    assert cache_types.parse_pair("q8_0/turbo4") == ("q8_0", "turbo4")
+    assert cache_types.parse_pair("Turbo3") == ("turbo3", "turbo3")
     with pytest.raises(UsageError, match="unknown cache type 'turbo5'"):
-        kvmem.parse_pair("turbo5")
+        cache_types.parse_pair("turbo5")
     with pytest.raises(UsageError, match="is not a number"):
-        plan.parse_contexts("8k,lots")
-    assert plan.parse_contexts("8k, 32768") == [8192, 32768]
+        parse_sizes("8k,lots", option="--ctx")
+    assert parse_sizes("8k, 32768", option="--ctx") == [8192, 32768]
 
 
 def write_gguf(path: Path, arch: str = "llama", **kv: object) -> Path:
@@ -156,7 +161,7 @@ def test_geometry_from_a_gguf_with_per_layer_heads_and_swa(tmp_path: Path) -> No
                    attention__head_count_kv=[1, 1, 2, 1, 1, 2], attention__key_length=256,
                    attention__value_length=256, attention__sliding_window=512,
                    attention__sliding_window_pattern=3)
-    geo = kvmem.geometry_from_gguf(p)
+    geo = geometry.geometry_from_gguf(p)
     assert geo.n_layer == 6 and geo.n_head_kv == (1, 1, 2, 1, 1, 2)
     assert (geo.head_dim_k, geo.head_dim_v, geo.n_ctx_train) == (256, 256, 131072)
     assert geo.swa_layers == (True, True, False, True, True, False) and geo.sliding_window == 512
@@ -166,29 +171,29 @@ def test_geometry_from_a_gguf_with_per_layer_heads_and_swa(tmp_path: Path) -> No
 def test_head_size_from_embedding_length(tmp_path: Path) -> None:
     p = write_gguf(tmp_path / "m.gguf", block_count=4, embedding_length=512, attention__head_count=8,
                    attention__head_count_kv=2)
-    geo = kvmem.geometry_from_gguf(p)
+    geo = geometry.geometry_from_gguf(p)
     assert (geo.head_dim_k, geo.n_head_kv[0], geo.gqa_ratio) == (64, 2, 4)
 
 
 def test_bad_gguf_files(tmp_path: Path) -> None:
     with pytest.raises(KVMemError, match="model file not found"):
-        kvmem.geometry_from_gguf(tmp_path / "missing.gguf")
+        geometry.geometry_from_gguf(tmp_path / "missing.gguf")
     good = write_gguf(tmp_path / "ok.gguf", block_count=4, embedding_length=512, attention__head_count=8)
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(good.read_bytes()[:40])
     with pytest.raises(KVMemError, match="not a readable GGUF file"):
-        kvmem.geometry_from_gguf(cut)
+        geometry.geometry_from_gguf(cut)
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a model at all" * 10)
     with pytest.raises(KVMemError, match="not a readable GGUF file"):
-        kvmem.geometry_from_gguf(junk)
+        geometry.geometry_from_gguf(junk)
     no_attn = write_gguf(tmp_path / "noattn.gguf", block_count=4, embedding_length=512)
     with pytest.raises(KVMemError, match="no attention metadata"):
-        kvmem.geometry_from_gguf(no_attn)
+        geometry.geometry_from_gguf(no_attn)
 
 
 def test_plan_table_and_json() -> None:
-    geo = Geometry.simple(40, 8, 128, weights_bytes=20 * kvmem.GIB, n_ctx_train=262144)
+    geo = Geometry.simple(40, 8, 128, weights_bytes=20 * cache_types.GIB, n_ctx_train=262144)
     budget = plan.Budget("macbook", 36, geo.weights_bytes, 4)
     p = plan.make_plan(geo, [32768], [("f16", "f16"), ("turbo4", "turbo4")], budget=budget)
     text = p.render()

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ollama_turbo import config, modelfile
-from ollama_turbo.errors import ConfigError, TurboError
+from ollama_turbo.core import settings as config
+from ollama_turbo.core.errors import ConfigError, TurboError
+from ollama_turbo.kv import modelfiles as modelfile
 
 from .conftest import invoke
 
@@ -38,7 +39,7 @@ def test_rendering_matches_the_golden_files(tmp_path: Path) -> None:
 
 
 def test_auto_context_uses_the_host_budget_and_kv_type(tmp_path: Path) -> None:
-    specs = modelfile.load_specs(ROOT / "modelfiles")
+    specs = modelfile.load_specs(ROOT / "ollama_turbo/examples/modelfiles")
     out = modelfile.render_all(fleet(), specs, tmp_path, host="predator")
     qwen = next(r for r in out if r.spec.name == "qwen3.5-27b")
     # 24 GiB - 16.5 GiB weights - 4 GiB reserve = 3.5 GiB; q8_0 K + turbo4 V = 102 KiB per token

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo import proc
-from ollama_turbo.errors import CommandError, ToolMissing
+from ollama_turbo.core import proc
+from ollama_turbo.core.errors import CommandError, ToolMissing
 
 
 def test_run_captures_output() -> None:

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo import build_era_c, proc, sample, toolchain
-from ollama_turbo.errors import CommandError, UsageError
+from ollama_turbo import sample
+from ollama_turbo.build import era_c as build_era_c
+from ollama_turbo.core import proc, toolchain
+from ollama_turbo.core.errors import CommandError, UsageError
 
 from .conftest import invoke, serving
 

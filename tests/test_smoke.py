@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo import build, config, sample, smoke
-from ollama_turbo.ollama_api import Client
+from ollama_turbo import sample
+from ollama_turbo.build import build_ollama as build
+from ollama_turbo.core import settings as config
+from ollama_turbo.prove import smoke
+from ollama_turbo.prove.ollama_api import Client
 
 from .conftest import free_port, invoke, serving
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo import config, proc, rules, services, sources
-from ollama_turbo.errors import SourceError
+from ollama_turbo.core import proc, rules, sources
+from ollama_turbo.core import settings as config
+from ollama_turbo.core.errors import SourceError
+from ollama_turbo.deploy import services
 from ollama_turbo.sample.gitrepo import Repo
 
 GO = """package ggml
@@ -163,7 +165,7 @@ func withProjector(args []string, opts Options) []string {
 
 
 def test_flags_after_a_guard_clause_are_conditional() -> None:
-    from ollama_turbo import contract
+    from ollama_turbo.check import contract
 
     flags = {f.name: f.always for f in contract.server_flags(ARGV)}
     assert flags == {"--model": True, "--port": True, "--threads": False, "--log-verbosity": True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from .. import proc
+from ollama_turbo.core import proc
 
 # Fixed identity and dates so the sample world is the same on every machine.
 GIT_ENV = {

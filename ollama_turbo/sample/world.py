@@ -13,7 +13,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UsageError
+from ollama_turbo.core.errors import UsageError
+
 from . import go_common, go_llm, go_routes
 from . import ollama_build_files as obf
 from .gitrepo import Repo

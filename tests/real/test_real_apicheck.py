@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo import apidiff, capi, sources
+from ollama_turbo.check import apidiff
+from ollama_turbo.core import capi, sources
 
 from ..conftest import bench
 

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo import build, config, manifest, proc, sample
+from ollama_turbo import sample
+from ollama_turbo.build import build_ollama as build
+from ollama_turbo.core import manifest, proc
+from ollama_turbo.core import settings as config
 from ollama_turbo.sample.gitrepo import Repo
 
 from .. import real_assets

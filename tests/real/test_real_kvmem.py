@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo import kvmem
+from ollama_turbo.kv import geometry, memory
 
 from ..real_assets import RealServer
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.real
 
 
 def test_smollm2_geometry(real_model: Path) -> None:
-    geo = kvmem.geometry_from_gguf(real_model)
+    geo = geometry.geometry_from_gguf(real_model)
     assert geo.n_layer == 30
     assert set(geo.n_head_kv) == {3} and set(geo.n_head) == {9}
     assert (geo.head_dim_k, geo.head_dim_v) == (64, 64)
@@ -31,7 +31,7 @@ def test_planner_matches_the_kv_buffer_the_real_server_allocates(
     m = re.search(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells, +(\d+) layers", server.log_text())
     assert m, "no KV cache size line in the server log"
     logged_mib, cells, layers = float(m.group(1)), int(m.group(2)), int(m.group(3))
-    geo = kvmem.geometry_from_gguf(real_model)
+    geo = geometry.geometry_from_gguf(real_model)
     assert layers == geo.n_layer
-    planned = kvmem.estimate(geo, cells, cache_type).mib
+    planned = memory.estimate(geo, cells, cache_type).mib
     assert abs(planned - logged_mib) / logged_mib < 0.01, (planned, logged_mib)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ollama_turbo import proc
+from ollama_turbo.core import proc
 
 from ..real_assets import RealServer
 

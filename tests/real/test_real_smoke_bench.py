@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo import smoke
+from ollama_turbo.prove import smoke
 
 from ..conftest import bench, invoke
 from ..real_assets import RealServer

@@ -1,0 +1,5 @@
+"""``python -m ollama_turbo``: the ``ollama-turbo`` command."""
+
+from ollama_turbo.cli import main
+
+main()

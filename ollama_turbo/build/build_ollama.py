@@ -1,0 +1,393 @@
+"""``invoke build-ollama``: a runnable, versioned, provenance-stamped Ollama around the fork.
+
+plan -> (dry run stops here) -> no-op when the inputs are unchanged -> integrate in scratch
+copies (never the user's checkouts) -> build -> stage -> manifest -> dist/<version>/.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ollama_turbo import __version__
+from ollama_turbo.fork import blocks
+from ollama_turbo.build import era_c as build_era_c
+from ollama_turbo.check import contract
+from ollama_turbo.fork import sources as fork_sources
+from ollama_turbo.core import manifest
+from ollama_turbo.core import proc
+from ollama_turbo.core import rules
+from ollama_turbo.core import sources
+from ollama_turbo.core import toolchain
+from ollama_turbo.core.settings import Settings
+from ollama_turbo.core.errors import CommandError, SourceError, ToolMissing, TurboError, UsageError
+from ollama_turbo.build.go_rules import drop_flag_rules, era_b_rules, kv_bytes_rules
+
+Say = Callable[[str], None]
+PROBE_PATHS = ["go.mod", "fs/ggml/ggml.go", "llm/llama_server.go", "llama/llama.go", "ml/backend.go",
+               "runner/ollamarunner/cache.go", "llama/patches", "llama/compat", "Makefile.sync"]
+
+
+class BuildError(TurboError):
+    pass
+
+
+@dataclass
+class Options:
+    ollama: str = ""
+    ollama_ref: str = ""
+    fork: str = ""
+    fork_ref: str = ""
+    backend: str = ""
+    dry_run: bool = False
+    force: bool = False
+    allow_dirty: bool = False
+
+
+@dataclass
+class Plan:
+    version: str
+    era: str
+    backend: str
+    preset: str
+    ollama: sources.Checkout
+    fork: sources.Checkout
+    info: sources.OllamaInfo
+    cache_blocks: list[blocks.Block]
+    dropped_flags: list[str]
+    rules: list[rules.Rule]
+    patches: list[str]
+    dist: Path
+    key: str
+    commands: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [
+            f"ollama   {self.ollama.url} @ {self.ollama.ref} ({self.ollama.sha[:12]}), version {self.info.version}, "
+            f"era {self.era}",
+            f"fork     {self.fork.url} @ {self.fork.ref} ({self.fork.sha[:12]})",
+            f"pinned   llama.cpp {self.info.pin if self.era == 'C' else 'FETCH_HEAD ' + self.info.pin[:12]} "
+            "(replaced by the fork)",
+            f"backend  {self.backend}" + (f" (cmake preset {self.preset})" if self.era == "C" else ""),
+            f"version  {self.version}",
+            f"dist     {self.dist}",
+            "rules:",
+            *[f"  {r.name:<28} {r.file}: {r.why}" for r in self.rules],
+            "patches applied by Ollama's own mechanism:" if self.patches else "patches: none",
+            *[f"  {p}" for p in self.patches],
+        ]
+        if self.dropped_flags:
+            lines.append(f"WARNING: dropping {', '.join(self.dropped_flags)} from Ollama's llama-server argv "
+                         "(the fork does not define them)")
+        lines.append("commands:")
+        lines += [f"  {c}" for c in self.commands]
+        return "\n".join(lines)
+
+
+def _check_backend(backend: str, era: str) -> str:
+    host = platform.system()
+    if backend == "metal":
+        if host != "Darwin":
+            raise UsageError(f"--backend metal builds on macOS only (this is {host})",
+                             hint="use --backend cpu here, or build on the Mac")
+        return "darwin"
+    if backend == "cuda":
+        if era == sources.ERA_B:
+            raise UsageError("CUDA builds of era B Ollama are not supported", hint="use an era C Ollama or cpu")
+        if not shutil.which("nvcc"):
+            raise ToolMissing("--backend cuda needs nvcc (the CUDA toolkit) on PATH",
+                              hint="install the CUDA toolkit 12 or 13, or use --backend cpu")
+        out = proc.run(["nvcc", "--version"]).stdout
+        return "llama_cuda_v12_linux" if "release 12." in out else "llama_cuda_v13_linux"
+    return "cpu"
+
+
+def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
+    ws = settings.workspace
+    ollama = sources.open_source("ollama", opts.ollama or settings.sources.ollama.url,
+                                 opts.ollama_ref or settings.sources.ollama.ref, ws)
+    fork = sources.open_source("fork", opts.fork or settings.sources.fork.url,
+                               opts.fork_ref or settings.sources.fork.ref, ws)
+    for co in (ollama, fork):
+        changed = sources.dirty(co)
+        if changed and not opts.allow_dirty:
+            raise SourceError(f"{co.name}: {co.url} has uncommitted changes ({', '.join(changed[:5])}); the build "
+                              f"uses the committed {co.ref} ({co.short}) and would not contain them",
+                              hint="commit or stash them, or pass --allow-dirty to build the committed tree anyway")
+    info = sources.detect(ollama)
+    backend = opts.backend or settings.build.backend
+    preset = _check_backend(backend, info.era)
+    o_dir = ollama.export(probe / "ollama", PROBE_PATHS)
+    f_dir = fork.export(probe / "fork", [*fork_sources.FORK_PATHS, "ggml/src/ggml-common.h", "ggml/src"])
+    arg_cpp, ggml_c = fork_sources.read_fork_sources(f_dir)
+    fork_types = fork_sources.fork_cache_types(arg_cpp, ggml_c)
+    if not fork_types:
+        raise BuildError(f"fork {fork.ref}: no KV cache type list in common/arg.cpp", hint="is this llama.cpp?")
+    known = {"f16"}
+    for a in contract.kv_allowlists(o_dir):
+        if a.function == "kvCacheBytesPerElement":
+            known |= set(a.types)
+    new = [t for t in fork_types if t not in known]
+    cache_blocks = list(blocks.derive(f_dir, new).values()) if new else []
+    dropped: list[str] = []
+    if info.era == sources.ERA_C:
+        flags = contract.server_flags((o_dir / "llm/llama_server.go").read_text())
+        have = fork_sources.fork_flags(arg_cpp)
+        dropped = [f.name for f in flags if f.always and f.name not in have]
+        rule_list = kv_bytes_rules(cache_blocks) + drop_flag_rules(dropped)
+        patches = sorted(str(p.relative_to(o_dir)) for p in (o_dir / "llama/compat").rglob("*.patch"))
+    else:
+        rule_list = kv_bytes_rules(cache_blocks) + era_b_rules(cache_blocks)
+        patches = sorted(str(p.relative_to(o_dir)) for p in (o_dir / "llama/patches").glob("*.patch"))
+    # every rule must apply now, so a moved anchor is found before anything is built
+    texts: dict[str, str] = {}
+    for r in rule_list:
+        if r.file not in texts:
+            if not (o_dir / r.file).is_file():
+                raise rules.RuleError(f"{r.file}: rule {r.name}: file not found in Ollama {ollama.ref}",
+                                      hint="Ollama has moved this code; update ollama_turbo/gorules.py")
+            texts[r.file] = (o_dir / r.file).read_text()
+        texts[r.file] = rules.apply_rule(texts[r.file], r)
+    version = f"{info.version}-{settings.build.version_suffix}+{fork.short}"
+    key = hashlib.sha256(json.dumps({
+        "ollama": ollama.sha, "fork": fork.sha, "backend": backend, "preset": preset, "version": version,
+        "rules": [(r.name, r.file, r.anchor, r.text) for r in rule_list], "tool": __version__,
+    }, sort_keys=True).encode()).hexdigest()
+    plan = Plan(version=version, era=info.era, backend=backend, preset=preset, ollama=ollama, fork=fork,
+                info=info, cache_blocks=cache_blocks, dropped_flags=dropped, rules=rule_list, patches=patches,
+                dist=ws / "dist" / version, key=key)
+    ld = build_era_c.ldflags(version)
+    if info.era == sources.ERA_C:
+        plan.commands = [
+            f"cmake -S llama/server -B <build> --preset {preset} -DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP=<fork copy>",
+            "cmake --build <build> --target llama-server", "cmake --install <build> --component llama-server",
+            f'go build -trimpath -ldflags "{ld}" -o bin/ollama .']
+    else:
+        plan.commands = [
+            f"make -f Makefile.sync UPSTREAM={fork.git_dir} FETCH_HEAD={fork.sha} clean apply-patches sync",
+            f'go build -trimpath -ldflags "{ld}" -o bin/ollama .']
+    return plan
+
+
+@dataclass
+class Result:
+    status: str  # built | up-to-date | dry-run
+    plan: Plan
+    dist: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def render(self) -> str:
+        if self.status == "dry-run":
+            return self.plan.render() + "\n\ndry run: nothing was built or changed"
+        if self.status == "up-to-date":
+            return (f"up to date: {self.plan.version} was built from the same inputs ({self.seconds:.2f} s; "
+                    "--force rebuilds)")
+        lines = [f"built {self.plan.version} in {self.seconds:.1f} s: {len(self.manifest.get('files', {}))} files, "
+                 f"{len(self.plan.rules)} rules, {len(self.plan.patches)} patches"]
+        if self.plan.dropped_flags:
+            lines.append(f"WARNING: {', '.join(self.plan.dropped_flags)} dropped from Ollama's llama-server argv "
+                         "(recorded in the manifest as dropped_flags)")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest, or the plan on a dry run."""
+        p = self.plan
+        payload = self.manifest if self.status != "dry-run" else {
+            "version": p.version, "era": p.era, "backend": p.backend, "dist": str(self.dist),
+            "rules": [vars(x) for x in p.rules], "patches": p.patches,
+            "dropped_flags": p.dropped_flags, "commands": p.commands}
+        return {"status": self.status, "dist": str(self.dist), **payload}
+    log: Path | None = None
+
+
+def run(settings: Settings, opts: Options, say: Say = print) -> Result:
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="turbo-plan-") as probe:
+        plan = make_plan(settings, opts, Path(probe))
+    if opts.dry_run:
+        return Result("dry-run", plan, plan.dist, seconds=time.perf_counter() - t0)
+    existing = manifest.read(plan.dist)
+    if existing and not opts.force and existing.get("inputs_key") == plan.key and not manifest.verify(
+            plan.dist, existing):
+        return Result("up-to-date", plan, plan.dist, existing, time.perf_counter() - t0)
+    tools = _toolchain(plan)
+    ws = settings.workspace
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    log = ws / "logs" / f"build-{plan.version.replace('+', '_')}-{stamp}.log"
+    work = ws / "build" / plan.version.replace("+", "_")
+    if work.exists():
+        shutil.rmtree(work)
+    stage = plan.dist.parent / f".{plan.dist.name}.staging"
+    if stage.exists():
+        shutil.rmtree(stage)
+    say(f"building Ollama {plan.version} (era {plan.era}, {plan.backend}); log: {log}")
+    if plan.dropped_flags:
+        say(f"WARNING: dropping {', '.join(plan.dropped_flags)} from Ollama's llama-server argv: "
+            "the fork does not define them")
+    step = _Steps(say)
+    ollama_dir = step("export Ollama sources (scratch copy)", lambda: plan.ollama.export(work / "ollama"))
+    patch_results: list[dict[str, str]] = []
+    if plan.era == sources.ERA_C:
+        extra = _build_c(plan, settings, work, ollama_dir, stage, log, step, patch_results)
+    else:
+        extra = _build_b(plan, work, ollama_dir, stage, log, step, patch_results)
+    data = {
+        "version": plan.version, "era": plan.era,
+        "ollama": {"url": plan.ollama.url, "ref": plan.ollama.ref, "sha": plan.ollama.sha,
+                   "version": plan.info.version},
+        "fork": {"url": plan.fork.url, "ref": plan.fork.ref, "sha": plan.fork.sha},
+        "pinned": {"tag": plan.info.pin} if plan.era == "C" else {"fetch_head": plan.info.pin},
+        "backend": plan.backend, "preset": plan.preset if plan.era == "C" else None,
+        "kv": {"type_k": settings.kv.type_k, "type_v": settings.kv.type_v,
+               "flash_attention": settings.kv.flash_attention, "env": settings.kv.env},
+        "cache_types": {b.name: {"ggml_type": b.ggml_type, "block": b.block, "bytes": b.size}
+                        for b in plan.cache_blocks},
+        "rules": [{"rule": r.name, "file": r.file, "why": r.why} for r in plan.rules],
+        "patches": patch_results,
+        "dropped_flags": plan.dropped_flags,
+        "toolchain": tools,
+        "build_flags": {"ldflags": build_era_c.ldflags(plan.version), **extra},
+        "inputs_key": plan.key, "ollama_turbo": __version__,
+        "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    manifest.write(stage, data)
+    if plan.dist.exists():
+        shutil.rmtree(plan.dist)
+    stage.rename(plan.dist)
+    shutil.rmtree(work, ignore_errors=True)
+    written = manifest.read(plan.dist) or data
+    return Result("built", plan, plan.dist, written, time.perf_counter() - t0, log)
+
+
+class _Steps:
+    def __init__(self, say: Say) -> None:
+        self.say = say
+        self.n = 0
+
+    def __call__(self, what: str, fn: Callable[[], Any]) -> Any:
+        self.n += 1
+        t0 = time.perf_counter()
+        self.say(f"  [{self.n}] {what} ...")
+        out = fn()
+        self.say(f"      done in {time.perf_counter() - t0:.1f} s")
+        return out
+
+
+def _toolchain(plan: Plan) -> dict[str, str]:
+    tools = {"git": proc.run(["git", "--version"]).stdout.strip()}
+    go_mod = plan.ollama.read("go.mod")
+    tools["go"] = str(toolchain.require_go(toolchain.go_mod_version(go_mod)))
+    if plan.era == sources.ERA_C:
+        tools["cmake"] = str(toolchain.require_cmake("3.24"))
+    else:
+        toolchain.require("make")
+        toolchain.require("rsync")
+    cc = toolchain.require("cc")
+    tools["cc"] = proc.run([cc, "--version"]).stdout.splitlines()[0]
+    return tools
+
+
+def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage: Path, log: Path,
+             step: _Steps, patch_results: list[dict[str, str]]) -> dict[str, Any]:
+    fork_dir = work / "fork"
+
+    def clone_fork() -> None:
+        proc.run(["git", "clone", "--quiet", "--no-checkout", str(plan.fork.git_dir), str(fork_dir)], log=log)
+        proc.run(["git", "-C", str(fork_dir), "checkout", "--quiet", "--detach", plan.fork.sha], log=log)
+
+    step("copy the fork to a scratch source tree", clone_fork)
+    step(f"apply {len(plan.rules)} Go rules", lambda: rules.apply_rules(ollama_dir, plan.rules))
+
+    def check_patches() -> None:
+        patches = [ollama_dir / p for p in plan.patches]
+        targets = sorted({t for p in patches for t in contract.patch_targets(p.read_text(errors="replace"))})
+        probe = work / "compat-check"
+        for t in targets:
+            if (fork_dir / t).is_file():
+                (probe / t).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(fork_dir / t, probe / t)
+        probe.mkdir(parents=True, exist_ok=True)
+        results = contract.try_compat_patches(patches, probe, ollama_dir)
+        patch_results.extend({"patch": r.patch, "status": r.status} for r in results)
+        bad = [r for r in results if r.status not in ("applied", "already-applied")]
+        if bad:
+            r = bad[0]
+            raise BuildError(
+                f"Ollama's compat patch {r.patch} does not apply to the fork ({', '.join(r.files)})"
+                + (f"; the fork lacks {', '.join(r.missing)}" if r.missing else ""),
+                hint="use an Ollama release whose pin the fork is based on (invoke api-check --scan-ollama), "
+                     "or rebase the fork; your checkouts are untouched")
+
+    step(f"check {len(plan.patches)} compat patches against the fork", check_patches)
+    cache_key = hashlib.sha256("\0".join([
+        plan.fork.sha, manifest.tree_hash(ollama_dir, ["llama/server", "llama/compat"]), plan.preset,
+        str(toolchain.cmake_version())]).encode()).hexdigest()[:16]
+    cached = settings.workspace / "cache" / "llama-server" / cache_key
+    if not (cached / "lib").is_dir():
+        def cmake() -> None:
+            tmp = cached.parent / f".{cache_key}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                build_era_c.build_llama_server(ollama_dir, work / "cmake-build", tmp, preset=plan.preset,
+                                               source_dir=fork_dir, log=log)
+            except CommandError as exc:
+                if "does not apply" in exc.stderr_tail:
+                    raise BuildError(f"a compat patch failed at configure time:\n{exc.stderr_tail}",
+                                     hint=f"full log: {log}") from None
+                raise
+            tmp.rename(cached)
+
+        step(f"build llama-server (cmake preset {plan.preset}; cached by source hash)", cmake)
+    else:
+        step(f"llama-server unchanged: reuse {cached}", lambda: None)
+    shutil.copytree(cached / "lib", stage / "lib")
+    step(f"go build ollama {plan.version}",
+         lambda: build_era_c.go_build(ollama_dir, stage / "bin" / "ollama", version=plan.version, log=log))
+    return {"cmake_preset": plan.preset, "fetchcontent_source_dir": "scratch copy of the fork",
+            "llama_server_cache_key": cache_key}
+
+
+def _build_b(plan: Plan, work: Path, ollama_dir: Path, stage: Path, log: Path, step: _Steps,
+             patch_results: list[dict[str, str]]) -> dict[str, Any]:
+    make = ["make", "-f", "Makefile.sync", f"UPSTREAM={plan.fork.git_dir}", f"FETCH_HEAD={plan.fork.sha}"]
+
+    def sync() -> None:
+        try:
+            proc.run([*make, "clean", "apply-patches", "sync"], cwd=ollama_dir, extra_env=toolchain.go_env(),
+                     log=log)
+        except CommandError:
+            vendor = ollama_dir / "llama" / "vendor"
+            done = {p.name[1:-2] for p in (ollama_dir / "llama/patches").glob(".*.patched")}
+            failing = next((p for p in plan.patches if Path(p).name not in done), "a patch")
+            files = proc.run(["git", "-C", str(vendor), "diff", "--name-only", "--diff-filter=U"],
+                             check=False).stdout.split()
+            patch_results.extend({"patch": p, "status": "applied" if Path(p).name in done else "not applied"}
+                                 for p in plan.patches)
+            raise BuildError(
+                f"Ollama's patch {failing} does not apply to the fork"
+                + (f" (conflicts in {', '.join(files)})" if files else ""),
+                hint=f"the conflict is left in {vendor} (your checkouts are untouched): resolve it there, run "
+                     f"'git -C {vendor} am --continue', then '{' '.join(make)} apply-patches sync' in "
+                     f"{ollama_dir}; or fix the patch in Ollama and run invoke build-ollama again") from None
+        patch_results.extend({"patch": p, "status": "applied"} for p in plan.patches)
+
+    step("sync the fork into llama/llama.cpp and ml/backend/ggml/ggml (Makefile.sync, git am -3, go generate)",
+         sync)
+    step(f"apply {len(plan.rules)} Go rules", lambda: rules.apply_rules(ollama_dir, plan.rules))
+    vendored = manifest.tree_hash(ollama_dir, ["llama/llama.cpp", "ml/backend/ggml/ggml"])[:16]
+    flags = f"-O2 -g -DOLLAMA_TURBO_SOURCES={vendored}"
+    step(f"go build ollama {plan.version} (cgo)",
+         lambda: build_era_c.go_build(ollama_dir, stage / "bin" / "ollama", version=plan.version, log=log,
+                                      extra_env={"CGO_CFLAGS": flags, "CGO_CXXFLAGS": flags}))
+    return {"cgo_cflags": flags}

@@ -1,0 +1,78 @@
+"""Build llama.cpp's own ``llama-server`` (no Ollama around it), cached by source hash.
+
+Used for hosts that run the fork's server directly, and by the real test tier. The binary
+is linked statically (``BUILD_SHARED_LIBS=OFF``) and built for any CPU of the architecture
+(``GGML_NATIVE=OFF``) so it can be cached and copied to other machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from ollama_turbo.core import proc
+from ollama_turbo.core import toolchain
+from ollama_turbo.core.manifest import tree_hash
+
+BACKEND_FLAGS = {
+    "cpu": [],
+    "metal": ["-DGGML_METAL=ON", "-DGGML_METAL_EMBED_LIBRARY=ON"],
+    "cuda": ["-DGGML_CUDA=ON"],
+}
+COMMON_FLAGS = [
+    "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
+]
+# Files whose content decides the build (everything else in a llama.cpp tree is docs, models,
+# scripts and tests).
+SOURCE_DIRS = ("CMakeLists.txt", "cmake", "common", "ggml", "include", "src", "tools/server",
+               "vendor")
+
+
+def cmake_build(src: Path, build_dir: Path, configure: list[str | Path], *, log: Path, min_cmake: str,
+                targets: tuple[str, ...] = ("llama-server",)) -> None:
+    """The one way a llama-server is built: configure ``src`` into ``build_dir``, build ``targets``.
+
+    ``src`` is llama.cpp itself or Ollama's ``llama/server`` project around it; ``configure``
+    carries the generator, preset and flags.
+    """
+    toolchain.require_cmake(min_cmake)
+    proc.run(["cmake", "-S", src, "-B", build_dir, *configure], log=log)
+    proc.run(["cmake", "--build", build_dir, "--target", *targets, "-j", toolchain.jobs()], log=log)
+
+
+def source_hash(src: Path) -> str:
+    """A content hash of the parts of a llama.cpp tree that the server build reads."""
+    return tree_hash(src, SOURCE_DIRS)
+
+
+def build_key(src: Path, backend: str) -> str:
+    h = hashlib.sha256(source_hash(src).encode())
+    h.update(" ".join(COMMON_FLAGS + BACKEND_FLAGS[backend]).encode())
+    cc = shutil.which("cc") or ""
+    h.update(cc.encode())
+    return h.hexdigest()[:16]
+
+
+def build(src: Path, cache: Path, *, backend: str = "cpu", log: Path | None = None) -> Path:
+    """Build ``llama-server`` from ``src`` once per (sources, flags); return the cached binary."""
+    key = build_key(src, backend)
+    out = cache / f"llama-server-{backend}-{key}"
+    binary = out / "bin" / "llama-server"
+    if binary.is_file():
+        return binary
+    work = cache / f".build-{key}-{os.getpid()}"
+    log = log or (cache / f"llama-server-{backend}-{key}.log")
+    generator: list[str | Path] = ["-G", "Ninja"] if shutil.which("ninja") else []
+    try:
+        cmake_build(src, work, [*generator, *COMMON_FLAGS, *BACKEND_FLAGS[backend]], log=log, min_cmake="3.14")
+        tmp = cache / f".out-{key}-{os.getpid()}"
+        (tmp / "bin").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(work / "bin" / "llama-server", tmp / "bin" / "llama-server")
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return binary

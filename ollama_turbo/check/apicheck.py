@@ -1,0 +1,397 @@
+"""``invoke api-check``: can this fork replace the llama.cpp that this Ollama pins?
+
+Every finding is a :class:`~ollama_turbo.apidiff.Change` with a classification (``severity``)
+and what it means for *this* Ollama (``counts_as``, which decides the verdict):
+
+- C API changes count in full where Ollama's cgo code uses the symbol (era B) or where the
+  value is persisted (``ggml_type`` and ``llama_ftype`` ids live in GGUF files and KV state);
+  otherwise an incompatible C API change counts as ``review`` and says why (cgo recompiles
+  constants; ops are not stored in files, but RPC peers would disagree).
+- Contract findings (a missing llama-server flag, an unsupported cache type, a patch that
+  does not apply) count in full.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ollama_turbo.check import apidiff, contract
+from ollama_turbo.check.apidiff import COMPATIBLE, INCOMPATIBLE, REVIEW, Change
+from ollama_turbo.core import capi, sources
+from ollama_turbo.core.errors import EXIT_INCOMPATIBLE, EXIT_OK, EXIT_REVIEW, ConfigError, SourceError, TurboError
+from ollama_turbo.core.settings import Settings
+from ollama_turbo.fork import sources as fork_sources
+
+PERSISTED_ENUMS = {"ggml_type", "llama_ftype"}
+ERA_B_INCLUDES = ["llama/llama.cpp/include", "ml/backend/ggml/ggml/include"]
+
+
+@dataclass
+class Suppression:
+    symbol: str
+    reason: str
+    kind: str | None = None
+
+    def matches(self, c: Change) -> bool:
+        return fnmatch.fnmatchcase(c.symbol, self.symbol) and (self.kind is None or self.kind == c.kind)
+
+
+def load_apiignore(path: Path) -> list[Suppression]:
+    if not path.exists():
+        return []
+    try:
+        data = yaml.safe_load(path.read_text()) or []
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, list):
+        raise ConfigError(f"{path}: expected a list of {{symbol, reason, kind}} entries")
+    out = []
+    for i, e in enumerate(data):
+        if not isinstance(e, dict) or not isinstance(e.get("symbol"), str) or not e.get("reason"):
+            raise ConfigError(f"{path}: entry {i + 1} needs 'symbol' and a non-empty 'reason'",
+                              hint="every accepted change must say why it is accepted")
+        unknown = set(e) - {"symbol", "reason", "kind"}
+        if unknown:
+            raise ConfigError(f"{path}: entry {i + 1} has unknown key {sorted(unknown)[0]!r}")
+        out.append(Suppression(e["symbol"], str(e["reason"]), e.get("kind")))
+    return out
+
+
+@dataclass
+class Report:
+    era: str
+    ollama: dict[str, str]
+    fork: dict[str, str]
+    pinned: dict[str, str]
+    target: str
+    changes: list[Change] = field(default_factory=list)
+    flags: list[contract.Flag] = field(default_factory=list)
+    cache_types: dict[str, Any] = field(default_factory=dict)
+    patches: list[contract.PatchResult] = field(default_factory=list)
+    allowlists: list[contract.Allowlist] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        live = [c for c in self.changes if not c.suppressed]
+        if any(c.counts_as == INCOMPATIBLE for c in live):
+            return INCOMPATIBLE
+        if any(c.counts_as == REVIEW for c in live):
+            return REVIEW
+        return COMPATIBLE
+
+    def exit_code(self) -> int:
+        live = [c for c in self.changes if not c.suppressed]
+        code = EXIT_OK
+        if any(c.counts_as == REVIEW for c in live):
+            code |= EXIT_REVIEW
+        if any(c.counts_as == INCOMPATIBLE for c in live):
+            code |= EXIT_INCOMPATIBLE
+        return code
+
+    def count(self, severity: str) -> int:
+        return sum(1 for c in self.changes if c.counts_as == severity and not c.suppressed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict, "exit_code": self.exit_code(), "era": self.era,
+            "ollama": self.ollama, "fork": self.fork, "pinned": self.pinned, "target": self.target,
+            "changes": [c.to_json() for c in self.changes],
+            "flags": [vars(f) for f in self.flags],
+            "cache_types": self.cache_types,
+            "patches": [p.to_json() for p in self.patches],
+            "kv_allowlists": [vars(a) for a in self.allowlists],
+            "timings": self.timings,
+        }
+
+
+def _enum_of(c: Change, model: capi.HeaderModel) -> str | None:
+    for name, e in model.enums.items():
+        if name == c.symbol or any(n == c.symbol for n, _ in e.constants):
+            return name
+    return None
+
+
+def assess(changes: list[Change], era: str, refs: dict[str, list[str]], old: capi.HeaderModel,
+           new: capi.HeaderModel) -> None:
+    """Set ``used_by_ollama`` and ``counts_as`` on C API changes."""
+    for c in changes:
+        names = {c.symbol, *c.related}
+        enum = _enum_of(c, new) or _enum_of(c, old)
+        if enum and not c.kind.endswith("_added"):
+            names.add(enum)
+        uses = sorted({u for n in names for u in refs.get(n, [])})
+        c.used_by_ollama = bool(uses) if era == sources.ERA_B else False
+        c.uses = uses[:5]
+        counts = c.severity
+        if c.severity == INCOMPATIBLE:
+            persisted = enum in PERSISTED_ENUMS and c.kind.startswith("enum")
+            if persisted:
+                c.detail += f"; {enum} ids are stored in GGUF files and KV state"
+            elif era == sources.ERA_C:
+                counts = REVIEW
+                c.detail += "; era C Ollama does not link the C API (only the fork's own llama-server does)"
+            elif c.kind.startswith("enum"):
+                counts = REVIEW
+                c.detail += ("; cgo compiles the new values into Ollama, so its own calls stay right, "
+                             "but ids sent over RPC or stored elsewhere change meaning")
+            elif not c.used_by_ollama:
+                counts = REVIEW
+                c.detail += "; Ollama's cgo code does not use it"
+        c.counts_as = counts
+
+
+def _contract_change(kind: str, symbol: str, where: str, severity: str, detail: str) -> Change:
+    return Change(kind, symbol, where, severity, detail, used_by_ollama=True)
+
+
+def check(settings: Settings, *, ollama: sources.Checkout, fork: sources.Checkout,
+          upstream_url: str | None = None, target: str = capi.DEFAULT_TARGET,
+          suppressions: list[Suppression] | None = None) -> Report:
+    import time
+
+    ws = settings.workspace / "api-check"
+    info = sources.detect(ollama)
+    trees = ws / "trees"
+    ollama_dir = ollama.export(trees / f"ollama-{ollama.sha[:12]}")
+    fork_dir = fork.export(trees / f"fork-{fork.sha[:12]}", fork_sources.FORK_PATHS)
+    report = Report(
+        era=info.era,
+        ollama={"url": ollama.url, "ref": ollama.ref, "sha": ollama.sha, "version": info.version},
+        fork={"url": fork.url, "ref": fork.ref, "sha": fork.sha}, pinned={}, target=target)
+    if info.era == sources.ERA_B:
+        pinned_dirs = [ollama_dir / d for d in ERA_B_INCLUDES]
+        report.pinned = {"kind": "vendored", "fetch_head": info.pin,
+                         "source": f"{ollama.url}@{ollama.short}: " + ", ".join(ERA_B_INCLUDES)}
+    else:
+        up_url = upstream_url or settings.sources.upstream.url
+        upstream = sources.open_source("upstream", up_url, info.pin, settings.workspace)
+        up_dir = upstream.export(trees / f"upstream-{upstream.sha[:12]}", fork_sources.FORK_PATHS)
+        pinned_dirs = [up_dir / "include", up_dir / "ggml/include"]
+        report.pinned = {"kind": "tag", "tag": info.pin, "sha": upstream.sha, "source": up_url}
+    t0 = time.perf_counter()
+    old = capi.parse(pinned_dirs, target=target)
+    new = capi.parse([fork_dir / "include", fork_dir / "ggml/include"], target=target)
+    t1 = time.perf_counter()
+    report.changes = apidiff.diff(old, new, old_name="pinned llama.cpp", new_name="fork")
+    report.timings = {"parse_s": round(t1 - t0, 3), "diff_s": round(time.perf_counter() - t1, 3)}
+    refs = contract.cgo_references(ollama_dir) if info.era == sources.ERA_B else {}
+    assess(report.changes, info.era, refs, old, new)
+    if info.era == sources.ERA_B:
+        _era_b(report, settings, ollama_dir, fork, ws)
+    else:
+        _era_c(report, settings, ollama_dir, fork, fork_dir, ws)
+    for c in report.changes:
+        for s in suppressions or []:
+            if s.matches(c):
+                c.suppressed = s.reason
+                break
+    return report
+
+
+def _era_b(report: Report, settings: Settings, ollama_dir: Path, fork: sources.Checkout, ws: Path) -> None:
+    report.allowlists = contract.kv_allowlists(ollama_dir)
+    wanted = {settings.kv.type_k, settings.kv.type_v}
+    for a in report.allowlists:
+        lacking = sorted(t for t in wanted if t not in a.types and t != "f16")
+        if lacking:
+            report.changes.append(_contract_change(
+                "kv_allowlist", a.function, a.file, REVIEW,
+                f"{a.file}:{a.line} {a.function} knows {', '.join(a.types) or 'nothing'}; the build's Go "
+                f"rules must add {', '.join(lacking)} or Ollama silently falls back to f16"))
+    patches = sorted((ollama_dir / "llama/patches").glob("*.patch"))
+    report.patches = contract.try_am_patches(patches, fork, ws / "scratch" / f"am-{fork.sha[:12]}",
+                                             ollama_dir)
+    _patch_changes(report, "llama/patches (git am -3)")
+
+
+def _era_c(report: Report, settings: Settings, ollama_dir: Path, fork: sources.Checkout,
+           fork_dir: Path, ws: Path) -> None:
+    go = ollama_dir / "llm/llama_server.go"
+    if not go.exists():
+        raise SourceError(f"ollama {report.ollama['ref']}: llm/llama_server.go not found; cannot tell "
+                          "which llama-server flags Ollama passes")
+    arg_cpp, ggml_c = fork_sources.read_fork_sources(fork_dir)
+    defined = fork_sources.fork_flags(arg_cpp)
+    report.flags = contract.server_flags(go.read_text())
+    for f in report.flags:
+        f.in_fork = f.name in defined
+        if not f.in_fork:
+            report.changes.append(_contract_change(
+                "flag_missing", f.name, "llm/llama_server.go", INCOMPATIBLE if f.always else REVIEW,
+                f"Ollama passes {f.name} ({'always' if f.always else 'under a condition'}, "
+                f"llm/llama_server.go:{f.line}) but the fork's common/arg.cpp does not define it; "
+                + ("llama-server would exit with 'invalid argument'" if f.always else
+                   "it fails only when that condition holds")))
+    types = fork_sources.fork_cache_types(arg_cpp, ggml_c)
+    wanted = [settings.kv.type_k, settings.kv.type_v]
+    report.cache_types = {"configured": {"k": wanted[0], "v": wanted[1]}, "fork": types,
+                          "ok": all(t in types for t in wanted)}
+    for t in sorted(set(wanted)):
+        if t not in types:
+            report.changes.append(_contract_change(
+                "cache_type_unsupported", t, "common/arg.cpp", INCOMPATIBLE,
+                f"the fork's --cache-type-k/-v accept {', '.join(types) or 'nothing'}; {t} is not among them"))
+    patches = sorted((ollama_dir / "llama/compat").rglob("*.patch"))
+    scratch = ws / "scratch" / f"compat-{fork.sha[:12]}"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    targets = sorted({t for p in patches for t in contract.patch_targets(p.read_text(errors="replace"))})
+    fork.export(scratch, targets)
+    report.patches = contract.try_compat_patches(patches, scratch, ollama_dir)
+    _patch_changes(report, "llama/compat (git apply)")
+
+
+def _patch_changes(report: Report, what: str) -> None:
+    for p in report.patches:
+        if p.status in ("applied", "already-applied"):
+            continue
+        detail = f"{p.patch} does not apply to the fork ({what}): " + ", ".join(p.files)
+        if p.missing:
+            detail += f"; files the fork lacks: {', '.join(p.missing)}"
+        report.changes.append(_contract_change("patch_conflict", Path(p.patch).name, p.patch,
+                                               INCOMPATIBLE, detail))
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+MARK = {INCOMPATIBLE: "INCOMPATIBLE", REVIEW: "review", COMPATIBLE: "ok"}
+
+
+def render(r: Report, markdown: bool = False) -> str:
+    lines: list[str] = []
+    def h(title: str) -> str:
+        return f"## {title}" if markdown else title
+
+    o, f = r.ollama, r.fork
+    pin = r.pinned.get("tag") or f"FETCH_HEAD {r.pinned.get('fetch_head', '')[:12]} (vendored)"
+    lines.append(("# " if markdown else "") + f"api-check: {f['url']} @ {f['ref']} ({f['sha'][:9]})")
+    lines.append(f"against Ollama {o['version']} ({o['ref']} @ {o['sha'][:9]}, era {r.era}), which pins "
+                 f"llama.cpp {pin}; layouts for {r.target}")
+    lines.append("")
+    lines.append(f"verdict: {r.verdict.upper()} (exit {r.exit_code()}): {r.count(INCOMPATIBLE)} incompatible, "
+                 f"{r.count(REVIEW)} to review, "
+                 f"{sum(1 for c in r.changes if c.suppressed)} accepted in .apiignore")
+    lines.append("")
+    capi_changes = [c for c in r.changes if c.kind not in CONTRACT_KINDS]
+    lines.append(h(f"C API ({len(capi_changes)} changes; parse {r.timings.get('parse_s', 0):.2f} s)"))
+    if markdown:
+        lines += ["", "| counts as | kind | symbol | header | used by Ollama | detail |", "|---|---|---|---|---|---|"]
+    for c in capi_changes:
+        if c.suppressed:
+            continue
+        used = "yes: " + ", ".join(c.uses[:2]) if c.used_by_ollama else "no"
+        counts = c.counts_as
+        if markdown:
+            lines.append(f"| {MARK[counts]} | {c.kind} | `{c.symbol}` | {c.header} | {used} | {c.detail} |")
+        else:
+            lines.append(f"  {MARK[counts]:<13} {c.kind:<22} {c.symbol}  [{c.header}; used by Ollama: {used}]")
+            if counts != COMPATIBLE:
+                lines.append(f"                {c.detail}")
+    lines.append("")
+    if r.era == sources.ERA_C:
+        lines.append(h("llama-server flags Ollama passes (llm/llama_server.go)"))
+        for fl in r.flags:
+            state = "ok" if fl.in_fork else ("MISSING" if fl.always else "missing")
+            lines.append(f"  {fl.name:<18} {'always' if fl.always else 'conditional':<12} {state}")
+        ct = r.cache_types
+        lines.append("")
+        lines.append(h("cache types"))
+        lines.append(f"  configured K={ct['configured']['k']} V={ct['configured']['v']}: "
+                     f"{'accepted' if ct['ok'] else 'NOT accepted'} by the fork ({', '.join(ct['fork'])})")
+        lines.append("")
+    else:
+        lines.append(h("Go KV-cache allowlists the build must extend"))
+        for a in r.allowlists:
+            lines.append(f"  {a.file}:{a.line} {a.function}: {', '.join(a.types)}")
+        lines.append("")
+    lines.append(h("Ollama's patches on the fork" + (" (llama/compat)" if r.era == "C" else " (llama/patches)")))
+    for p in r.patches:
+        extra = f" ({', '.join(p.files)})" if p.status not in ("applied", "already-applied") else ""
+        lines.append(f"  {p.status:<16} {p.patch}{extra}")
+    if not r.patches:
+        lines.append("  (none)")
+    supp = [c for c in r.changes if c.suppressed]
+    if supp:
+        lines.append("")
+        lines.append(h("accepted in .apiignore"))
+        for c in supp:
+            lines.append(f"  {c.kind:<22} {c.symbol}: {c.suppressed}")
+    return "\n".join(lines) + "\n"
+
+
+CONTRACT_KINDS = {"flag_missing", "cache_type_unsupported", "patch_conflict", "kv_allowlist"}
+
+
+# --- scanning Ollama releases -------------------------------------------------------------
+
+
+def expand_refs(co: sources.Checkout, spec: str) -> list[str]:
+    """``v0.30.0,v0.31.0`` or a range ``v0.30.0..v0.32.0`` (both ends included)."""
+    out: list[str] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        if ".." in part:
+            a, b = part.split("..", 1)
+            tags = co.git("tag", "--merged", b or "HEAD", "--no-merged", a, "--sort=version:refname").stdout
+            out += [a, *[t for t in tags.split() if re.match(r"^v?\d", t)]]
+        else:
+            out.append(part)
+    return list(dict.fromkeys(out))
+
+
+@dataclass
+class ScanRow:
+    ref: str
+    era: str = "?"
+    pin: str = ""
+    verdict: str = "error"
+    incompatible: int = 0
+    review: int = 0
+    missing_flags: list[str] = field(default_factory=list)
+    failing_patches: list[str] = field(default_factory=list)
+    error: str = ""
+    exit_code: int = 1
+
+
+def scan(settings: Settings, *, ollama_url: str, refs: str, fork: sources.Checkout,
+         upstream_url: str | None, target: str, suppressions: list[Suppression]) -> list[ScanRow]:
+    base = sources.open_source("ollama", ollama_url, "HEAD", settings.workspace)
+    rows = []
+    for ref in expand_refs(base, refs):
+        row = ScanRow(ref)
+        try:
+            co = sources.open_source("ollama", ollama_url, ref, settings.workspace, fetch=False)
+            r = check(settings, ollama=co, fork=fork, upstream_url=upstream_url, target=target,
+                      suppressions=suppressions)
+            row.era, row.verdict, row.exit_code = r.era, r.verdict, r.exit_code()
+            row.pin = r.pinned.get("tag") or r.pinned.get("fetch_head", "")[:12]
+            row.incompatible, row.review = r.count(INCOMPATIBLE), r.count(REVIEW)
+            row.missing_flags = [c.symbol for c in r.changes if c.kind == "flag_missing"]
+            row.failing_patches = [c.symbol for c in r.changes if c.kind == "patch_conflict"]
+        except TurboError as exc:
+            row.error = exc.message
+        rows.append(row)
+    rank = {COMPATIBLE: 0, REVIEW: 1, INCOMPATIBLE: 2, "error": 3}
+    rows.sort(key=lambda x: (rank[x.verdict], x.incompatible, x.review))
+    return rows
+
+
+def render_scan(rows: list[ScanRow]) -> str:
+    lines = [f"{'rank':<5}{'ollama':<12}{'era':<5}{'pins':<14}{'verdict':<14}{'incompat':>9}{'review':>8}  notes"]
+    for i, r in enumerate(rows, 1):
+        notes = r.error or "; ".join(filter(None, [
+            ("missing flags: " + ", ".join(r.missing_flags)) if r.missing_flags else "",
+            ("patches failing: " + ", ".join(r.failing_patches)) if r.failing_patches else ""]))
+        lines.append(f"{i:<5}{r.ref:<12}{r.era:<5}{r.pin:<14}{r.verdict:<14}{r.incompatible:>9}{r.review:>8}  "
+                     f"{notes}")
+    best = next((r for r in rows if r.verdict != "error"), None)
+    if best:
+        lines.append(f"\nbest fit: Ollama {best.ref} ({best.verdict})")
+    return "\n".join(lines) + "\n"

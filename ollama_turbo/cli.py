@@ -1,0 +1,446 @@
+"""The command line: an invoke Program (``ollama-turbo``) and the Collection ``invoke`` finds in tasks.py.
+
+Thin by rule: a task parses its flags, calls one function of the package, prints the result
+and maps :class:`TurboError` to its exit code. Settings come from invoke's configuration
+(``invoke.yaml`` in the project directory, ``INVOKE_TURBO_*``, ``-f FILE``), checked before
+invoke reads them so a malformed file is a one-line error, not a traceback.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+from invoke.collection import Collection
+from invoke.exceptions import Exit
+from invoke.program import Program
+from invoke.tasks import Task, task
+
+from ollama_turbo import __version__
+from ollama_turbo.core import manifest as manifest_mod
+from ollama_turbo.core import proc, settings_files
+from ollama_turbo.core import settings as config
+from ollama_turbo.core.errors import ConfigError, TurboError, UsageError
+
+# Short flags are chosen here, by hand, and mean the same in every task (invoke's automatic
+# ones gave -d three meanings and produced a broken flag for --n-predict).
+SHORT_FLAGS = {"verbose": "v", "dry_run": "n"}
+SOURCE_HELP = {
+    "ollama": "Ollama source: a local checkout or a git URL "
+              "(default: turbo.sources.ollama.url)",
+    "ollama_ref": "Ollama ref (default: turbo.sources.ollama.ref)",
+    "fork": "fork source: a local checkout or a git URL (default: turbo.sources.fork.url)",
+    "fork_ref": "fork ref (default: turbo.sources.fork.ref)",
+}
+PACKAGED_SPECS = Path(__file__).resolve().parent / "examples" / "modelfiles"
+
+
+class TurboTask(Task[Any]):
+    """A task whose only short flags are the ones in :data:`SHORT_FLAGS`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["auto_shortflags"] = False
+        super().__init__(*args, **kwargs)
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
+        if name in SHORT_FLAGS:
+            opts["names"].append(SHORT_FLAGS[name])
+        return opts
+
+
+def preflight(project_dir: Path, argv: Sequence[str]) -> None:
+    """Check the settings files invoke is about to read; a problem ends the run with its exit code."""
+    try:
+        settings_files.preflight(project_dir, argv)
+    except TurboError as err:
+        raise Exit(f"error: {err}", code=err.exit_code) from None
+
+
+class TurboProgram(Program):
+    """``ollama-turbo``: the bundled tasks, with ``invoke.yaml`` read from the current directory."""
+
+    def parse_collection(self) -> None:
+        super().parse_collection()
+        preflight(Path.cwd(), self.argv)
+        self.config.set_project_location(os.getcwd())
+        self.config.load_project()
+
+
+def entry(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a task body; turn TurboError into its exit code."""
+
+    @wraps(fn)
+    def wrapper(c: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("verbose"):
+            proc.set_verbose(True)
+        try:
+            return fn(c, *args, **kwargs)
+        except TurboError as err:
+            raise Exit(f"error: {err}", code=err.exit_code) from None
+
+    return wrapper
+
+
+def turbo_task(**help: str) -> Callable[[Callable[..., Any]], TurboTask]:
+    def deco(fn: Callable[..., Any]) -> TurboTask:
+        made: TurboTask = task(help=help, klass=TurboTask)(entry(fn))
+        return made
+
+    return deco
+
+
+def project_dir(c: Any) -> Path:
+    """Where ``invoke.yaml``, ``modelfiles/`` and ``.apiignore`` are looked for."""
+    configured = c.config.get("ollama_turbo", {}).get("project_dir")
+    return Path(configured) if configured else Path.cwd()
+
+
+def settings(c: Any) -> config.Settings:
+    return settings_files.settings(c.config, project_dir(c))
+
+
+def specs_dir(c: Any, given: str) -> Path:
+    """``--specs``, else ``modelfiles/`` in the project, else the example specs shipped with the package."""
+    if given:
+        return Path(given)
+    local = project_dir(c) / "modelfiles"
+    return local if local.is_dir() else PACKAGED_SPECS
+
+
+def write_json(path: str, payload: Any) -> None:
+    if path:
+        Path(path).write_text(jsonlib.dumps(payload, indent=2, default=str) + "\n")
+
+
+@turbo_task(dest="empty directory to write the four repositories into",
+            scenario="clean (default), fork-behind, collision, removed-function, patch-conflict",
+            verbose="echo every command")
+def sample(c, dest, scenario="clean", verbose=False):
+    """Write the sample world (upstream, fork, Ollama era B and C) as real git repos."""
+    from ollama_turbo import sample as sample_world
+
+    world = sample_world.generate(Path(dest), sample_world.scenario(scenario))
+    print(world.describe())
+
+
+@turbo_task(verbose="echo every command", cache_type="KV cache type to run with (default turbo4)",
+            keep_running="leave the deployed demo server running (stop it with kill $(cat <pidfile>))")
+def demo(c, verbose=False, cache_type="turbo4", keep_running=False):
+    """Run the whole job offline on the embedded sample world."""
+    from ollama_turbo import demo as demo_mod
+
+    s = settings(c)
+    r = demo_mod.run(s.workspace, say=print, cache_type=cache_type, keep_running=keep_running)
+    print()
+    print(f"{'OK' if r.smoke_ok else 'FAILED'}: Ollama {r.version} runs the fork with a {cache_type} KV cache")
+    print(f"result: {s.workspace / 'demo' / 'demo.json'}")
+    print(r.dist)
+    if not r.smoke_ok:
+        raise Exit(code=1)
+
+
+@turbo_task(key="show only this dotted key, e.g. kv.type_k")
+def settings_show(c, key=""):
+    """Print the validated settings (defaults merged with invoke.yaml, env and -f)."""
+    import dataclasses
+
+    value: Any = dataclasses.asdict(settings(c))
+    for part in [p for p in key.split(".") if p]:
+        if not isinstance(value, dict) or part not in value:
+            raise ConfigError("no such setting", key=key)
+        value = value[part]
+    print(jsonlib.dumps(value, indent=2, default=str))
+
+
+@turbo_task(
+    model="GGUF file to read the geometry (and weights size) from",
+    layers="number of layers (instead of --model)",
+    kv_heads="KV heads per layer (instead of --model)",
+    head_dim="head size (instead of --model)",
+    heads="query heads (for the auto-asymmetric rule; default = kv heads)",
+    weights_gib="model weights in GiB, for the host budget (instead of --model)",
+    ctx="context sizes, comma-separated (e.g. 8192,32k,128k)",
+    types="cache types or K/V pairs, comma-separated (e.g. f16,q8_0,turbo4,q8_0/turbo4)",
+    host="size the largest context for this host's memory_gib",
+    reserve_gib="memory kept for OS, runtime and compute buffers (default 4)",
+    json="also write the plan as JSON to this file",
+)
+def plan(c, model="", layers=0, kv_heads=0, head_dim=0, heads=0, weights_gib=0.0,
+         ctx="4096,8192,32768,131072", types="f16,q8_0,q4_0,turbo4,turbo3,turbo2,q8_0/turbo4",
+         host="", reserve_gib=4.0, json=""):
+    """KV cache MiB per context and cache type, and the largest context a host fits."""
+    from ollama_turbo.kv import plan as plan_mod
+
+    p = plan_mod.plan_task(settings(c), model=model, layers=int(layers), kv_heads=int(kv_heads),
+                           head_dim=int(head_dim), heads=int(heads), weights_gib=float(weights_gib), ctx=ctx,
+                           types=types, host=host, reserve_gib=float(reserve_gib))
+    print(p.render())
+    if json:
+        write_json(json, p.to_json())
+        print(f"\nwrote {json}")
+
+
+@turbo_task(host="render only for this host (default: every host)",
+            out="output directory (default: <workspace>/modelfiles)",
+            specs="directory of <name>.yaml specs (default: modelfiles/, else the examples shipped with "
+                  "ollama-turbo)",
+            reserve_gib="memory kept for OS, runtime and compute buffers (default 4)")
+def modelfiles(c, host="", out="", specs="", reserve_gib=4.0):
+    """Render Modelfiles from modelfiles/*.yaml, num_ctx sized for each host's KV cache."""
+    from ollama_turbo.kv import modelfiles as modelfile
+
+    s = settings(c)
+    spec_list = modelfile.load_specs(specs_dir(c, specs))
+    out_dir = Path(out) if out else s.workspace / "modelfiles"
+    rendered = modelfile.render_all(s, spec_list, out_dir, host=host or None, reserve_gib=float(reserve_gib))
+    if not rendered:
+        print("no spec targets " + (f"host {host}" if host else "any configured host")
+              + " (add host names under 'hosts:' in the specs)")
+    for r in rendered:
+        ctx = f"num_ctx {r.num_ctx:,}" if r.num_ctx else "num_ctx from the model"
+        print(f"{r.host:<12} {r.spec.name:<24} {ctx:<22} KV {r.type_k}/{r.type_v}  -> {r.path}")
+
+
+@turbo_task(
+    **SOURCE_HELP,
+    upstream="upstream llama.cpp, for the tag an era C Ollama pins (default: turbo.sources.upstream.url)",
+    target="layouts for this target: arm64-apple-macos (default), x86_64-linux-gnu, aarch64-linux-gnu",
+    json="write the report as JSON to this file",
+    markdown="write the report as Markdown to this file",
+    scan_ollama="check against several Ollama refs (v0.30.0,v0.31.0 or v0.30.0..v0.32.0) and rank them",
+    apiignore="accepted changes (YAML); default: .apiignore in the project",
+    verbose="echo every command",
+)
+def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", target="arm64-apple-macos",
+              json="", markdown="", scan_ollama="", apiignore="", verbose=False):
+    """Can this fork replace the llama.cpp that this Ollama pins? Exit 0 ok, 4 review, 8 incompatible."""
+    from ollama_turbo.check import apicheck
+    from ollama_turbo.core import sources
+
+    s = settings(c)
+    supp = apicheck.load_apiignore(Path(apiignore) if apiignore else project_dir(c) / ".apiignore")
+    fork_co = sources.open_source("fork", fork or s.sources.fork.url, fork_ref or s.sources.fork.ref,
+                                  s.workspace)
+    ollama_url = ollama or s.sources.ollama.url
+    if scan_ollama:
+        rows = apicheck.scan(s, ollama_url=ollama_url, refs=scan_ollama, fork=fork_co,
+                             upstream_url=upstream or None, target=target, suppressions=supp)
+        print(apicheck.render_scan(rows))
+        write_json(json, [vars(r) for r in rows])
+        best = next((r for r in rows if r.verdict != "error"), None)
+        if best is None:
+            raise Exit("error: no Ollama ref could be checked", code=1)
+        if best.exit_code:
+            raise Exit(code=best.exit_code)
+        return
+    ollama_co = sources.open_source("ollama", ollama_url, ollama_ref or s.sources.ollama.ref, s.workspace)
+    report = apicheck.check(s, ollama=ollama_co, fork=fork_co, upstream_url=upstream or None,
+                            target=target, suppressions=supp)
+    print(apicheck.render(report), end="")
+    write_json(json, report.to_json())
+    if markdown:
+        Path(markdown).write_text(apicheck.render(report, markdown=True))
+    if report.exit_code():
+        raise Exit(code=report.exit_code())
+
+
+@turbo_task(
+    **SOURCE_HELP,
+    backend="metal, cuda or cpu (default: turbo.build.backend)",
+    dry_run="print the plan (sources, pins, rules, patches, commands) and change nothing",
+    force="rebuild even when the inputs are unchanged",
+    allow_dirty="build a local checkout that has uncommitted changes (the committed ref is built)",
+    json="write the result (the manifest, or the plan on --dry-run) as JSON to this file",
+    verbose="echo every command",
+)
+def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", backend="", dry_run=False, force=False,
+                 allow_dirty=False, json="", verbose=False):
+    """Build Ollama around the fork: patched, version-stamped, with a provenance manifest."""
+    from ollama_turbo.build import build_ollama as build
+
+    s = settings(c)
+    if backend and backend not in config.BACKENDS:
+        raise ConfigError(f"--backend {backend!r} is not one of: {', '.join(config.BACKENDS)}")
+    opts = build.Options(ollama=ollama, ollama_ref=ollama_ref, fork=fork, fork_ref=fork_ref, backend=backend,
+                         dry_run=dry_run, force=force, allow_dirty=allow_dirty)
+    r = build.run(s, opts)
+    print(r.render())
+    write_json(json, r.to_json())
+    print(r.dist)
+
+
+@turbo_task(
+    url="endpoint to check, e.g. http://127.0.0.1:11434",
+    host="a configured host: its listen address, its deployed manifest and its service log",
+    api="ollama (default) or llama-server (a bare llama-server)",
+    model="model to use (default: the first one the server lists)",
+    manifest="a build's manifest.json (or its dist directory): the version and era to expect",
+    expect_version="the version /api/version must report",
+    cache_type="the K/V cache type to expect, e.g. turbo4 or q8_0/turbo4 (default: turbo.kv)",
+    log="the service log to read the cache type from",
+    baseline="a previous smoke --json result (e.g. the f16 run) to gate against",
+    min_decode_ratio="gate: decode tok/s at least this fraction of the baseline (default 0.9)",
+    max_ttft_ratio="gate: time to first token at most this multiple of the baseline (default 1.1)",
+    json="write the result as JSON to this file",
+)
+def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_version="", cache_type="", log="",
+          baseline="", min_decode_ratio=0.9, max_ttft_ratio=1.1, json=""):
+    """Prove the endpoint runs the intended build with the intended cache type, and measure it."""
+    from ollama_turbo.fork import cache_types
+    from ollama_turbo.prove import smoke as smoke_mod
+
+    s = settings(c)
+    if bool(url) == bool(host):
+        raise UsageError("give exactly one of --url or --host")
+    if api not in ("ollama", "llama-server"):
+        raise UsageError(f"--api {api!r} is not one of: ollama, llama-server")
+    type_k, type_v = cache_types.parse_pair(cache_type) if cache_type else (s.kv.type_k, s.kv.type_v)
+    expect = smoke_mod.Expect(version=expect_version or None, type_k=type_k, type_v=type_v)
+    log_reader = None
+    provenance: dict[str, Any] = {"settings_kv": s.kv_summary()}
+    m = None
+    if host:
+        from ollama_turbo.deploy import releases
+
+        view = releases.host_view(s, s.host(host))
+        url, log_reader = view.url, view.read_log
+        m = view.current_manifest()
+        provenance["host"] = host
+    if manifest:
+        m = manifest_mod.load(Path(manifest))
+    if m:
+        expect.version = expect.version or m.get("version")
+        expect.era = m.get("era")
+        provenance["build"] = manifest_mod.summary(m)
+    if log:
+        log_reader = Path(log).read_text
+    if api == "ollama":
+        r = smoke_mod.smoke_ollama(url, model=model or None, expect=expect, log=log_reader)
+    else:
+        r = smoke_mod.smoke_llama_server(url, expect=expect, log=log_reader)
+    r.provenance.update(provenance)
+    if baseline:
+        smoke_mod.apply_gates(r, smoke_mod.load_baseline(Path(baseline)),
+                              smoke_mod.Thresholds(float(min_decode_ratio), float(max_ttft_ratio)))
+    print(r.render())
+    write_json(json, r.to_json())
+    if not r.ok:
+        raise Exit(f"error: smoke failed: {', '.join(r.failed)}", code=1)
+
+
+@turbo_task(
+    url="pre-started servers, one per cache type: f16=http://127.0.0.1:8080,turbo4=http://127.0.0.1:8081",
+    host="a configured host: bench redeploys its KV cache type for each type",
+    api="ollama (default) or llama-server",
+    model="model name (Ollama API)",
+    types="cache types or K/V pairs (default f16,q8_0,turbo4,q8_0/turbo4; with --url: the types given there)",
+    depths="context depths in tokens (default 0,2048,8192)",
+    reps="repetitions per depth (default 3)",
+    n_predict="tokens generated per speed run (default 32)",
+    niah_lengths="needle-in-a-haystack lengths in tokens (default 1024,4096)",
+    niah_depths="needle positions as fractions (default 0.1,0.5,0.9)",
+    ab_predict="tokens generated per A/B prompt (default 128)",
+    llama_server="start this llama-server binary here for each type (with --gguf)",
+    gguf="the model file: for --llama-server, and for the planner's KV prediction",
+    ctx="context size for servers bench starts (default: largest depth + 1024)",
+    log="server logs for --url servers: TYPE=FILE,...",
+    manifest="the build's manifest.json (or dist directory), recorded as provenance",
+    out="output directory (default <workspace>/bench/<timestamp>)",
+)
+def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8192",
+          reps=3, n_predict=32, niah_lengths="1024,4096", niah_depths="0.1,0.5,0.9", ab_predict=128,
+          llama_server="", gguf="", ctx=0, log="", manifest="", out=""):
+    """Measure each cache type: tok/s per depth, latency, KV memory, needle retrieval, A/B outputs."""
+    from ollama_turbo.prove import bench as bench_mod
+    from ollama_turbo.prove import targets as targets_mod
+
+    s = settings(c)
+    opts = bench_mod.Options.parse(depths=depths, reps=int(reps), n_predict=int(n_predict),
+                                   ab_predict=int(ab_predict), niah_lengths=niah_lengths, niah_depths=niah_depths,
+                                   gguf=gguf)
+    out_dir = Path(out) if out else bench_mod.default_out(s.workspace)
+    provenance: dict[str, Any] = {"model": model or gguf, "settings_kv": s.kv_summary()}
+    if manifest:
+        provenance["build"] = manifest_mod.summary(manifest_mod.load(Path(manifest)))
+    if host:
+        from ollama_turbo.deploy import releases
+
+        targets = releases.bench_targets(s, s.host(host), targets_mod.pairs_for(types), model)
+        provenance["host"] = host
+    else:
+        targets = targets_mod.choose(url=url, log=log, api=api, model=model, types=types,
+                                     llama_server=llama_server, gguf=gguf, ctx=int(ctx), opts=opts,
+                                     logs_dir=out_dir / "logs", extra_env=s.kv.env)
+        provenance.update({"server": llama_server} if llama_server else {"url": url})
+    report = bench_mod.run(targets, opts, out_dir, provenance)
+    print(bench_mod.summary(report))
+    print(out_dir)
+
+
+@turbo_task(
+    host="a host under turbo.hosts",
+    dist="the build to deploy (default: the newest in <workspace>/dist)",
+    dry_run="print the plan (files to send, service config diff, commands) and change nothing",
+    specs="Modelfile specs to create on the host after the switch (default: modelfiles/, else the examples "
+          "shipped with ollama-turbo)",
+    json="write the result as JSON to this file",
+    verbose="echo every command",
+)
+def deploy(c, host, dist="", dry_run=False, specs="", json="", verbose=False):
+    """Install a build as a service on a host, switch atomically, verify, roll back on failure."""
+    from ollama_turbo.deploy import releases
+
+    s = settings(c)
+    d = Path(dist) if dist else releases.latest_dist(s)
+    r = releases.deploy(s, s.host(host), d, dry_run=dry_run, specs_dir=specs_dir(c, specs))
+    print(r.render(host))
+    write_json(json, r.to_json())
+
+
+@turbo_task(host="a host under turbo.hosts", to="the release to go back to (default: the previous one)",
+            dry_run="say which release it would switch to, and change nothing",
+            json="write the result as JSON to this file")
+def rollback(c, host, to="", dry_run=False, json=""):
+    """Switch a host back to the previous (or a given) release and restart it."""
+    from ollama_turbo.deploy import releases
+
+    s = settings(c)
+    r = releases.rollback(s, s.host(host), to or None, dry_run=dry_run)
+    if dry_run:
+        print(f"would switch {host} from {r['from']} to {r['to']} and restart it; dry run: nothing was changed")
+    else:
+        print(f"{host} now serves {r['to']} (was {r['from']})")
+    write_json(json, r)
+
+
+@turbo_task(host="a host under turbo.hosts", json="write the status as JSON to this file")
+def status(c, host, json=""):
+    """Current and previous releases, service state and KV cache type of a host."""
+    from ollama_turbo.deploy import releases
+
+    st = releases.status(settings(c), settings(c).host(host))
+    for key in ("host", "service", "state", "current", "serving", "previous", "releases", "kv_cache", "prefix"):
+        value = st[key]
+        print(f"{key:<10} {', '.join(value) if isinstance(value, list) else value}")
+    write_json(json, st)
+
+
+def namespace(project: Path | None = None) -> Collection:
+    """The task collection; ``project`` is where settings and specs are read (default: the current directory)."""
+    ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check, build_ollama, smoke, bench, deploy,
+                    rollback, status)
+    ns.configure({"turbo": config.DEFAULTS, "ollama_turbo": {"project_dir": str(project) if project else ""}})
+    return ns
+
+
+program = TurboProgram(namespace=namespace(), name="ollama-turbo", binary="ollama-turbo",
+                       binary_names=["ollama-turbo"], version=__version__)
+
+
+def main() -> None:
+    program.run()

@@ -1,0 +1,1 @@
+"""The shared ground: errors, the subprocess chokepoint, settings, toolchains, sources, manifests, waits."""

@@ -1,0 +1,282 @@
+"""Settings: defaults in code, validated into typed objects.
+
+Settings live under the ``turbo`` key of invoke's configuration, so ``invoke.yaml`` at the
+project root, ``INVOKE_TURBO_*`` environment variables and ``invoke -f FILE`` all override
+:data:`DEFAULTS`. Every validation error names the dotted key and where it came from.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ollama_turbo.core.errors import ConfigError
+
+BACKENDS = ("metal", "cuda", "cpu")
+HOST_OS = ("darwin", "linux")
+SERVICES = ("launchd", "systemd", "none")
+
+DEFAULTS: dict[str, Any] = {
+    "workspace": ".turbo",
+    "sources": {
+        "ollama": {"url": "https://github.com/ollama/ollama.git", "ref": "main"},
+        "fork": {
+            "url": "https://github.com/TheTom/llama-cpp-turboquant.git",
+            "ref": "feature/turboquant-kv-cache",
+        },
+        "upstream": {"url": "https://github.com/ggml-org/llama.cpp.git", "ref": "master"},
+    },
+    "kv": {"type_k": "turbo4", "type_v": "turbo4", "flash_attention": True, "env": {}},
+    "build": {"backend": "metal", "version_suffix": "turbo"},
+    "hosts": {},
+}
+
+HOST_DEFAULTS: dict[str, Any] = {
+    "ssh": "",
+    "os": "darwin",
+    "service": None,
+    "listen": "127.0.0.1:11434",
+    "memory_gib": None,
+    "prefix": "~/.ollama-turbo",
+    "models_dir": "~/.ollama/models",
+    "keep": 3,
+    "health_timeout": 60,
+}
+
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_CACHE_TYPE = re.compile(r"^[a-z0-9_]+$")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+Origin = Callable[[str], str]
+
+
+def _no_origin(key: str) -> str:
+    return "settings"
+
+
+@dataclass(frozen=True)
+class Source:
+    url: str
+    ref: str
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.url and not re.match(r"^[\w.-]+@[\w.-]+:", self.url)
+
+
+@dataclass(frozen=True)
+class Sources:
+    ollama: Source
+    fork: Source
+    upstream: Source
+
+
+@dataclass(frozen=True)
+class KV:
+    type_k: str
+    type_v: str
+    flash_attention: bool
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.type_k == self.type_v
+
+    def summary(self) -> dict[str, Any]:
+        """The configured cache, as reports record it beside what the server really ran."""
+        return {"type_k": self.type_k, "type_v": self.type_v, "env": self.env}
+
+
+@dataclass(frozen=True)
+class Build:
+    backend: str
+    version_suffix: str
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    ssh: str
+    os: str
+    service: str
+    listen: str
+    memory_gib: float | None
+    prefix: str
+    models_dir: str
+    keep: int = 3
+    health_timeout: float = 60
+
+    @property
+    def is_local(self) -> bool:
+        return self.ssh in ("", "local")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class Settings:
+    workspace: Path
+    sources: Sources
+    kv: KV
+    build: Build
+    hosts: dict[str, Host]
+
+    def kv_summary(self) -> dict[str, Any]:
+        return self.kv.summary()
+
+    def host(self, name: str) -> Host:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            known = ", ".join(sorted(self.hosts)) or "none"
+            raise ConfigError(
+                f"unknown host {name!r} (configured hosts: {known})",
+                key=f"hosts.{name}",
+                hint="add it under turbo.hosts in invoke.yaml",
+            ) from None
+
+
+def merged(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge mappings, later layers winning (how invoke combines config files)."""
+    out: dict[str, Any] = copy.deepcopy(dict(layers[0])) if layers else {}
+    for layer in layers[1:]:
+        for key, value in layer.items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+                out[key] = merged(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse(raw: Mapping[str, Any], origin: Origin = _no_origin, *, base: Path | None = None) -> Settings:
+    """Validate the ``turbo`` mapping into :class:`Settings`."""
+    v = _Validator(origin)
+    top = v.mapping(raw, "", allowed=set(DEFAULTS))
+    full = merged(DEFAULTS, top)
+    ws = Path(v.string(full["workspace"], "workspace"))
+    if base is not None and not ws.is_absolute():
+        ws = base / ws
+    src = v.mapping(full["sources"], "sources", allowed={"ollama", "fork", "upstream"})
+    sources = Sources(**{
+        name: v.source(src.get(name), f"sources.{name}") for name in ("ollama", "fork", "upstream")
+    })
+    kvm = v.mapping(full["kv"], "kv", allowed={"type_k", "type_v", "flash_attention", "env"})
+    env = v.mapping(kvm["env"], "kv.env")
+    kv = KV(
+        type_k=v.cache_type(kvm["type_k"], "kv.type_k"),
+        type_v=v.cache_type(kvm["type_v"], "kv.type_v"),
+        flash_attention=v.boolean(kvm["flash_attention"], "kv.flash_attention"),
+        env={v.env_name(k, f"kv.env.{k}"): v.scalar_str(val, f"kv.env.{k}") for k, val in env.items()},
+    )
+    bm = v.mapping(full["build"], "build", allowed={"backend", "version_suffix"})
+    build = Build(
+        backend=v.choice(bm["backend"], "build.backend", BACKENDS),
+        version_suffix=v.string(bm["version_suffix"], "build.version_suffix", pattern=r"^[A-Za-z0-9.]+$"),
+    )
+    hosts_raw = v.mapping(full["hosts"], "hosts")
+    hosts = {name: v.host(name, h) for name, h in hosts_raw.items()}
+    return Settings(workspace=ws, sources=sources, kv=kv, build=build, hosts=hosts)
+
+
+class _Validator:
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+
+    def fail(self, key: str, message: str, hint: str | None = None) -> ConfigError:
+        return ConfigError(message, key=key or "turbo", source=self.origin(key), hint=hint)
+
+    def mapping(self, value: Any, key: str, allowed: set[str] | None = None) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"expected a mapping, got {type(value).__name__} {value!r}")
+        if allowed is not None:
+            unknown = sorted(set(value) - allowed)
+            if unknown:
+                k = f"{key}.{unknown[0]}" if key else str(unknown[0])
+                raise self.fail(k, f"unknown key {unknown[0]!r}; expected one of: "
+                                   + ", ".join(sorted(allowed)))
+        return dict(value)
+
+    def string(self, value: Any, key: str, pattern: str | None = None) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"expected a non-empty string, got {value!r}")
+        if pattern and not re.match(pattern, value):
+            raise self.fail(key, f"{value!r} does not match {pattern}")
+        return value
+
+    def scalar_str(self, value: Any, key: str) -> str:
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        if isinstance(value, (str, int, float)):
+            return str(value)
+        raise self.fail(key, f"expected a string or number, got {value!r}")
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise self.fail(key, f"expected true or false, got {value!r}")
+
+    def choice(self, value: Any, key: str, options: tuple[str, ...]) -> str:
+        if value not in options:
+            raise self.fail(key, f"{value!r} is not one of: {', '.join(options)}")
+        return str(value)
+
+    def cache_type(self, value: Any, key: str) -> str:
+        s = self.string(value, key).lower()
+        if not _CACHE_TYPE.match(s):
+            raise self.fail(key, f"{value!r} is not a cache type name (e.g. f16, q8_0, turbo4)")
+        return s
+
+    def env_name(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not _ENV_NAME.match(value):
+            raise self.fail(key, f"{value!r} is not an environment variable name")
+        return value
+
+    def source(self, value: Any, key: str) -> Source:
+        m = self.mapping(value, key, allowed={"url", "ref"})
+        return Source(url=self.string(m.get("url"), f"{key}.url"),
+                      ref=self.string(m.get("ref"), f"{key}.ref"))
+
+    def host(self, name: str, value: Any) -> Host:
+        key = f"hosts.{name}"
+        if not _HOST_NAME.match(str(name)):
+            raise self.fail(key, f"{name!r} is not a valid host name")
+        m = merged(HOST_DEFAULTS, self.mapping(value, key, allowed=set(HOST_DEFAULTS)))
+        os_ = self.choice(m["os"], f"{key}.os", HOST_OS)
+        service = m["service"] or ("launchd" if os_ == "darwin" else "systemd")
+        service = self.choice(service, f"{key}.service", SERVICES)
+        if service == "launchd" and os_ != "darwin":
+            raise self.fail(f"{key}.service", "launchd runs only on os: darwin")
+        if service == "systemd" and os_ != "linux":
+            raise self.fail(f"{key}.service", "systemd runs only on os: linux")
+        listen = self.string(m["listen"], f"{key}.listen", pattern=r"^[\w.\[\]:-]+:\d{1,5}$")
+        mem = m["memory_gib"]
+        if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float))
+                                or mem <= 0):
+            raise self.fail(f"{key}.memory_gib", f"expected a positive number, got {mem!r}")
+        ssh = m["ssh"]
+        if not isinstance(ssh, str):
+            raise self.fail(f"{key}.ssh", f"expected a string (user@host, an ssh alias or "
+                                          f"'local'), got {ssh!r}")
+        keep = m["keep"]
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise self.fail(f"{key}.keep", f"expected a whole number >= 1 (releases to keep), got {keep!r}")
+        ht = m["health_timeout"]
+        if isinstance(ht, bool) or not isinstance(ht, (int, float)) or ht <= 0:
+            raise self.fail(f"{key}.health_timeout", f"expected seconds > 0, got {ht!r}")
+        return Host(
+            name=name, ssh=ssh, os=os_, service=service, listen=listen,
+            memory_gib=None if mem is None else float(mem),
+            prefix=self.string(m["prefix"], f"{key}.prefix"),
+            models_dir=self.string(m["models_dir"], f"{key}.models_dir"),
+            keep=keep, health_timeout=float(ht),
+        )

@@ -1,0 +1,111 @@
+"""Bridge between invoke's configuration and :mod:`ollama_turbo.config`.
+
+invoke reads ``invoke.yaml`` itself, after importing ``tasks.py``; a malformed file would end
+in a YAML traceback. :func:`preflight` reads the same files first and turns any problem into
+a :class:`ConfigError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ollama_turbo.core import settings as config
+from ollama_turbo.core.errors import ConfigError
+
+SUFFIXES = (".yaml", ".yml")
+
+
+def config_files(project_dir: Path, argv: Sequence[str]) -> list[Path]:
+    """The YAML files invoke will read: system, user, project and ``-f FILE``."""
+    files = [Path("/etc/invoke" + s) for s in SUFFIXES]
+    files += [Path.home() / (".invoke" + s) for s in SUFFIXES]
+    files += [project_dir / ("invoke" + s) for s in SUFFIXES]
+    runtime = runtime_file(argv)
+    if runtime:
+        files.append(runtime)
+    return [f for f in files if f.exists() or f == runtime]
+
+
+def runtime_file(argv: Sequence[str]) -> Path | None:
+    for i, arg in enumerate(argv):
+        if arg in ("-f", "--config") and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--config="):
+            return Path(arg.split("=", 1)[1])
+    env = os.environ.get("INVOKE_RUNTIME_CONFIG")
+    return Path(env) if env else None
+
+
+def check_file(path: Path) -> None:
+    if not path.exists():
+        raise ConfigError(f"settings file {path} does not exist", hint="check the -f argument")
+    if path.suffix not in SUFFIXES:
+        return
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {problem}",
+                          hint=f"fix the syntax in {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc}") from None
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    if isinstance(data, Mapping) and "turbo" in data and not isinstance(data["turbo"], Mapping | None):
+        raise ConfigError("expected a mapping", key="turbo", source=str(path))
+
+
+def preflight(project_dir: Path, argv: Sequence[str]) -> None:
+    for f in config_files(project_dir, argv):
+        check_file(f)
+
+
+def plain(value: Any) -> Any:
+    """Turn invoke's DataProxy trees into plain dicts and lists."""
+    if isinstance(value, Mapping) or hasattr(value, "_config"):
+        return {k: plain(value[k]) for k in value}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def _has(tree: Any, path: list[str]) -> bool:
+    node = tree
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def origin_of(cfg: Any) -> config.Origin:
+    """Where a ``turbo.<key>`` came from: the -f file, the environment, or a YAML file."""
+    layers = [
+        ("_runtime", "_runtime_path"), ("_env", None), ("_project", "_project_path"),
+        ("_user", "_user_path"), ("_system", "_system_path"),
+    ]
+
+    def origin(key: str) -> str:
+        path = ["turbo", *[p for p in key.split(".") if p]]
+        for attr, path_attr in layers:
+            tree = getattr(cfg, attr, None) or {}
+            for depth in range(len(path), 1, -1):
+                if _has(tree, path[:depth]):
+                    if path_attr is None:
+                        return "environment INVOKE_" + "_".join(path[:depth]).upper()
+                    return str(getattr(cfg, path_attr, None) or attr.strip("_") + " settings")
+        return "built-in defaults"
+
+    return origin
+
+
+def settings(cfg: Any, project_dir: Path) -> config.Settings:
+    raw = plain(cfg.get("turbo", {})) or {}
+    return config.parse(raw, origin_of(cfg), base=project_dir)

@@ -1,0 +1,159 @@
+"""Source trees: git checkouts of Ollama, the fork and upstream; era detection and pins.
+
+A local path is used in place and only read (by ref, through git). A URL is mirrored once
+into ``<workspace>/sources/`` and fetched again on later runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ollama_turbo.core import proc
+from ollama_turbo.core.errors import CommandError, SourceError
+
+ERA_B, ERA_C = "B", "C"
+
+
+def is_url(s: str) -> bool:
+    return "://" in s or bool(re.match(r"^[\w.-]+@[\w.-]+:", s))
+
+
+@dataclass
+class Checkout:
+    """One source at one resolved commit."""
+
+    name: str
+    url: str
+    git_dir: Path
+    ref: str
+    sha: str
+    local: bool
+
+    @property
+    def short(self) -> str:
+        return self.sha[:9]
+
+    def git(self, *args: str, check: bool = True) -> proc.Result:
+        return proc.run(["git", "--git-dir", str(self.git_dir), *args], check=check)
+
+    def exists(self, path: str) -> bool:
+        return self.git("cat-file", "-e", f"{self.sha}:{path}", check=False).ok
+
+    def read(self, path: str) -> str:
+        r = self.git("show", f"{self.sha}:{path}", check=False)
+        if not r.ok:
+            raise SourceError(f"{self.name}: {path} not found at {self.ref} ({self.short}) in {self.url}")
+        return r.stdout
+
+    def export(self, dest: Path, paths: list[str] | None = None) -> Path:
+        """Write the tree (or some paths of it) at this commit into ``dest`` (cached by sha)."""
+        marker = dest / ".turbo-export"
+        if marker.exists() and marker.read_text() == self.sha:
+            return dest
+        dest.mkdir(parents=True, exist_ok=True)
+        present = [p for p in (paths or []) if self.exists(p)]
+        if paths is not None and not present:
+            return dest
+        data = proc.output_bytes(["git", "--git-dir", str(self.git_dir), "archive", "--format=tar",
+                                  self.sha, *present])
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            tf.extractall(dest, filter="data")
+        marker.write_text(self.sha)
+        return dest
+
+
+def _git_dir(path: Path) -> Path | None:
+    r = proc.run(["git", "-C", str(path), "rev-parse", "--absolute-git-dir"], check=False)
+    return Path(r.stdout.strip()) if r.ok else None
+
+
+def mirror_dir(url: str, workspace: Path) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", url.rstrip("/").rsplit("/", 2)[-1]).strip("-")[:40]
+    return workspace / "sources" / f"{slug}-{hashlib.sha256(url.encode()).hexdigest()[:10]}.git"
+
+
+def open_source(name: str, url: str, ref: str, workspace: Path, *, fetch: bool = True) -> Checkout:
+    """Resolve ``url`` (a local git checkout or a git URL) at ``ref``."""
+    if not is_url(url):
+        path = Path(url).expanduser()
+        if not path.exists():
+            raise SourceError(f"{name}: {path} does not exist",
+                              hint=f"set turbo.sources.{name}.url to a git checkout or a URL")
+        git_dir = _git_dir(path)
+        if git_dir is None:
+            raise SourceError(f"{name}: {path} is not a git repository",
+                              hint="clone it with git, or point at a git URL")
+        return Checkout(name, str(path), git_dir, ref, resolve(name, git_dir, ref, url), local=True)
+    git_dir = mirror_dir(url, workspace)
+    try:
+        if not git_dir.exists():
+            git_dir.parent.mkdir(parents=True, exist_ok=True)
+            proc.run(["git", "clone", "--mirror", "--quiet", url, str(git_dir)], timeout=3600)
+        elif fetch:
+            proc.run(["git", "--git-dir", str(git_dir), "remote", "update", "--prune"], timeout=3600)
+    except CommandError as exc:
+        raise SourceError(f"{name}: cannot fetch {url}: {exc.stderr_tail.strip().splitlines()[-1:]}",
+                          hint="check the URL and your network, or use a local checkout") from None
+    return Checkout(name, url, git_dir, ref, resolve(name, git_dir, ref, url), local=False)
+
+
+def resolve(name: str, git_dir: Path, ref: str, url: str) -> str:
+    for candidate in (ref, f"origin/{ref}", f"refs/tags/{ref}"):
+        r = proc.run(["git", "--git-dir", str(git_dir), "rev-parse", "--verify", "--quiet",
+                      f"{candidate}^{{commit}}"], check=False)
+        if r.ok:
+            return r.stdout.strip()
+    tags = proc.run(["git", "--git-dir", str(git_dir), "tag", "--sort=-creatordate"], check=False)
+    near = ", ".join(tags.stdout.split()[:8]) or "none"
+    raise SourceError(f"{name}: ref {ref!r} not found in {url} (newest tags: {near})",
+                      hint=f"check turbo.sources.{name}.ref or the --{name}-ref flag")
+
+
+def dirty(co: Checkout) -> list[str]:
+    """Uncommitted changes of a local checkout (empty for mirrors)."""
+    if not co.local:
+        return []
+    r = proc.run(["git", "-C", co.url, "status", "--porcelain", "--untracked-files=no"], check=False)
+    return [ln[3:] for ln in r.stdout.splitlines() if ln.strip()]
+
+
+@dataclass(frozen=True)
+class OllamaInfo:
+    era: str
+    pin: str            # FETCH_HEAD sha (era B) or llama.cpp tag (era C)
+    upstream_url: str   # era B: UPSTREAM in Makefile.sync; era C: LLAMA_CPP_GIT_REPOSITORY default
+    version: str        # from the nearest tag, without the leading v
+
+
+def detect(co: Checkout) -> OllamaInfo:
+    """Which integration era an Ollama tree is, and what llama.cpp it pins."""
+    if co.exists("LLAMA_CPP_VERSION") and co.exists("llama/server/CMakeLists.txt"):
+        pin = co.read("LLAMA_CPP_VERSION").strip()
+        cm = co.read("llama/server/CMakeLists.txt")
+        m = re.search(r'set\(LLAMA_CPP_GIT_REPOSITORY\s+"([^"]+)"', cm)
+        return OllamaInfo(ERA_C, pin, m.group(1) if m else "", ollama_version(co))
+    if co.exists("Makefile.sync") and co.exists("llama/llama.cpp"):
+        mk = co.read("Makefile.sync")
+        m = re.search(r"^FETCH_HEAD\s*[:?]?=\s*(\S+)", mk, re.M)
+        if not m:
+            raise SourceError(f"ollama: Makefile.sync at {co.ref} has no FETCH_HEAD")
+        u = re.search(r"^UPSTREAM\s*[:?]?=\s*(\S+)", mk, re.M)
+        return OllamaInfo(ERA_B, m.group(1), u.group(1) if u else "", ollama_version(co))
+    if co.exists("llm/llama.cpp"):
+        raise SourceError(f"ollama {co.ref} ({co.short}) is era A (llm/llama.cpp submodule, <= v0.3.14), "
+                          "which ollama-turbo does not support",
+                          hint="use Ollama v0.4.0 or newer")
+    raise SourceError(f"ollama {co.ref} ({co.short}) in {co.url} is not an Ollama tree of a known era: "
+                      "neither LLAMA_CPP_VERSION + llama/server/CMakeLists.txt (era C) nor Makefile.sync + "
+                      "llama/llama.cpp (era B)", hint="check turbo.sources.ollama")
+
+
+def ollama_version(co: Checkout) -> str:
+    r = co.git("describe", "--tags", "--abbrev=0", co.sha, check=False)
+    tag = r.stdout.strip() if r.ok else "0.0.0"
+    return tag[1:] if tag.startswith("v") else tag

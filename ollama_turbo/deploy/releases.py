@@ -1,0 +1,532 @@
+"""``invoke deploy``: install a build as a service on a host, switch atomically, roll back on failure.
+
+Host layout: ``<prefix>/releases/<version>/`` (bin/, lib/, manifest.json), ``<prefix>/current``
+(a symlink switched with one rename), ``<prefix>/previous`` (the version to go back to),
+``<prefix>/logs/ollama.log``, ``<prefix>/.deploy-lock``. Either the new build ends up running and
+verified, or the old one runs as before.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime as dt
+import difflib
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from ollama_turbo.core import manifest as manifest_mod
+from ollama_turbo.core import poll
+from ollama_turbo.core.errors import TurboError, UsageError
+from ollama_turbo.core.settings import Host, Settings
+from ollama_turbo.deploy.services import Layout, Manager, expand, render, service_env
+from ollama_turbo.deploy.transport import Transport, connect, q
+from ollama_turbo.fork.cache_types import label
+from ollama_turbo.kv import modelfiles as modelfile
+from ollama_turbo.prove import smoke
+from ollama_turbo.prove.client import Endpoint
+from ollama_turbo.prove.ollama_api import Client
+
+Say = Callable[[str], None]
+STALE_LOCK_S = 15 * 60
+
+
+class DeployError(TurboError):
+    pass
+
+
+def _layout(t: Transport, host: Host) -> Layout:
+    home = t.sh('printf %s "$HOME"').stdout.strip()
+    return Layout(home=home, prefix=expand(host.prefix, home), models=expand(host.models_dir, home))
+
+
+def latest_dist(settings: Settings) -> Path:
+    dists = sorted((p for p in (settings.workspace / "dist").glob("*") if (p / "manifest.json").is_file()),
+                   key=lambda p: p.stat().st_mtime)
+    if not dists:
+        raise UsageError(f"no build in {settings.workspace / 'dist'}", hint="run invoke build-ollama, or pass --dist")
+    return dists[-1]
+
+
+def load_dist(dist: Path) -> dict[str, Any]:
+    m = manifest_mod.read(dist)
+    if m is None:
+        raise UsageError(f"{dist} has no manifest.json: not a build of invoke build-ollama")
+    bad = manifest_mod.verify(dist, m)
+    if bad:
+        raise DeployError(f"{dist}: files differ from the manifest: {', '.join(bad[:5])}",
+                          hint="rebuild with invoke build-ollama --force")
+    return m
+
+
+# --- small remote helpers ----------------------------------------------------------------
+
+
+def remote_sums(t: Transport, directory: str) -> dict[str, str]:
+    script = (f"cd {q(directory)} 2>/dev/null || exit 0; "
+              "find . -type f ! -name manifest.json | sed 's|^./||' | while read -r f; do "
+              "if command -v sha256sum >/dev/null; then sha256sum \"$f\"; else shasum -a 256 \"$f\"; fi; done")
+    out = {}
+    for line in t.sh(script, timeout=600).stdout.splitlines():
+        digest, _, name = line.partition("  ")
+        if name:
+            out[name.strip()] = digest.strip()
+    return out
+
+
+def current_release(t: Transport, layout: Layout) -> str | None:
+    """The release ``current`` points at (None before the first deploy)."""
+    r = t.sh(f"readlink {q(layout.current)}", check=False)
+    return (r.stdout.strip().rsplit("/", 1)[-1] or None) if r.ok else None
+
+
+def previous_release(t: Transport, layout: Layout) -> str | None:
+    """The release to go back to, as recorded at the last switch."""
+    return t.sh(f"cat {q(layout.prefix + '/previous')} 2>/dev/null", check=False).stdout.strip() or None
+
+
+def set_previous(t: Transport, layout: Layout, name: str) -> None:
+    t.write(layout.prefix + "/previous", name + "\n")
+
+
+def switch(t: Transport, layout: Layout, version: str, host: Host) -> None:
+    """Point ``current`` at the release with one rename (atomic for readers)."""
+    tmp = f"{layout.prefix}/current.new"
+    # rename(2) over the old link: BSD mv says -h (macOS), GNU mv -T, for "do not follow the target"
+    t.sh(f"rm -f {q(tmp)} && ln -s {q('releases/' + version)} {q(tmp)} && "
+         f"if [ \"$(uname -s)\" = Darwin ]; then mv -h {q(tmp)} {q(layout.current)}; "
+         f"else mv -T {q(tmp)} {q(layout.current)}; fi")
+
+
+@contextlib.contextmanager
+def host_lock(t: Transport, layout: Layout, say: Say) -> Iterator[None]:
+    me = f"{socket.gethostname()} pid {__import__('os').getpid()} at {dt.datetime.now().isoformat(timespec='seconds')}"
+    t.sh(f"mkdir -p {q(layout.prefix)}")
+    for attempt in range(2):
+        r = t.sh(f"mkdir {q(layout.lock)} && printf %s {q(me)} > {q(layout.lock + '/owner')}", check=False)
+        if r.ok:
+            break
+        owner = t.sh(f"cat {q(layout.lock + '/owner')} 2>/dev/null", check=False).stdout.strip() or "unknown"
+        age = t.sh(f"echo $(( $(date +%s) - $(stat -c %Y {q(layout.lock)} 2>/dev/null || "
+                   f"stat -f %m {q(layout.lock)}) ))", check=False).stdout.strip()
+        if attempt == 0 and age.isdigit() and int(age) > STALE_LOCK_S:
+            say(f"WARNING: breaking a stale deploy lock ({owner}, {int(age) // 60} min old)")
+            t.sh(f"rm -rf {q(layout.lock)}")
+            continue
+        raise DeployError(f"another deploy holds the lock on this host: {owner}",
+                          hint=f"wait for it; if none is running, remove {layout.lock} on the host")
+    try:
+        yield
+    finally:
+        t.sh(f"rm -rf {q(layout.lock)}", check=False)
+
+
+def port_holder(t: Transport, port: int) -> str | None:
+    """What listens on ``port`` on the host (None when nothing does)."""
+    probe = t.sh(f"curl -s -m 2 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/", check=False)
+    if probe.stdout.strip() in ("", "000"):
+        return None
+    who = t.sh(f"(lsof -nP -iTCP:{port} -sTCP:LISTEN 2>/dev/null | tail -n +2; "
+               f"ss -ltnpH 'sport = :{port}' 2>/dev/null) | head -3", check=False).stdout.strip()
+    return who or f"something answering HTTP {probe.stdout.strip()} on port {port}"
+
+
+def wait_version(url: str, version: str, timeout: float) -> tuple[bool, str]:
+    last = ["no answer"]
+
+    def serving() -> str | None:
+        try:
+            if requests.get(url + "/", timeout=2).status_code == 200:
+                v = requests.get(url + "/api/version", timeout=2).json().get("version")
+                if v == version:
+                    return f"/api/version = {v}"
+                last[0] = f"/api/version = {v}, expected {version}"
+        except (requests.RequestException, ValueError) as exc:
+            last[0] = f"{exc.__class__.__name__}"
+        return None
+
+    found = poll.until(serving, interval=0.05, timeout=timeout)
+    if found:
+        return True, found
+    return False, f"not serving {version} after {timeout:.0f} s ({last[0]})"
+
+
+def log_tail(t: Transport, layout: Layout, lines: int = 15) -> str:
+    return t.sh(f"tail -n {lines} {q(layout.log)} 2>/dev/null", check=False).stdout
+
+
+# --- deploy -------------------------------------------------------------------------------
+
+
+@dataclass
+class DeployResult:
+    host: str
+    version: str
+    status: str  # deployed | rolled-back | dry-run | failed
+    previous: str | None = None
+    uploaded: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    config_diff: str = ""
+    commands: list[str] = field(default_factory=list)
+    smoke: dict[str, Any] | None = None
+    models: list[str] = field(default_factory=list)
+    error: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def render(self, host: str) -> str:
+        if self.status != "dry-run":
+            return (f"deployed {self.version} to {host} in {self.seconds:.1f} s (previous: {self.previous or 'none'}); "
+                    f"models: {', '.join(self.models) or 'none'}; smoke ok")
+        lines = [f"plan for {host}: {self.version} (current: {self.previous or 'none'})",
+                 f"files to send ({len(self.uploaded)}): " + (", ".join(self.uploaded) or "none"),
+                 f"already on the host: {', '.join(self.reused) or 'none'}",
+                 self.config_diff or "service config unchanged",
+                 *[f"  {cmd}" for cmd in self.commands],
+                 "dry run: nothing was changed"]
+        return "\n".join(lines)
+
+
+def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False, say: Say = print,
+           specs_dir: Path | None = None) -> DeployResult:
+    t0 = time.perf_counter()
+    m = load_dist(dist)
+    version, era = m["version"], m["era"]
+    rendered = render_models(settings, host, specs_dir)
+    t = connect(host.name, host.ssh)
+    try:
+        layout = _layout(t, host)
+        mgr = Manager(t, host, layout)
+        env = service_env(settings, host, layout, era)
+        config = render(host, layout, env)
+        old_config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
+        diff = "".join(difflib.unified_diff(old_config.splitlines(True), config.splitlines(True),
+                                            mgr.config_path + " (on host)", mgr.config_path + " (new)"))
+        release = f"{layout.releases}/{version}"
+        have = remote_sums(t, release) if t.sh(f"test -d {q(release)}", check=False).ok else {}
+        partial = remote_sums(t, release + ".partial")
+        want = {k: v for k, v in m["files"].items()}
+        send = [f for f, d in want.items() if have.get(f) != d and partial.get(f) != d]
+        res = DeployResult(host.name, version, "dry-run", previous=current_release(t, layout),
+                           uploaded=send, reused=[f for f in want if f not in send], config_diff=diff)
+        res.commands = [f"upload {len(send)} files to {release}.partial, verify sha256, rename to {release}",
+                        f"switch {layout.current} -> releases/{version} (one rename)",
+                        f"write {mgr.config_path}", f"restart the {host.service} service",
+                        f"wait for /api/version = {version}, create models, smoke",
+                        "on failure: switch back, restart the previous release"]
+        if dry_run:
+            res.seconds = time.perf_counter() - t0
+            return res
+        with host_lock(t, layout, say):
+            return _deploy_locked(settings, host, t, layout, mgr, m, dist, config, res, say, rendered, t0)
+    finally:
+        t.close()
+
+
+def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout, mgr: Manager, m: dict[str, Any],
+                   dist: Path, config: str, res: DeployResult, say: Say, rendered: list[modelfile.Rendered],
+                   t0: float) -> DeployResult:
+    version = m["version"]
+    release = f"{layout.releases}/{version}"
+    holder = port_holder(t, host.port)
+    if holder:
+        current = res.previous or ""
+        served = t.sh(f"curl -s -m 2 http://127.0.0.1:{host.port}/api/version", check=False).stdout
+        ours = bool(current) and f'"{current}"' in served and "running" in mgr.state()
+        if not ours:
+            raise DeployError(
+                f"port {host.port} on {host.name} is already in use, by something that is not this service:\n"
+                f"  {holder}",
+                hint="quit Ollama.app (menu bar > Quit Ollama), or 'brew services stop ollama', or "
+                     "'systemctl stop ollama' / 'launchctl bootout gui/$(id -u)/com.ollama.ollama', or give "
+                     f"turbo.hosts.{host.name}.listen another port")
+    say(f"[{host.name}] upload {len(res.uploaded)} files ({len(res.reused)} already there) -> {release}")
+    _upload(t, layout, dist, m, res, say)
+    previous = res.previous
+    if previous == version:
+        previous = previous_release(t, layout)
+    old_config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
+    old_previous = previous_release(t, layout)
+    say(f"[{host.name}] switch current -> {version}" + (f" (previous: {previous})" if previous else ""))
+    switch(t, layout, version, host)
+    if previous and previous != version:
+        set_previous(t, layout, previous)
+    try:
+        mgr.install(config)
+        mgr.restart()
+        with t.forward(host.port) as port:
+            url = f"http://127.0.0.1:{port}"
+            ok, why = wait_version(url, version, host.health_timeout)
+            if not ok:
+                raise DeployError(f"{version} did not come up: {why}")
+            res.models = _models(host, url, rendered, say)
+            r = smoke.smoke_ollama(url, model=res.models[0] if res.models else None, log=lambda: t.read(layout.log),
+                                   expect=smoke.Expect(version=version, type_k=settings.kv.type_k,
+                                                       type_v=settings.kv.type_v, era=m["era"]))
+            if not res.models:
+                r.checks = [c for c in r.checks if c.name in ("reachable", "version")]
+            res.smoke = r.to_json()
+            if not r.ok:
+                raise DeployError(f"smoke failed on {host.name}: {', '.join(r.failed)}")
+    except (TurboError, requests.RequestException) as exc:
+        tail = log_tail(t, layout)
+        res.error = f"{exc}\n--- service log (last lines) ---\n{tail}"
+        say(f"[{host.name}] FAILED: {exc}; rolling back")
+        _rollback_to(t, host, layout, mgr, previous, old_config, say)
+        if old_previous:
+            set_previous(t, layout, old_previous)
+        res.status = "rolled-back" if previous else "failed"
+        _history(t, layout, version, res.status)
+        res.seconds = time.perf_counter() - t0
+        raise DeployError(f"deploy of {version} to {host.name} failed and was rolled back"
+                          + (f" to {previous}" if previous else " (no previous release: service stopped)")
+                          + f": {exc}\n--- service log (last lines) ---\n{tail}",
+                          hint=f"fix the build and deploy again; invoke status --host {host.name}") from None
+    _prune(t, layout, host.keep, keep={version, previous or ""})
+    _history(t, layout, version, "deployed")
+    res.status = "deployed"
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _upload(t: Transport, layout: Layout, dist: Path, m: dict[str, Any], res: DeployResult, say: Say) -> None:
+    release = f"{layout.releases}/{m['version']}"
+    if not res.uploaded and t.sh(f"test -d {q(release)}", check=False).ok:
+        return
+    partial = release + ".partial"
+    t.sh(f"mkdir -p {q(partial)} {q(layout.prefix + '/logs')} && if [ -d {q(release)} ]; then "
+         f"cp -Rp {q(release)}/. {q(partial)}/ && rm -rf {q(release)}; fi")
+    current = remote_sums(t, layout.current + "/")
+    for i, rel in enumerate(res.uploaded, 1):
+        target = f"{partial}/{rel}"
+        t.sh(f"mkdir -p \"$(dirname {q(target)})\"")
+        same = next((f for f, d in current.items() if d == m["files"][rel]), None)
+        t_file = time.perf_counter()
+        if same:
+            t.sh(f"cp -p {q(layout.current + '/' + same)} {q(target)}")
+            say(f"  [{i}/{len(res.uploaded)}] {rel}: same as current/{same}, copied on the host")
+        else:
+            size = (dist / rel).stat().st_size
+            t.put(dist / rel, target)
+            secs = time.perf_counter() - t_file
+            say(f"  [{i}/{len(res.uploaded)}] {rel}: {size / 1e6:.1f} MB sent in {secs:.1f} s")
+        if (dist / rel).stat().st_mode & 0o111:
+            t.sh(f"chmod 755 {q(target)}")
+    t.put(dist / "manifest.json", f"{partial}/manifest.json")
+    got = remote_sums(t, partial)
+    bad = [f for f, d in m["files"].items() if got.get(f) != d]
+    if bad:
+        raise DeployError(f"uploaded files do not match the manifest: {', '.join(bad)}",
+                          hint="run the deploy again; files that arrived intact are not sent twice")
+    t.sh(f"mv {q(partial)} {q(release)}")
+
+
+def render_models(settings: Settings, host: Host, specs_dir: Path | None) -> list[modelfile.Rendered]:
+    """The host's Modelfiles, rendered before anything on the host changes (bad specs stop here)."""
+    if specs_dir is None or not specs_dir.is_dir():
+        return []
+    specs = [s for s in modelfile.load_specs(specs_dir) if host.name in s.hosts]
+    if not specs:
+        return []
+    return modelfile.render_all(settings, specs, settings.workspace / "modelfiles", host=host.name)
+
+
+def _models(host: Host, url: str, rendered: list[modelfile.Rendered], say: Say) -> list[str]:
+    client = Client(url, timeout=600)
+    names = []
+    for r in rendered:
+        s = r.spec
+        params: dict[str, Any] = dict(s.parameters)
+        if r.num_ctx:
+            params["num_ctx"] = r.num_ctx
+        local = Path(s.from_).expanduser()
+        if s.from_.endswith(".gguf") and local.is_file():
+            client.create(s.name, gguf=local, parameters=params, template=s.template or None,
+                          system=s.system or None)
+        else:
+            client.create(s.name, from_=s.from_, parameters=params, template=s.template or None,
+                          system=s.system or None)
+        say(f"[{host.name}] model {s.name} created (num_ctx {r.num_ctx or 'default'})")
+        names.append(s.name)
+    return names
+
+
+def _rollback_to(t: Transport, host: Host, layout: Layout, mgr: Manager, previous: str | None,
+                 old_config: str, say: Say) -> None:
+    if previous:
+        switch(t, layout, previous, host)
+        if old_config:
+            mgr.install(old_config)
+        mgr.restart()
+        with t.forward(host.port) as port:
+            ok, why = wait_version(f"http://127.0.0.1:{port}", previous, host.health_timeout)
+        say(f"[{host.name}] rolled back to {previous}: {why}")
+        if not ok:
+            raise DeployError(f"rollback to {previous} on {host.name} did not come up either: {why}")
+    else:
+        mgr.stop()
+        t.sh(f"rm -f {q(layout.current)}", check=False)
+
+
+def _prune(t: Transport, layout: Layout, count: int, *, keep: set[str]) -> None:
+    """Remove all but the newest ``count`` releases; never the current or previous one."""
+    have = releases(t, layout)
+    for name in have[: max(0, len(have) - count)]:
+        if name not in keep:
+            t.sh(f"rm -rf {q(layout.releases + '/' + name)}", check=False)
+
+
+def _history(t: Transport, layout: Layout, version: str, status: str) -> None:
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    t.sh(f"printf '%s %s %s\\n' {q(stamp)} {q(version)} {q(status)} >> {q(layout.prefix + '/deploys.log')}",
+         check=False)
+
+
+def releases(t: Transport, layout: Layout) -> list[str]:
+    """Release names, oldest first."""
+    r = t.sh(f"ls -1tr {q(layout.releases)} 2>/dev/null", check=False)
+    return [x for x in r.stdout.split() if not x.endswith(".partial")]
+
+
+# --- rollback, status, views for smoke and bench ---------------------------------------------
+
+
+def rollback(settings: Settings, host: Host, to: str | None = None, say: Say = print,
+             dry_run: bool = False) -> dict[str, Any]:
+    """Switch back to the previous (or a given) release; returns {from, to, status}."""
+    t = connect(host.name, host.ssh)
+    try:
+        layout = _layout(t, host)
+        mgr = Manager(t, host, layout)
+        current = current_release(t, layout)
+        target = to or previous_release(t, layout)
+        have = releases(t, layout)
+        if not target:
+            raise DeployError(f"{host.name}: no previous release to roll back to (releases: {', '.join(have)})")
+        if target not in have:
+            raise DeployError(f"{host.name}: release {target} is not installed (releases: {', '.join(have)})",
+                              hint="pick one of those with --to")
+        if dry_run:
+            return {"host": host.name, "from": current, "to": target, "status": "dry-run"}
+        with host_lock(t, layout, say):
+            switch(t, layout, target, host)
+            if current and current != target:
+                set_previous(t, layout, current)
+            mgr.restart()
+            with t.forward(host.port) as port:
+                ok, why = wait_version(f"http://127.0.0.1:{port}", target, host.health_timeout)
+            _history(t, layout, target, "rollback" if ok else "rollback-failed")
+            if not ok:
+                raise DeployError(f"{host.name}: {target} did not come up: {why}\n{log_tail(t, layout)}")
+            return {"host": host.name, "from": current, "to": target, "status": "rolled-back"}
+    finally:
+        t.close()
+
+
+def status(settings: Settings, host: Host) -> dict[str, Any]:
+    t = connect(host.name, host.ssh)
+    try:
+        layout = _layout(t, host)
+        mgr = Manager(t, host, layout)
+        current = current_release(t, layout)
+        kv = None
+        if current:
+            with contextlib.suppress(TurboError, ValueError):
+                kv = json.loads(t.read(f"{layout.current}/manifest.json")).get("kv")
+        config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
+        with t.forward(host.port) as port:
+
+            def version() -> str | None:
+                try:
+                    return str(requests.get(f"http://127.0.0.1:{port}/api/version", timeout=3).json().get("version"))
+                except (requests.RequestException, ValueError):
+                    return None
+
+            served = poll.until(version, interval=0.1, tries=20)  # the tunnel takes a moment to accept
+        env_kv = {k: v for k, v in config_env(config, host.service).items()
+                  if k in ("OLLAMA_KV_CACHE_TYPE", "LLAMA_ARG_CACHE_TYPE_K", "LLAMA_ARG_CACHE_TYPE_V")}
+        return {"host": host.name, "service": host.service, "state": mgr.state(), "current": current,
+                "serving": served, "previous": previous_release(t, layout),
+                "releases": releases(t, layout), "kv_cache": env_kv or kv, "prefix": layout.prefix}
+    finally:
+        t.close()
+
+
+def config_env(text: str, service: str) -> dict[str, str]:
+    """The environment a rendered service config gives the server."""
+    import plistlib
+    import re
+
+    if not text.strip():
+        return {}
+    if service == "launchd":
+        try:
+            env = plistlib.loads(text.encode()).get("EnvironmentVariables", {})
+            return {str(k): str(v) for k, v in env.items()}
+        except (plistlib.InvalidFileException, ValueError):
+            return {}
+    pattern = r'^Environment="([^=]+)=(.*)"$' if service == "systemd" else r"^([A-Z_][A-Z0-9_]*)=(.*)$"
+    return dict(re.findall(pattern, text, re.M))
+
+
+@dataclass
+class HostView:
+    url: str
+    read_log: Callable[[], str]
+    current_manifest: Callable[[], dict[str, Any] | None]
+
+
+def host_view(settings: Settings, host: Host) -> HostView:
+    """An open view of a host for smoke: a tunnelled URL, its service log, its deployed manifest."""
+    t = connect(host.name, host.ssh)
+    layout = _layout(t, host)
+    stack = contextlib.ExitStack()
+    port = stack.enter_context(t.forward(host.port))
+    atexit.register(t.close)
+    atexit.register(stack.close)
+
+    def current_manifest() -> dict[str, Any] | None:
+        with contextlib.suppress(TurboError, ValueError):
+            data: dict[str, Any] = json.loads(t.read(f"{layout.current}/manifest.json"))
+            return data
+        return None
+
+    return HostView(f"http://127.0.0.1:{port}", lambda: t.read(layout.log), current_manifest)
+
+
+def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], model: str) -> list[Any]:
+    """For bench --host: per cache type, rewrite the service's KV setting, restart, and restore it after."""
+    def starter(k: str, v: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+        @contextlib.contextmanager
+        def start() -> Iterator[Any]:
+            t = connect(host.name, host.ssh)
+            layout = _layout(t, host)
+            mgr = Manager(t, host, layout)
+            m = json.loads(t.read(f"{layout.current}/manifest.json"))
+            original = t.read(mgr.config_path)
+            try:
+                mgr.install(render(host, layout, service_env(settings, host, layout, m["era"], kv=(k, v))))
+                mgr.restart()
+                with t.forward(host.port) as port:
+                    url = f"http://127.0.0.1:{port}"
+                    ok, why = wait_version(url, m["version"], host.health_timeout)
+                    if not ok:
+                        raise DeployError(f"{host.name} with {k}/{v}: {why}")
+                    yield Endpoint(label(k, v), k, v, url, "ollama", model, lambda: t.read(layout.log))
+            finally:
+                mgr.install(original)
+                mgr.restart()
+                t.close()
+
+        return start
+
+    return [(None, starter(k, v)) for k, v in pairs]

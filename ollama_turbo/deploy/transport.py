@@ -1,0 +1,174 @@
+"""How deploy reaches a host: SSH through Fabric, or the machine you are on.
+
+SSH uses the user's ``~/.ssh/config`` and agent. Host key checking stays on: Fabric would add
+unknown keys silently, so an unknown host is an error that shows the key's fingerprint and
+how to trust it. ``TURBO_SSH_CONFIG`` and ``TURBO_KNOWN_HOSTS`` point at other files.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from ollama_turbo.core import proc
+from ollama_turbo.core.errors import TurboError
+from ollama_turbo.core.ports import free_port
+
+
+class TransportError(TurboError):
+    pass
+
+
+Out = proc.Result
+
+
+class Transport(Protocol):
+    name: str
+
+    def sh(self, script: str, *, check: bool = True, timeout: float | None = 120) -> Out: ...
+    def put(self, local: Path, remote: str) -> None: ...
+    def read(self, remote: str) -> str: ...
+    def write(self, remote: str, text: str) -> None: ...
+    def forward(self, remote_port: int) -> contextlib.AbstractContextManager[int]: ...
+    def close(self) -> None: ...
+
+
+def q(*parts: str) -> str:
+    """Quote words for the remote POSIX shell."""
+    return shlex.join(parts)
+
+
+class LocalTransport:
+    """The machine we are running on."""
+
+    def __init__(self, name: str = "local") -> None:
+        self.name = name
+
+    def sh(self, script: str, *, check: bool = True, timeout: float | None = 120) -> Out:
+        out = r = proc.run(["/bin/sh", "-c", script], check=False, timeout=timeout)
+        if check and not out.ok:
+            raise TransportError(f"{self.name}: command failed ({r.returncode}): {script[:200]}\n"
+                                 f"{proc.tail(r.stderr or r.stdout, 10)}")
+        return out
+
+    def put(self, local: Path, remote: str) -> None:
+        import shutil
+
+        Path(remote).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(local, remote)
+
+    def read(self, remote: str) -> str:
+        return Path(os.path.expanduser(remote)).read_text(errors="replace")
+
+    def write(self, remote: str, text: str) -> None:
+        p = Path(os.path.expanduser(remote))
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+    @contextlib.contextmanager
+    def forward(self, remote_port: int) -> Iterator[int]:
+        yield remote_port
+
+    def close(self) -> None:
+        pass
+
+
+class _Reject:
+    """A missing-host-key policy that refuses and remembers the key it was offered."""
+
+    def __init__(self) -> None:
+        self.offered: Any = None
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        self.offered = (hostname, key)
+        raise _UnknownHost(hostname, key)
+
+
+class _UnknownHost(Exception):
+    def __init__(self, hostname: str, key: Any) -> None:
+        super().__init__(hostname)
+        self.hostname, self.key = hostname, key
+
+
+def fingerprint(key: Any) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class SSHTransport:
+    def __init__(self, name: str, target: str, *, timeout: float = 15) -> None:
+        from fabric import Config, Connection
+
+        self.name = name
+        cfg_path = os.environ.get("TURBO_SSH_CONFIG")
+        config = Config(runtime_ssh_path=cfg_path) if cfg_path else Config()
+        if cfg_path:
+            config.load_ssh_config()
+        self.conn = Connection(target, config=config, connect_timeout=timeout)
+        self.policy = _Reject()
+        client = self.conn.client
+        client.set_missing_host_key_policy(self.policy)
+        with contextlib.suppress(OSError):
+            client.load_system_host_keys()
+        known = os.environ.get("TURBO_KNOWN_HOSTS")
+        if known:
+            client.load_host_keys(known)
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self.conn.open()
+        except _UnknownHost as exc:
+            port = self.conn.port
+            shown = f"[{self.conn.host}]:{port}" if port != 22 else self.conn.host
+            raise TransportError(
+                f"{self.name}: the host key of {shown} is not known "
+                f"({exc.key.get_name()} {fingerprint(exc.key)}); refusing to connect",
+                hint=f"check the fingerprint with the host's owner, then trust it: ssh-keyscan -p {port} "
+                     f"{self.conn.host} >> ~/.ssh/known_hosts (or connect once with: ssh -p {port} "
+                     f"{self.conn.user}@{self.conn.host})") from None
+        except Exception as exc:  # paramiko and socket errors have no common base worth naming
+            raise TransportError(f"{self.name}: cannot connect to {self.conn.user}@{self.conn.host}:"
+                                 f"{self.conn.port}: {exc.__class__.__name__}: {exc}",
+                                 hint="check turbo.hosts.<name>.ssh, your ~/.ssh/config and agent") from None
+
+    def sh(self, script: str, *, check: bool = True, timeout: float | None = 120) -> Out:
+        r = self.conn.run(script, hide=True, warn=True, in_stream=False, timeout=timeout)
+        out = Out([script], r.exited, r.stdout, r.stderr)
+        if check and not out.ok:
+            raise TransportError(f"{self.name}: remote command failed ({r.exited}): {script[:200]}\n"
+                                 f"{proc.tail(r.stderr or r.stdout, 10)}")
+        return out
+
+    def put(self, local: Path, remote: str) -> None:
+        self.conn.put(str(local), remote)
+
+    def read(self, remote: str) -> str:
+        return self.sh(f"cat {remote}", timeout=60).stdout
+
+    def write(self, remote: str, text: str) -> None:
+        import io
+
+        self.sh(f"mkdir -p \"$(dirname {remote})\"")
+        self.conn.put(io.BytesIO(text.encode()), remote)
+
+    @contextlib.contextmanager
+    def forward(self, remote_port: int) -> Iterator[int]:
+        local_port = free_port()
+        with self.conn.forward_local(local_port, remote_port=remote_port, remote_host="127.0.0.1"):
+            yield local_port
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def connect(name: str, ssh: str) -> Transport:
+    if ssh in ("", "local"):
+        return LocalTransport(name)
+    return SSHTransport(name, ssh)

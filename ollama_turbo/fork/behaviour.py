@@ -1,0 +1,83 @@
+"""What the fork does to the K/V types a user configures, layer by layer.
+
+The one place that knows the fork's cache behaviours (read from its ``src/llama-kv-cache.cpp``):
+
+- turbo types pad each head up to a multiple of 128 values (one WHT group);
+- auto-asymmetric: K and V the same turbo type and >= 6 query heads per KV head -> K is q8_0
+  (``TURBO_AUTO_ASYMMETRIC=0`` disables);
+- ``TURBO_LAYER_ADAPTIVE`` modes 1, 2, 5, 6, 7; with the variable unset, mode 7 (boundary V:
+  first 2 and last 2 layers' V at q8_0) is on by itself when V is turbo2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..core.errors import UsageError
+from .cache_types import cache_type
+
+LAYER_ADAPTIVE_MODES = (0, 1, 2, 5, 6, 7)
+
+
+@dataclass(frozen=True)
+class ForkBehaviour:
+    """Switches for the fork's size-changing behaviours (all on = what the fork does)."""
+
+    pad_turbo_heads: bool = True
+    auto_asymmetric: bool = True
+    layer_adaptive: int | None = None  # TURBO_LAYER_ADAPTIVE; None = unset (fork's default)
+    ubatch: int = 512
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ForkBehaviour:
+        la = env.get("TURBO_LAYER_ADAPTIVE")
+        mode = None
+        if la is not None and str(la).strip() != "":
+            try:
+                mode = int(la)
+            except ValueError:
+                raise UsageError(f"TURBO_LAYER_ADAPTIVE={la!r} is not a number") from None
+        return cls(auto_asymmetric=str(env.get("TURBO_AUTO_ASYMMETRIC", "1")) != "0", layer_adaptive=mode)
+
+    @classmethod
+    def none(cls) -> ForkBehaviour:
+        return cls(pad_turbo_heads=False, auto_asymmetric=False, layer_adaptive=0)
+
+
+def layer_types(n_layer: int, gqa_ratio: float, type_k: str, type_v: str, fb: ForkBehaviour) -> tuple[
+        list[tuple[str, str]], list[str]]:
+    """Per-layer (K, V) types after auto-asymmetric and layer-adaptive, with notes saying why."""
+    notes: list[str] = []
+    k_turbo = cache_type(type_k).turbo
+    if fb.auto_asymmetric and k_turbo and type_k == type_v and gqa_ratio >= 6:
+        notes.append(f"auto-asymmetric: {gqa_ratio:g} query heads per KV head >= 6, so K is q8_0 "
+                     "(TURBO_AUTO_ASYMMETRIC=0 disables)")
+        type_k, k_turbo = "q8_0", False
+    v_turbo = cache_type(type_v).turbo
+    mode = fb.layer_adaptive
+    if mode is None:
+        mode = 7 if type_v == "turbo2" and n_layer >= 8 else 0
+        if mode == 7:
+            notes.append("boundary V: with turbo2 V the fork keeps V of the first 2 and last 2 layers at "
+                         "q8_0 (TURBO_LAYER_ADAPTIVE=0 disables)")
+    elif mode not in LAYER_ADAPTIVE_MODES:
+        raise UsageError(f"TURBO_LAYER_ADAPTIVE={mode} is not one of {LAYER_ADAPTIVE_MODES}")
+    elif mode:
+        notes.append(f"TURBO_LAYER_ADAPTIVE={mode}")
+    n = n_layer
+    out = []
+    for il in range(n):
+        k, v = type_k, type_v
+        if n >= 8:
+            edge4, edge2 = il < 4 or il >= n - 4, il < 2 or il >= n - 2
+            if mode == 1 and k_turbo and edge4 or mode == 2 and k_turbo and il >= n - 8:
+                k, v = "q8_0", "q8_0"
+            elif mode == 5 and v_turbo:
+                v = "turbo4" if edge2 else "turbo2"
+            elif mode == 6 and v_turbo:
+                v = "turbo4" if il >= n - 8 else "turbo2"
+            elif mode == 7 and v_turbo:
+                v = "q8_0" if edge2 else "turbo2"
+        out.append((k, v))
+    return out, notes

@@ -1,0 +1,74 @@
+"""Cache types: block formats, the ``K/V`` spelling users write, and its one label.
+
+A cache type stores ``block`` values in ``block_bytes`` bytes. These are the formats as ggml and
+the fork define them at the snapshot this project was written against; a build reads the real
+ones from its fork (:mod:`ollama_turbo.fork.blocks`) and records them in its manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.errors import TurboError, UsageError
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+class KVMemError(TurboError):
+    pass
+
+
+@dataclass(frozen=True)
+class CacheType:
+    name: str
+    block: int        # values per block
+    block_bytes: int  # bytes per block
+
+    def row_bytes(self, n: int) -> int:
+        if n % self.block:
+            raise KVMemError(f"{self.name} stores blocks of {self.block} values; a row of {n} values "
+                             f"does not divide into them (head size must be a multiple of {self.block})")
+        return n // self.block * self.block_bytes
+
+    @property
+    def bits_per_value(self) -> float:
+        return self.block_bytes * 8 / self.block
+
+    @property
+    def turbo(self) -> bool:
+        return self.name.startswith("turbo")
+
+
+# Block formats (values per block, bytes per block) as ggml and the fork define them.
+CACHE_TYPES: dict[str, CacheType] = {t.name: t for t in (
+    CacheType("f32", 1, 4), CacheType("f16", 1, 2), CacheType("bf16", 1, 2),
+    CacheType("q8_0", 32, 34), CacheType("q4_0", 32, 18), CacheType("q4_1", 32, 20),
+    CacheType("q5_0", 32, 22), CacheType("q5_1", 32, 24), CacheType("iq4_nl", 32, 18),
+    CacheType("turbo2", 128, 34), CacheType("turbo3", 128, 50), CacheType("turbo4", 128, 68),
+)}
+
+
+def cache_type(name: str) -> CacheType:
+    try:
+        return CACHE_TYPES[name.lower()]
+    except KeyError:
+        raise UsageError(f"unknown cache type {name!r}; known: {', '.join(CACHE_TYPES)}") from None
+
+
+def parse_pair(spec: str) -> tuple[str, str]:
+    """``turbo4`` -> (turbo4, turbo4); ``q8_0/turbo4`` -> (q8_0, turbo4)."""
+    k, _, v = spec.strip().partition("/")
+    k, v = k.strip().lower(), (v or k).strip().lower()
+    cache_type(k), cache_type(v)
+    return k, v
+
+
+def label(type_k: str, type_v: str) -> str:
+    """The one spelling of a K/V pair: ``turbo4`` when both are the same, else ``q8_0/turbo4``."""
+    return type_k if type_k == type_v else f"{type_k}/{type_v}"
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """``f16,q8_0/turbo4`` -> [(f16, f16), (q8_0, turbo4)]."""
+    return [parse_pair(p) for p in text.split(",") if p.strip()]

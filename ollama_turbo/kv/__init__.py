@@ -1,0 +1,1 @@
+"""The KV planner and Modelfiles: model geometry, cache memory per type, context sizes per host."""

@@ -1,0 +1,244 @@
+"""Modelfiles from ``modelfiles/<name>.yaml`` specs, with context sized for the host's cache.
+
+A spec::
+
+    from: qwen3.5:27b            # an Ollama model name, or a path to a .gguf
+    gguf: ~/models/qwen.gguf     # optional: read the geometry for num_ctx: auto from here
+    geometry: {layers: 64, kv_heads: 4, head_dim: 256, heads: 24, weights_gib: 16.5}  # or this
+    num_ctx: auto                # or a number
+    kv: q8_0/turbo4              # optional: the server-wide cache this model needs
+    parameters: {temperature: 0.7, stop: ["<|im_end|>"]}
+    system: ...
+    template: ...
+    hosts: [macbook]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ollama_turbo.core import templates
+from ollama_turbo.core.errors import ConfigError, TurboError
+from ollama_turbo.core.settings import Host, Settings
+from ollama_turbo.fork import cache_types
+from ollama_turbo.fork.behaviour import ForkBehaviour
+from ollama_turbo.fork.cache_types import GIB
+from ollama_turbo.kv import geometry, memory
+from ollama_turbo.kv.geometry import Geometry
+from ollama_turbo.kv.plan import DEFAULT_RESERVE_GIB, Budget
+
+# Ollama's Modelfile PARAMETER names and their value kinds.
+PARAMETERS: dict[str, type] = {
+    "mirostat": int, "mirostat_eta": float, "mirostat_tau": float, "num_ctx": int,
+    "repeat_last_n": int, "repeat_penalty": float, "temperature": float, "seed": int, "stop": str,
+    "num_predict": int, "top_k": int, "top_p": float, "min_p": float, "typical_p": float,
+    "presence_penalty": float, "frequency_penalty": float, "num_keep": int, "num_batch": int,
+    "num_gpu": int, "num_thread": int, "use_mmap": bool,
+}
+SPEC_KEYS = {"from", "gguf", "geometry", "num_ctx", "kv", "parameters", "system", "template", "hosts"}
+GEOMETRY_KEYS = {"layers", "kv_heads", "head_dim", "heads", "weights_gib", "context_length"}
+
+
+@dataclass
+class Spec:
+    name: str
+    path: Path
+    from_: str
+    num_ctx: int | str | None
+    kv: tuple[str, str] | None
+    parameters: dict[str, Any]
+    system: str
+    template: str
+    hosts: list[str]
+    gguf: Path | None = None
+    geometry: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Rendered:
+    spec: Spec
+    host: str
+    path: Path
+    text: str
+    num_ctx: int | None
+    type_k: str
+    type_v: str
+
+
+def _err(spec: Path, key: str, message: str, hint: str | None = None) -> ConfigError:
+    return ConfigError(message, key=f"{spec.stem}.{key}" if key else spec.stem, source=str(spec),
+                       hint=hint, prefix="")
+
+
+def load_spec(path: Path) -> Spec:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise _err(path, "", "expected a mapping with at least 'from'")
+    unknown = sorted(set(raw) - SPEC_KEYS)
+    if unknown:
+        raise _err(path, unknown[0], f"unknown key; expected one of: {', '.join(sorted(SPEC_KEYS))}")
+    from_ = raw.get("from")
+    if not isinstance(from_, str) or not from_:
+        raise _err(path, "from", "required: an Ollama model name or a path to a .gguf file")
+    params = raw.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise _err(path, "parameters", "expected a mapping of PARAMETER names to values")
+    for key, value in params.items():
+        kind = PARAMETERS.get(key)
+        if kind is None:
+            raise _err(path, f"parameters.{key}", "not an Ollama Modelfile PARAMETER; known: "
+                       + ", ".join(sorted(PARAMETERS)))
+        values = value if key == "stop" and isinstance(value, list) else [value]
+        for v in values:
+            ok = isinstance(v, kind) and not (kind is not bool and isinstance(v, bool))
+            if kind is float and isinstance(v, int) and not isinstance(v, bool):
+                ok = True
+            if not ok:
+                raise _err(path, f"parameters.{key}", f"expected {kind.__name__}, got {v!r}")
+    if "num_ctx" in params:
+        raise _err(path, "parameters.num_ctx", "set num_ctx at the top level (a number or auto)")
+    num_ctx = raw.get("num_ctx")
+    if num_ctx is not None and num_ctx != "auto" and (not isinstance(num_ctx, int) or isinstance(
+            num_ctx, bool) or num_ctx <= 0):
+        raise _err(path, "num_ctx", f"expected a positive number or 'auto', got {num_ctx!r}")
+    kv = None
+    if raw.get("kv") is not None:
+        try:
+            kv = cache_types.parse_pair(str(raw["kv"]))
+        except TurboError as exc:
+            raise _err(path, "kv", exc.message) from None
+    hosts = raw.get("hosts") or []
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        raise _err(path, "hosts", "expected a list of host names")
+    geometry = raw.get("geometry") or {}
+    if not isinstance(geometry, dict) or set(geometry) - GEOMETRY_KEYS:
+        raise _err(path, "geometry", "expected a mapping with: " + ", ".join(sorted(GEOMETRY_KEYS)))
+    gguf = raw.get("gguf")
+    for key in ("system", "template"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise _err(path, key, "expected text")
+    return Spec(name=path.stem, path=path, from_=from_, num_ctx=num_ctx, kv=kv, parameters=params,
+                system=raw.get("system") or "", template=raw.get("template") or "", hosts=hosts,
+                gguf=Path(gguf).expanduser() if gguf else None, geometry=geometry)
+
+
+def load_specs(directory: Path) -> list[Spec]:
+    if not directory.is_dir():
+        raise ConfigError(f"no Modelfile specs directory at {directory}",
+                          hint="create modelfiles/<name>.yaml")
+    return [load_spec(p) for p in sorted(directory.glob("*.yaml"))]
+
+
+def host_kv(specs: Sequence[Spec], host: str, default: tuple[str, str]) -> tuple[str, str]:
+    """The one server-wide KV type for ``host``: what its specs ask for, else the settings."""
+    wanted = {s.kv: s for s in specs if host in s.hosts and s.kv}
+    if len(wanted) > 1:
+        (a, sa), (b, sb) = list(wanted.items())[:2]
+        raise ConfigError(
+            f"host {host} runs one KV cache type for every model, but {sa.path.name} needs "
+            f"{'/'.join(a)} and {sb.path.name} needs {'/'.join(b)}",
+            key=f"{sb.name}.kv", source=str(sb.path), prefix="",
+            hint="give both specs the same kv, or put them on different hosts")
+    return next(iter(wanted)) if wanted else default
+
+
+def geometry_for(spec: Spec) -> Geometry:
+    candidates = [spec.gguf] if spec.gguf else []
+    if spec.from_.endswith(".gguf"):
+        candidates.append(Path(spec.from_).expanduser())
+    for c in candidates:
+        if c is not None:
+            return geometry.geometry_from_gguf(c)
+    g = spec.geometry
+    if {"layers", "kv_heads", "head_dim"} <= set(g):
+        return Geometry.simple(int(g["layers"]), int(g["kv_heads"]), int(g["head_dim"]),
+                               heads=int(g.get("heads") or g["kv_heads"]),
+                               weights_bytes=int(float(g.get("weights_gib", 0)) * GIB),
+                               n_ctx_train=int(g.get("context_length", 0)))
+    raise _err(spec.path, "num_ctx", "'auto' needs the model's geometry",
+               hint="add gguf: <path to the .gguf> or geometry: {layers, kv_heads, head_dim, heads, "
+                    "weights_gib}")
+
+
+def kv_env_text(type_k: str, type_v: str) -> str:
+    if type_k == type_v:
+        return f"OLLAMA_KV_CACHE_TYPE={type_k}"
+    return f"LLAMA_ARG_CACHE_TYPE_K={type_k} LLAMA_ARG_CACHE_TYPE_V={type_v}"
+
+
+def _value(key: str, v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str) and (key == "stop" or re.search(r"\s|\"", v) or not v):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(v)
+
+
+def render_one(spec: Spec, host: Host, settings: Settings, type_k: str, type_v: str, *,
+               reserve_gib: float = DEFAULT_RESERVE_GIB) -> tuple[str, int | None]:
+    num_ctx: int | None = None
+    reason = ""
+    if spec.num_ctx == "auto":
+        if host.memory_gib is None:
+            raise ConfigError("num_ctx: auto needs the host's memory", key=f"hosts.{host.name}.memory_gib",
+                              hint=f"set turbo.hosts.{host.name}.memory_gib in invoke.yaml")
+        geo = geometry_for(spec)
+        fb = ForkBehaviour.from_env(settings.kv.env)
+        budget = Budget(host.name, host.memory_gib, geo.weights_bytes, reserve_gib)
+        num_ctx = memory.max_context(geo, max(budget.kv_bytes, 0), type_k, type_v, fb,
+                                    limit=geo.n_ctx_train or None)
+        if num_ctx == 0:
+            raise TurboError(f"{spec.path.name}: no context of 1,024 tokens or more fits {host.name} "
+                             f"with {type_k}/{type_v}: {budget.explain()}",
+                             hint="use a smaller model or a more compressed cache type")
+        kv_mib = memory.estimate(geo, num_ctx, type_k, type_v, fb).total_bytes / cache_types.MIB
+        reason = (f"largest multiple of 1024 whose {type_k}/{type_v} cache ({kv_mib:,.0f} MiB) fits "
+                  f"{budget.explain()}")
+    elif isinstance(spec.num_ctx, int):
+        num_ctx = spec.num_ctx
+    params: list[tuple[str, str]] = []
+    if num_ctx:
+        params.append(("num_ctx", str(num_ctx)))
+    for key, value in spec.parameters.items():
+        for v in value if isinstance(value, list) else [value]:
+            params.append((key, _value(key, v)))
+    text = templates.render(
+        "Modelfile.j2", name=spec.name, host=host.name, spec_path=f"modelfiles/{spec.path.name}",
+        type_k=type_k, type_v=type_v, kv_env=kv_env_text(type_k, type_v), num_ctx=num_ctx,
+        num_ctx_reason=reason, from_=spec.from_, parameters=params, template=spec.template,
+        system=spec.system)
+    return text, num_ctx
+
+
+def render_all(settings: Settings, specs: Sequence[Spec], out: Path, *, host: str | None = None,
+               reserve_gib: float = DEFAULT_RESERVE_GIB) -> list[Rendered]:
+    for s in specs:
+        for name in s.hosts:
+            if name not in settings.hosts:
+                raise ConfigError(f"unknown host {name!r}", key=f"{s.name}.hosts", source=str(s.path),
+                                  prefix="", hint="add it under turbo.hosts in invoke.yaml or fix the spec")
+    hosts = [settings.host(host)] if host else [settings.hosts[h] for h in sorted(settings.hosts)]
+    results = []
+    for h in hosts:
+        type_k, type_v = host_kv(specs, h.name, (settings.kv.type_k, settings.kv.type_v))
+        for s in specs:
+            if h.name not in s.hosts:
+                continue
+            text, num_ctx = render_one(s, h, settings, type_k, type_v, reserve_gib=reserve_gib)
+            results.append(Rendered(s, h.name, out / h.name / f"{s.name}.Modelfile", text, num_ctx,
+                                    type_k, type_v))
+    for r in results:
+        r.path.parent.mkdir(parents=True, exist_ok=True)
+        r.path.write_text(r.text, encoding="utf-8")
+    return results

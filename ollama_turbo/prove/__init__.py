@@ -1,0 +1,1 @@
+"""smoke and bench: HTTP clients, the checks that an endpoint runs the intended build and cache, speed."""

@@ -1,0 +1,277 @@
+"""``invoke bench``: speed per context depth, latency, KV memory, needle retrieval and A/B outputs,
+for each cache type, with the same prompts in the same order.
+
+No cache type is best everywhere (decode slows with depth for every quantized type, and
+differently per backend), so everything is reported per depth and per K/V pair.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import statistics
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ollama_turbo.core.errors import UsageError
+from ollama_turbo.core.progress import bar
+from ollama_turbo.core.sizes import parse_sizes
+from ollama_turbo.kv import memory
+from ollama_turbo.kv.geometry import Geometry, geometry_from_gguf
+from ollama_turbo.prove.client import Completion, Endpoint, complete
+from ollama_turbo.prove.prompts import FILLER, PROMPTS, SPEED_PROMPT
+from ollama_turbo.prove.server_log import kv_lines
+
+
+@dataclass
+class Options:
+    depths: list[int] = field(default_factory=lambda: [0, 2048, 8192])
+    reps: int = 3
+    n_predict: int = 32
+    niah_lengths: list[int] = field(default_factory=lambda: [1024, 4096])
+    niah_depths: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    ab_predict: int = 128
+    geometry: Geometry | None = None
+
+    @classmethod
+    def parse(cls, *, depths: str, reps: int, n_predict: int, ab_predict: int, niah_lengths: str,
+              niah_depths: str, gguf: str = "") -> Options:
+        """Options from the command line's text (sizes like ``2k``; ``--niah-lengths ''`` turns needles off)."""
+        opts = cls(depths=parse_sizes(depths, option="--depths", minimum=0) or [0], reps=reps, n_predict=n_predict,
+                   ab_predict=ab_predict,
+                   niah_lengths=parse_sizes(niah_lengths, option="--niah-lengths") if niah_lengths else [])
+        if niah_lengths:
+            try:
+                opts.niah_depths = [float(x) for x in niah_depths.split(",") if x.strip()]
+            except ValueError:
+                raise UsageError(f"--niah-depths {niah_depths!r}: give fractions such as 0.1,0.5,0.9") from None
+        else:
+            opts.niah_depths = []
+        if gguf:
+            opts.geometry = geometry_from_gguf(Path(gguf))
+        return opts
+
+
+def default_out(workspace: Path) -> Path:
+    return workspace / "bench" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def summary(report: dict[str, Any]) -> str:
+    """One line per cache type: decode at the deepest depth, KV memory, needles found."""
+    lines = []
+    for r in report["results"]:
+        last = r["perf"][-1]
+        kv = r["kv"].get("logged_mib")
+        lines.append(f"{r['label']:<14} decode {last['decode_tps']['mean']:8.1f} tok/s at depth {last['depth']:>6}, "
+                     f"KV {kv if kv is not None else '-'} MiB, needles {sum(g['found'] for g in r['niah'])}/"
+                     f"{len(r['niah'])}")
+    return "\n".join(lines)
+
+
+def words_for_tokens(n: int) -> str:
+    """About ``n`` tokens of filler (English prose runs at about 1.3 tokens per word)."""
+    words = FILLER.split()
+    target = int(n / 1.3)
+    out = (words * (target // len(words) + 1))[:target]
+    return " ".join(out)
+
+
+NEEDLE_WORDS = ["amberline", "copperfield", "driftwood", "emberlake", "foxglove", "granitehall"]
+
+
+def niah_prompt(length: int, depth: float, word: str) -> str:
+    hay = words_for_tokens(length).split(". ")
+    at = max(0, min(len(hay), int(len(hay) * depth)))
+    hay.insert(at, f"The secret passphrase is {word}")
+    return ". ".join(hay) + ".\n\nQuestion: What is the secret passphrase?\nAnswer: The secret passphrase is"
+
+
+def found(answer: str, word: str) -> bool:
+    first = re.findall(r"[A-Za-z]+", answer)
+    return bool(first) and first[0].lower() == word
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def mean_sd(xs: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(xs) if xs else 0.0, "sd": statistics.stdev(xs) if len(xs) > 1 else 0.0}
+
+
+Progress = Callable[[str], None]
+
+
+def bench_endpoint(ep: Endpoint, opts: Options, tick: Progress) -> dict[str, Any]:
+    res: dict[str, Any] = {"label": ep.label, "type_k": ep.type_k, "type_v": ep.type_v, "url": ep.url}
+    perf = []
+    ttfts: list[float] = []
+    itls: list[float] = []
+    overhead = []
+    for depth in opts.depths:
+        prompt = (words_for_tokens(depth) + "\n\n" if depth else "") + SPEED_PROMPT
+        runs: list[Completion] = []
+        for _ in range(opts.reps):
+            c = complete(ep.url, ep.api, prompt, n_predict=opts.n_predict, model=ep.model, ignore_eos=True)
+            runs.append(c)
+            ttfts.append(c.ttft_s * 1000)
+            itls += [x * 1000 for x in c.itl_s]
+            if c.client_decode_tps and c.decode_tps:
+                overhead.append(1 - c.client_decode_tps / c.decode_tps)
+            tick(f"{ep.label} depth {depth}")
+        perf.append({"depth": depth, "prompt_tokens": runs[0].prompt_n,
+                     "prefill_tps": mean_sd([r.prefill_tps for r in runs]),
+                     "decode_tps": mean_sd([r.decode_tps for r in runs])})
+    res["perf"] = perf
+    res["ttft_ms"] = {"p50": pct(ttfts, .5), "p90": pct(ttfts, .9), "p99": pct(ttfts, .99)}
+    res["itl_ms"] = {"p50": pct(itls, .5), "p90": pct(itls, .9), "p99": pct(itls, .99)}
+    res["client_overhead"] = statistics.fmean(overhead) if overhead else None
+    res["kv"] = kv_memory(ep, opts.geometry)
+    grid = []
+    for length in opts.niah_lengths:
+        for i, d in enumerate(opts.niah_depths):
+            word = NEEDLE_WORDS[(length + i) % len(NEEDLE_WORDS)]
+            c = complete(ep.url, ep.api, niah_prompt(length, d, word), n_predict=8, model=ep.model)
+            grid.append({"length": length, "depth": d, "found": found(c.text, word), "answer": c.text.strip()[:60],
+                         "prompt_tokens": c.prompt_n})
+            tick(f"{ep.label} needle {length}@{d:.0%}")
+    res["niah"] = grid
+    outputs = []
+    for name, prompt in PROMPTS:
+        c = complete(ep.url, ep.api, prompt, n_predict=opts.ab_predict, model=ep.model)
+        outputs.append({"prompt": name, "output": c.text, "decode_tps": c.decode_tps})
+        tick(f"{ep.label} A/B {name}")
+    res["ab"] = outputs
+    return res
+
+
+def kv_memory(ep: Endpoint, geo: Geometry | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"logged_mib": None, "planned_mib": None, "delta": None}
+    if ep.log is None:
+        out["note"] = "no server log"
+        return out
+    lines = kv_lines(ep.log())
+    if not lines:
+        out["note"] = "no llama_kv_cache size line in the server log"
+        return out
+    last = lines[-1]
+    out.update(logged_mib=last.mib, cells=last.cells, logged_types=[last.type_k, last.type_v])
+    if geo is not None:
+        planned = memory.estimate(geo, last.cells, ep.type_k, ep.type_v).mib
+        out.update(planned_mib=planned, delta=(planned - last.mib) / last.mib)
+    return out
+
+
+def run(endpoints: list[tuple[Endpoint, Callable[[], AbstractContextManager[Endpoint]]]], opts: Options,
+        out: Path, provenance: dict[str, Any],
+        progress: Callable[[int], AbstractContextManager[Progress]] = bar) -> dict[str, Any]:
+    steps = len(endpoints) * (len(opts.depths) * opts.reps + len(opts.niah_lengths) * len(opts.niah_depths)
+                              + len(PROMPTS))
+    results = []
+    with progress(steps) as tick:
+        for _, starter in endpoints:
+            with starter() as ep:
+                results.append(bench_endpoint(ep, opts, tick))
+    report = {"provenance": provenance, "options": {
+        "depths": opts.depths, "reps": opts.reps, "n_predict": opts.n_predict, "niah_lengths": opts.niah_lengths,
+        "niah_depths": opts.niah_depths, "ab_predict": opts.ab_predict}, "results": results}
+    write_outputs(report, out)
+    return report
+
+
+def write_outputs(report: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    ab = out / "ab"
+    for i, (name, prompt) in enumerate(PROMPTS, 1):
+        d = ab / f"{i:02d}-{name}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "prompt.txt").write_text(prompt)
+        for r in report["results"]:
+            (d / f"{r['label'].replace('/', '-')}.txt").write_text(r["ab"][i - 1]["output"])
+    plots(report, out)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    res = report["results"]
+    p = report["provenance"]
+    lines = ["# ollama-turbo bench", "",
+             f"model `{p.get('model', '')}`, build `{(p.get('build') or {}).get('version', 'unknown')}`, "
+             f"host `{p.get('host', p.get('url', ''))}`", ""]
+    lines += ["## Speed per context depth (mean ± sd)", "",
+              "| K/V | depth | prompt tokens | prefill tok/s | decode tok/s |", "|---|---|---|---|---|"]
+    for r in res:
+        for x in r["perf"]:
+            lines.append(f"| {r['label']} | {x['depth']} | {x['prompt_tokens']} | "
+                         f"{x['prefill_tps']['mean']:.1f} ± {x['prefill_tps']['sd']:.1f} | "
+                         f"{x['decode_tps']['mean']:.1f} ± {x['decode_tps']['sd']:.1f} |")
+    lines += ["", "## Latency (ms)", "", "| K/V | TTFT p50 | p90 | p99 | inter-token p50 | p90 | p99 |",
+              "|---|---|---|---|---|---|---|"]
+    for r in res:
+        t, i = r["ttft_ms"], r["itl_ms"]
+        lines.append(f"| {r['label']} | {t['p50']:.1f} | {t['p90']:.1f} | {t['p99']:.1f} | {i['p50']:.1f} | "
+                     f"{i['p90']:.1f} | {i['p99']:.1f} |")
+    lines += ["", "## KV cache memory", "", "| K/V | server log MiB | planner MiB | delta |", "|---|---|---|---|"]
+    for r in res:
+        k = r["kv"]
+        delta = f"{k['delta']:+.2%}" if k.get("delta") is not None else "-"
+        lines.append(f"| {r['label']} | {k.get('logged_mib') or '-'} | "
+                     f"{round(k['planned_mib'], 2) if k.get('planned_mib') else '-'} | {delta} |")
+    lines += ["", "## Needle in a haystack (found / asked)", "", "| K/V | " + " | ".join(
+        f"{g['length']}@{g['depth']:.0%}" for g in res[0]["niah"]) + " |",
+        "|---|" + "---|" * len(res[0]["niah"])] if res and res[0]["niah"] else []
+    for r in res:
+        lines.append(f"| {r['label']} | " + " | ".join("yes" if g["found"] else "no" for g in r["niah"]) + " |")
+    lines += ["", "## A/B outputs", "", "Full outputs side by side in `ab/<prompt>/<K-V>.txt`.", ""]
+    for i, (name, _) in enumerate(PROMPTS):
+        lines.append(f"### {i + 1}. {name}")
+        for r in res:
+            text = r["ab"][i]["output"].strip().replace("\n", " ")
+            lines.append(f"- **{r['label']}**: {text[:300]}")
+        lines.append("")
+    lines += ["![decode and prefill tok/s by depth](tps_vs_depth.png)", "", "![needle retrieval](niah.png)", ""]
+    return "\n".join(lines)
+
+
+def plots(report: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = report["results"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for r in res:
+        depths = [x["depth"] for x in r["perf"]]
+        axes[0].errorbar(depths, [x["decode_tps"]["mean"] for x in r["perf"]],
+                         yerr=[x["decode_tps"]["sd"] for x in r["perf"]], marker="o", label=r["label"], capsize=3)
+        axes[1].errorbar(depths, [x["prefill_tps"]["mean"] for x in r["perf"]],
+                         yerr=[x["prefill_tps"]["sd"] for x in r["perf"]], marker="o", label=r["label"], capsize=3)
+    for ax, title in zip(axes, ("decode tok/s", "prefill tok/s"), strict=True):
+        ax.set_xlabel("context depth (tokens)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "tps_vs_depth.png", dpi=100)
+    plt.close(fig)
+    cells = res[0]["niah"] if res else []
+    fig, ax = plt.subplots(figsize=(max(4, len(cells) * 0.8 + 2), max(2, len(res) * 0.6 + 1)))
+    grid = [[1.0 if g["found"] else 0.0 for g in r["niah"]] for r in res]
+    ax.imshow(grid or [[0]], cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    ax.set_yticks(range(len(res)), [r["label"] for r in res])
+    ax.set_xticks(range(len(cells)), [f"{g['length']}\n@{g['depth']:.0%}" for g in cells])
+    ax.set_title("needle found (green) by length @ depth")
+    fig.tight_layout()
+    fig.savefig(out / "niah.png", dpi=100)
+    plt.close(fig)
