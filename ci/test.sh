@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# The one test command: installs what is missing, then runs every tier of the test suite.
+# The one test command: installs what is missing, checks style, types and the layer rules,
+# then runs every tier of the test suite.
 # Extra arguments go to pytest (e.g. ci/test.sh -m "not real").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash ci/system-deps.sh
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+python3 -m ruff check .
+python3 -m mypy ollama_turbo
+lint-imports --no-cache
 
 set +e
 python3 -m pytest "$@"
