@@ -58,7 +58,7 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
         f"{report.count('review')} to review; flags ok: {all(f.in_fork for f in report.flags)}; "
         f"compat patches: {', '.join(p.status for p in report.patches)}")
     say("3/6 build-ollama (era C, cpu)")
-    b = build.run(s, build.Options(), say=lambda line: say("   " + line))
+    b = build.run(s, build.Options(go_env={"GOPROXY": world.goproxy_url}), say=lambda line: say("   " + line))
     geo = geometry.geometry_from_gguf(world.model)
     say(f"4/6 plan: KV cache of {world.model.name} at 8,192 tokens; Modelfile with num_ctx: auto")
     p = plan.make_plan(geo, [8192], [("f16", "f16"), ("q8_0", "q8_0"), (cache_type, cache_type)])

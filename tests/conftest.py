@@ -43,6 +43,21 @@ def serving(binary: Path, log: Path, env: dict[str, str]) -> Iterator[Client]:
         proc.stop(p)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Go builds in tests get their modules from the sample world's file-based proxy (no network).
+
+    The user's GOPROXY is what a real build uses; tests that exercise the failure paths set
+    their own GOPROXY and an empty GOMODCACHE.
+    """
+    import tempfile
+
+    from ollama_turbo.sample import goproxy
+
+    root = Path(tempfile.mkdtemp(prefix="turbo-goproxy-"))
+    os.environ["GOPROXY"] = goproxy.url(goproxy.write_proxy(root))
+    os.environ.pop("GOFLAGS", None)
+
+
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> sample.World:
     return sample.generate(tmp_path_factory.mktemp("world") / "w")

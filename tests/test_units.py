@@ -170,3 +170,17 @@ def test_flags_after_a_guard_clause_are_conditional() -> None:
     flags = {f.name: f.always for f in contract.server_flags(ARGV)}
     assert flags == {"--model": True, "--port": True, "--threads": False, "--log-verbosity": True,
                      "--mmproj": False}
+
+
+def test_go_mod_requirements_and_download_errors_are_parsed() -> None:
+    from ollama_turbo.build import go_modules
+
+    mod = ("module x\n\ngo 1.26\n\nrequire a.example/one v1.2.3\n\nrequire (\n\tb.example/two v0.1.0 // indirect\n"
+           "\tc.example/three v2.0.0+incompatible\n)\n")
+    assert go_modules.required(mod) == ["b.example/two@v0.1.0", "c.example/three@v2.0.0+incompatible",
+                                        "a.example/one@v1.2.3"]
+    out = ('{\n\t"Path": "a.example/one",\n\t"Version": "v1.2.3",\n\t"Error": "module lookup disabled by '
+           'GOPROXY=off"\n}\n{\n\t"Path": "b.example/two",\n\t"Version": "v0.1.0",\n\t"Zip": "/x.zip"\n}\n')
+    missing = go_modules.parse_download(out)
+    assert [m.module for m in missing] == ["a.example/one@v1.2.3"]
+    assert "GOPROXY=off" in missing[0].error

@@ -21,8 +21,12 @@ INSTALL_HINTS = {
 
 
 def go_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for offline, reproducible Go builds with the installed toolchain."""
-    env = {"GOTOOLCHAIN": "local", "GOPROXY": "off", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "1"}
+    """Environment for Go builds with the installed toolchain (never a downloaded one).
+
+    Modules come through the user's own ``GOPROXY``, ``GOFLAGS`` (``-mod=vendor``) and module
+    cache, which pass through untouched; ``extra`` adds to them.
+    """
+    env = {"GOTOOLCHAIN": "local", "CGO_ENABLED": "1"}
     env.update(extra or {})
     return env
 

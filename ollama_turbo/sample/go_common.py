@@ -6,10 +6,13 @@ github.com/ollama/ollama, version/, envconfig/, server/, fs/ggml/, llm/).
 
 from __future__ import annotations
 
+from . import goproxy
+
 GO_MOD = """module github.com/ollama/ollama
 
 go 1.26.0
-"""
+
+""" + goproxy.require_line()
 
 VERSION_GO = """package version
 
@@ -24,9 +27,13 @@ import (
 	"fmt"
 	"os"
 
+	"example.com/turbo-sample/units"
 	"github.com/ollama/ollama/server"
 	"github.com/ollama/ollama/version"
 )
+
+// The sample trees, like real Ollama, need a third-party module from a Go module proxy.
+var _ = units.Bytes
 
 func main() {
 	if len(os.Args) < 2 {
