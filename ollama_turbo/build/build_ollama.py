@@ -22,6 +22,7 @@ from typing import Any
 from ollama_turbo import __version__
 from ollama_turbo.fork import blocks
 from ollama_turbo.build import era_c as build_era_c
+from ollama_turbo.build import go_modules
 from ollama_turbo.check import contract
 from ollama_turbo.fork import sources as fork_sources
 from ollama_turbo.core import manifest
@@ -52,6 +53,7 @@ class Options:
     dry_run: bool = False
     force: bool = False
     allow_dirty: bool = False
+    go_env: dict[str, str] = field(default_factory=dict)  # e.g. GOPROXY for this build only
 
 
 @dataclass
@@ -63,13 +65,15 @@ class Plan:
     ollama: sources.Checkout
     fork: sources.Checkout
     info: sources.OllamaInfo
-    cache_blocks: list[blocks.Block]
+    cache_blocks: list[blocks.Block]  # the fork's cache types Ollama does not know (the Go rules add them)
+    all_blocks: list[blocks.Block]    # every cache type the fork accepts, as its sources define it
     dropped_flags: list[str]
     rules: list[rules.Rule]
     patches: list[str]
     dist: Path
     key: str
     commands: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a dry run could not check here
 
     def render(self) -> str:
         lines = [
@@ -91,22 +95,30 @@ class Plan:
                          "(the fork does not define them)")
         lines.append("commands:")
         lines += [f"  {c}" for c in self.commands]
+        lines += [f"NOTE: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
-def _check_backend(backend: str, era: str) -> str:
+def _check_backend(backend: str, era: str, notes: list[str] | None = None) -> str:
+    """The CMake preset for ``backend`` here. With ``notes`` (a dry run) what only the build itself
+    needs (macOS, nvcc) becomes a note in the plan instead of an error."""
     host = platform.system()
     if backend == "metal":
         if host != "Darwin":
-            raise UsageError(f"--backend metal builds on macOS only (this is {host})",
-                             hint="use --backend cpu here, or build on the Mac")
+            if notes is None:
+                raise UsageError(f"--backend metal builds on macOS only (this is {host})",
+                                 hint="use --backend cpu here, or build on the Mac")
+            notes.append(f"the build itself needs macOS (this is {host}): run it on the Mac")
         return "darwin"
     if backend == "cuda":
         if era == sources.ERA_B:
             raise UsageError("CUDA builds of era B Ollama are not supported", hint="use an era C Ollama or cpu")
         if not shutil.which("nvcc"):
-            raise ToolMissing("--backend cuda needs nvcc (the CUDA toolkit) on PATH",
-                              hint="install the CUDA toolkit 12 or 13, or use --backend cpu")
+            if notes is None:
+                raise ToolMissing("--backend cuda needs nvcc (the CUDA toolkit) on PATH",
+                                  hint="install the CUDA toolkit 12 or 13, or use --backend cpu")
+            notes.append("the build itself needs nvcc (the CUDA toolkit 12 or 13); it picks the matching preset")
+            return "llama_cuda_v13_linux"
         out = proc.run(["nvcc", "--version"]).stdout
         return "llama_cuda_v12_linux" if "release 12." in out else "llama_cuda_v13_linux"
     return "cpu"
@@ -114,10 +126,10 @@ def _check_backend(backend: str, era: str) -> str:
 
 def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     ws = settings.workspace
-    ollama = sources.open_source("ollama", opts.ollama or settings.sources.ollama.url,
-                                 opts.ollama_ref or settings.sources.ollama.ref, ws)
-    fork = sources.open_source("fork", opts.fork or settings.sources.fork.url,
-                               opts.fork_ref or settings.sources.fork.ref, ws)
+    ollama_url, fork_url = opts.ollama or settings.sources.ollama.url, opts.fork or settings.sources.fork.url
+    ollama = sources.open_source("ollama", ollama_url, sources.ref_for(ollama_url, opts.ollama_ref,
+                                                                       settings.sources.ollama), ws)
+    fork = sources.open_source("fork", fork_url, sources.ref_for(fork_url, opts.fork_ref, settings.sources.fork), ws)
     for co in (ollama, fork):
         changed = sources.dirty(co)
         if changed and not opts.allow_dirty:
@@ -126,7 +138,8 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                               hint="commit or stash them, or pass --allow-dirty to build the committed tree anyway")
     info = sources.detect(ollama)
     backend = opts.backend or settings.build.backend
-    preset = _check_backend(backend, info.era)
+    notes: list[str] = []
+    preset = _check_backend(backend, info.era, notes if opts.dry_run else None)
     o_dir = ollama.export(probe / "ollama", PROBE_PATHS)
     f_dir = fork.export(probe / "fork", [*fork_sources.FORK_PATHS, "ggml/src/ggml-common.h", "ggml/src"])
     arg_cpp, ggml_c = fork_sources.read_fork_sources(f_dir)
@@ -138,7 +151,8 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
         if a.function == "kvCacheBytesPerElement":
             known |= set(a.types)
     new = [t for t in fork_types if t not in known]
-    cache_blocks = list(blocks.derive(f_dir, new).values()) if new else []
+    all_blocks = list(blocks.derive(f_dir, fork_types).values())  # recorded: plans for this build use them
+    cache_blocks = [b for b in all_blocks if b.name in new]
     dropped: list[str] = []
     if info.era == sources.ERA_C:
         flags = contract.server_flags((o_dir / "llm/llama_server.go").read_text())
@@ -164,16 +178,19 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
         "rules": [(r.name, r.file, r.anchor, r.text) for r in rule_list], "tool": __version__,
     }, sort_keys=True).encode()).hexdigest()
     plan = Plan(version=version, era=info.era, backend=backend, preset=preset, ollama=ollama, fork=fork,
-                info=info, cache_blocks=cache_blocks, dropped_flags=dropped, rules=rule_list, patches=patches,
-                dist=ws / "dist" / version, key=key)
+                info=info, cache_blocks=cache_blocks, all_blocks=all_blocks, dropped_flags=dropped, rules=rule_list,
+                patches=patches,
+                dist=ws / "dist" / version, key=key, notes=notes)
     ld = build_era_c.ldflags(version)
     if info.era == sources.ERA_C:
         plan.commands = [
+            "go mod download (through GOPROXY, vendor/ or the module cache; before any CMake work)",
             f"cmake -S llama/server -B <build> --preset {preset} -DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP=<fork copy>",
             "cmake --build <build> --target llama-server", "cmake --install <build> --component llama-server",
             f'go build -trimpath -ldflags "{ld}" -o bin/ollama .']
     else:
         plan.commands = [
+            "go mod download (through GOPROXY, vendor/ or the module cache)",
             f"make -f Makefile.sync UPSTREAM={fork.git_dir} FETCH_HEAD={fork.sha} clean apply-patches sync",
             f'go build -trimpath -ldflags "{ld}" -o bin/ollama .']
     return plan
@@ -186,6 +203,7 @@ class Result:
     dist: Path
     manifest: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    log: Path | None = None
 
     def render(self) -> str:
         if self.status == "dry-run":
@@ -206,9 +224,8 @@ class Result:
         payload = self.manifest if self.status != "dry-run" else {
             "version": p.version, "era": p.era, "backend": p.backend, "dist": str(self.dist),
             "rules": [vars(x) for x in p.rules], "patches": p.patches,
-            "dropped_flags": p.dropped_flags, "commands": p.commands}
+            "dropped_flags": p.dropped_flags, "commands": p.commands, "notes": p.notes}
         return {"status": self.status, "dist": str(self.dist), **payload}
-    log: Path | None = None
 
 
 def run(settings: Settings, opts: Options, say: Say = print) -> Result:
@@ -237,11 +254,14 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
             "the fork does not define them")
     step = _Steps(say)
     ollama_dir = step("export Ollama sources (scratch copy)", lambda: plan.ollama.export(work / "ollama"))
+    n_mods = len(go_modules.required((ollama_dir / "go.mod").read_text()))
+    step(f"download the {n_mods} Go modules Ollama requires (GOPROXY, vendor/ or the module cache)",
+         lambda: go_modules.download(ollama_dir, extra_env=opts.go_env, log=log))
     patch_results: list[dict[str, str]] = []
     if plan.era == sources.ERA_C:
-        extra = _build_c(plan, settings, work, ollama_dir, stage, log, step, patch_results)
+        extra = _build_c(plan, settings, work, ollama_dir, stage, log, step, patch_results, opts.go_env)
     else:
-        extra = _build_b(plan, work, ollama_dir, stage, log, step, patch_results)
+        extra = _build_b(plan, work, ollama_dir, stage, log, step, patch_results, opts.go_env)
     data = {
         "version": plan.version, "era": plan.era,
         "ollama": {"url": plan.ollama.url, "ref": plan.ollama.ref, "sha": plan.ollama.sha,
@@ -252,7 +272,7 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         "kv": {"type_k": settings.kv.type_k, "type_v": settings.kv.type_v,
                "flash_attention": settings.kv.flash_attention, "env": settings.kv.env},
         "cache_types": {b.name: {"ggml_type": b.ggml_type, "block": b.block, "bytes": b.size}
-                        for b in plan.cache_blocks},
+                        for b in plan.all_blocks},
         "rules": [{"rule": r.name, "file": r.file, "why": r.why} for r in plan.rules],
         "patches": patch_results,
         "dropped_flags": plan.dropped_flags,
@@ -299,7 +319,7 @@ def _toolchain(plan: Plan) -> dict[str, str]:
 
 
 def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage: Path, log: Path,
-             step: _Steps, patch_results: list[dict[str, str]]) -> dict[str, Any]:
+             step: _Steps, patch_results: list[dict[str, str]], go_env: dict[str, str]) -> dict[str, Any]:
     fork_dir = work / "fork"
 
     def clone_fork() -> None:
@@ -353,18 +373,19 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
         step(f"llama-server unchanged: reuse {cached}", lambda: None)
     shutil.copytree(cached / "lib", stage / "lib")
     step(f"go build ollama {plan.version}",
-         lambda: build_era_c.go_build(ollama_dir, stage / "bin" / "ollama", version=plan.version, log=log))
+         lambda: build_era_c.go_build(ollama_dir, stage / "bin" / "ollama", version=plan.version, log=log,
+                                      extra_env=go_env))
     return {"cmake_preset": plan.preset, "fetchcontent_source_dir": "scratch copy of the fork",
             "llama_server_cache_key": cache_key}
 
 
 def _build_b(plan: Plan, work: Path, ollama_dir: Path, stage: Path, log: Path, step: _Steps,
-             patch_results: list[dict[str, str]]) -> dict[str, Any]:
+             patch_results: list[dict[str, str]], go_env: dict[str, str]) -> dict[str, Any]:
     make = ["make", "-f", "Makefile.sync", f"UPSTREAM={plan.fork.git_dir}", f"FETCH_HEAD={plan.fork.sha}"]
 
     def sync() -> None:
         try:
-            proc.run([*make, "clean", "apply-patches", "sync"], cwd=ollama_dir, extra_env=toolchain.go_env(),
+            proc.run([*make, "clean", "apply-patches", "sync"], cwd=ollama_dir, extra_env=toolchain.go_env(go_env),
                      log=log)
         except CommandError:
             vendor = ollama_dir / "llama" / "vendor"
@@ -389,5 +410,5 @@ def _build_b(plan: Plan, work: Path, ollama_dir: Path, stage: Path, log: Path, s
     flags = f"-O2 -g -DOLLAMA_TURBO_SOURCES={vendored}"
     step(f"go build ollama {plan.version} (cgo)",
          lambda: build_era_c.go_build(ollama_dir, stage / "bin" / "ollama", version=plan.version, log=log,
-                                      extra_env={"CGO_CFLAGS": flags, "CGO_CXXFLAGS": flags}))
+                                      extra_env={**go_env, "CGO_CFLAGS": flags, "CGO_CXXFLAGS": flags}))
     return {"cgo_cflags": flags}
