@@ -114,3 +114,10 @@ def test_every_task_has_help() -> None:
         assert name in r.stdout
     r = invoke("--help", "sample")
     assert "--scenario" in r.stdout and "empty directory" in r.stdout
+
+
+def test_a_ref_is_given_only_when_the_user_sets_it(tmp_path: Path) -> None:
+    s = config.parse({})
+    assert not s.sources.ollama.ref_given and s.sources.ollama.ref == "main"
+    s = config.parse({"sources": {"ollama": {"url": "/src/ollama", "ref": "v0.30.0"}}})
+    assert s.sources.ollama.ref_given and not s.sources.fork.ref_given

@@ -62,6 +62,7 @@ def _no_origin(key: str) -> str:
 class Source:
     url: str
     ref: str
+    ref_given: bool = True  # False: the built-in default, which a local checkout overrides with its HEAD
 
     @property
     def is_local(self) -> bool:
@@ -154,17 +155,33 @@ def merged(*layers: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse(raw: Mapping[str, Any], origin: Origin = _no_origin, *, base: Path | None = None) -> Settings:
-    """Validate the ``turbo`` mapping into :class:`Settings`."""
+def _in(tree: Any, key: str) -> bool:
+    node = tree
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def parse(raw: Mapping[str, Any], origin: Origin = _no_origin, *, base: Path | None = None,
+          given: Callable[[str], bool] | None = None) -> Settings:
+    """Validate the ``turbo`` mapping into :class:`Settings`.
+
+    ``given(key)`` says whether the user set a key (rather than a default filling it in);
+    without it, a key is given when ``raw`` has it.
+    """
     v = _Validator(origin)
     top = v.mapping(raw, "", allowed=set(DEFAULTS))
+    given = given or (lambda key: _in(top, key))
     full = merged(DEFAULTS, top)
     ws = Path(v.string(full["workspace"], "workspace"))
     if base is not None and not ws.is_absolute():
         ws = base / ws
     src = v.mapping(full["sources"], "sources", allowed={"ollama", "fork", "upstream"})
     sources = Sources(**{
-        name: v.source(src.get(name), f"sources.{name}") for name in ("ollama", "fork", "upstream")
+        name: v.source(src.get(name), f"sources.{name}", ref_given=given(f"sources.{name}.ref"))
+        for name in ("ollama", "fork", "upstream")
     })
     kvm = v.mapping(full["kv"], "kv", allowed={"type_k", "type_v", "flash_attention", "env"})
     env = v.mapping(kvm["env"], "kv.env")
@@ -241,10 +258,10 @@ class _Validator:
             raise self.fail(key, f"{value!r} is not an environment variable name")
         return value
 
-    def source(self, value: Any, key: str) -> Source:
+    def source(self, value: Any, key: str, ref_given: bool = True) -> Source:
         m = self.mapping(value, key, allowed={"url", "ref"})
         return Source(url=self.string(m.get("url"), f"{key}.url"),
-                      ref=self.string(m.get("ref"), f"{key}.ref"))
+                      ref=self.string(m.get("ref"), f"{key}.ref"), ref_given=ref_given)
 
     def host(self, name: str, value: Any) -> Host:
         key = f"hosts.{name}"

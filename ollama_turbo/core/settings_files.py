@@ -8,7 +8,7 @@ a :class:`ConfigError` naming the file and line.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,17 @@ def origin_of(cfg: Any) -> config.Origin:
     return origin
 
 
+def given_in(cfg: Any) -> Callable[[str], bool]:
+    """Whether the user set ``turbo.<key>`` (a settings file, -f, or the environment), exactly."""
+    layers = ("_runtime", "_env", "_project", "_user", "_system")
+
+    def given(key: str) -> bool:
+        path = ["turbo", *[p for p in key.split(".") if p]]
+        return any(_has(getattr(cfg, attr, None) or {}, path) for attr in layers)
+
+    return given
+
+
 def settings(cfg: Any, project_dir: Path) -> config.Settings:
     raw = plain(cfg.get("turbo", {})) or {}
-    return config.parse(raw, origin_of(cfg), base=project_dir)
+    return config.parse(raw, origin_of(cfg), base=project_dir, given=given_in(cfg))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ollama_turbo.core import proc
 from ollama_turbo.core.errors import CommandError, SourceError
+from ollama_turbo.core.settings import Source
 
 ERA_B, ERA_C = "B", "C"
 
@@ -77,8 +78,31 @@ def mirror_dir(url: str, workspace: Path) -> Path:
     return workspace / "sources" / f"{slug}-{hashlib.sha256(url.encode()).hexdigest()[:10]}.git"
 
 
+def ref_for(url: str, flag_ref: str, configured: Source) -> str:
+    """The ref to read: the flag's; else the one the settings name; else, for a local checkout,
+    what is checked out (HEAD); else the configured default branch of the URL."""
+    if flag_ref:
+        return flag_ref
+    if configured.ref_given or is_url(url):
+        return configured.ref
+    return "HEAD"
+
+
+IN_PROGRESS = {"rebase-merge": "a rebase", "rebase-apply": "a rebase or git am", "MERGE_HEAD": "a merge",
+               "CHERRY_PICK_HEAD": "a cherry-pick", "REVERT_HEAD": "a revert", "BISECT_LOG": "a bisect"}
+
+
+def head_name(git_dir: Path) -> str:
+    """What HEAD is, for reports: its branch, else a tag pointing at it, else ``HEAD``."""
+    for argv in (["symbolic-ref", "--short", "-q", "HEAD"], ["describe", "--tags", "--exact-match", "HEAD"]):
+        r = proc.run(["git", "--git-dir", str(git_dir), *argv], check=False)
+        if r.ok and r.stdout.strip():
+            return r.stdout.strip()
+    return "HEAD"
+
+
 def open_source(name: str, url: str, ref: str, workspace: Path, *, fetch: bool = True) -> Checkout:
-    """Resolve ``url`` (a local git checkout or a git URL) at ``ref``."""
+    """Resolve ``url`` (a local git checkout or a git URL) at ``ref`` (``HEAD``: what is checked out)."""
     if not is_url(url):
         path = Path(url).expanduser()
         if not path.exists():
@@ -88,6 +112,15 @@ def open_source(name: str, url: str, ref: str, workspace: Path, *, fetch: bool =
         if git_dir is None:
             raise SourceError(f"{name}: {path} is not a git repository",
                               hint="clone it with git, or point at a git URL")
+        if ref == "HEAD":
+            busy = [what for marker, what in IN_PROGRESS.items() if (git_dir / marker).exists()]
+            if busy:
+                raise SourceError(f"{name}: {path} is in the middle of {busy[0]}; its HEAD is not a commit anyone "
+                                  "chose to build",
+                                  hint=f"finish or abort it (e.g. git -C {path} rebase --continue / --abort), or "
+                                       f"name the ref to read with --{name}-ref")
+            sha = resolve(name, git_dir, ref, url)
+            return Checkout(name, str(path), git_dir, head_name(git_dir), sha, local=True)
         return Checkout(name, str(path), git_dir, ref, resolve(name, git_dir, ref, url), local=True)
     git_dir = mirror_dir(url, workspace)
     try:
