@@ -79,13 +79,13 @@ def run(
                 fh.flush()
                 proc = subprocess.run(
                     args, cwd=cwd, env=full_env, timeout=timeout, stdout=fh,
-                    stderr=subprocess.STDOUT, text=True, input=input,
+                    stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", input=input,
                     stdin=None if input is not None else subprocess.DEVNULL,
                 )
             out, err = "", ""
         else:
             proc = subprocess.run(
-                args, cwd=cwd, env=full_env, timeout=timeout, text=True,
+                args, cwd=cwd, env=full_env, timeout=timeout, text=True, encoding="utf-8", errors="replace",
                 capture_output=capture, input=input,
                 stdin=None if input is not None else subprocess.DEVNULL,
             )

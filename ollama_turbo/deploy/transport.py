@@ -64,7 +64,7 @@ class LocalTransport:
         shutil.copy2(local, remote)
 
     def read(self, remote: str) -> str:
-        return Path(os.path.expanduser(remote)).read_text(errors="replace")
+        return Path(os.path.expanduser(remote)).read_bytes().decode("utf-8", errors="replace")
 
     def write(self, remote: str, text: str) -> None:
         p = Path(os.path.expanduser(remote))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..core.errors import UsageError
-from .cache_types import cache_type
+from .cache_types import cache_type, label
 
 LAYER_ADAPTIVE_MODES = (0, 1, 2, 5, 6, 7)
 
@@ -45,15 +45,20 @@ class ForkBehaviour:
         return cls(pad_turbo_heads=False, auto_asymmetric=False, layer_adaptive=0)
 
 
+def cache_k(type_k: str, type_v: str, gqa_ratio: float, fb: ForkBehaviour) -> tuple[str, str | None]:
+    """The K type of the whole cache after auto-asymmetric, and the note saying why it changed."""
+    if fb.auto_asymmetric and cache_type(type_k).turbo and type_k == type_v and gqa_ratio >= 6:
+        return "q8_0", (f"auto-asymmetric: {gqa_ratio:g} query heads per KV head >= 6, so the fork runs K at q8_0 "
+                        f"instead of {type_k} (TURBO_AUTO_ASYMMETRIC=0 disables)")
+    return type_k, None
+
+
 def layer_types(n_layer: int, gqa_ratio: float, type_k: str, type_v: str, fb: ForkBehaviour) -> tuple[
         list[tuple[str, str]], list[str]]:
     """Per-layer (K, V) types after auto-asymmetric and layer-adaptive, with notes saying why."""
-    notes: list[str] = []
+    type_k, asym = cache_k(type_k, type_v, gqa_ratio, fb)
+    notes: list[str] = [asym] if asym else []
     k_turbo = cache_type(type_k).turbo
-    if fb.auto_asymmetric and k_turbo and type_k == type_v and gqa_ratio >= 6:
-        notes.append(f"auto-asymmetric: {gqa_ratio:g} query heads per KV head >= 6, so K is q8_0 "
-                     "(TURBO_AUTO_ASYMMETRIC=0 disables)")
-        type_k, k_turbo = "q8_0", False
     v_turbo = cache_type(type_v).turbo
     mode = fb.layer_adaptive
     if mode is None:
@@ -81,3 +86,38 @@ def layer_types(n_layer: int, gqa_ratio: float, type_k: str, type_v: str, fb: Fo
                 v = "q8_0" if edge2 else "turbo2"
         out.append((k, v))
     return out, notes
+
+
+@dataclass(frozen=True)
+class Effective:
+    """What a server really runs for a configured K/V pair on one model: the one answer to
+    "which cache type will this model get", which plan, Modelfiles, deploy, smoke, status and bench ask."""
+
+    configured_k: str
+    configured_v: str
+    type_k: str  # the cache's K type, as the server's KV line reports it
+    type_v: str
+    layers: tuple[tuple[str, str], ...]
+    notes: tuple[str, ...]
+
+    @property
+    def changed(self) -> bool:
+        return (self.type_k, self.type_v) != (self.configured_k, self.configured_v) or any(
+            pair != (self.configured_k, self.configured_v) for pair in self.layers)
+
+    @property
+    def label(self) -> str:
+        return label(self.type_k, self.type_v)
+
+    def explain(self) -> str:
+        """``""`` when the fork runs what was configured; else what it changed and why."""
+        if not self.changed:
+            return ""
+        return (f"configured {label(self.configured_k, self.configured_v)}, the fork runs {self.label}: "
+                + "; ".join(self.notes))
+
+
+def effective(type_k: str, type_v: str, *, n_layer: int, gqa_ratio: float, fb: ForkBehaviour) -> Effective:
+    layers, notes = layer_types(n_layer, gqa_ratio, type_k, type_v, fb)
+    k, _ = cache_k(type_k, type_v, gqa_ratio, fb)
+    return Effective(type_k, type_v, k, type_v, tuple(layers), tuple(notes))

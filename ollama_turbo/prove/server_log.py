@@ -9,8 +9,26 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 LogReader = Callable[[], str]
+
+
+def decode(data: bytes) -> str:
+    """Log bytes as text: invalid UTF-8 (token text cut mid-character) becomes U+FFFD, never an error."""
+    return data.decode("utf-8", errors="replace")
+
+
+def file_reader(path: Path) -> LogReader:
+    """A reader of the log file at ``path``; a missing file reads as empty."""
+
+    def read() -> str:
+        try:
+            return decode(path.read_bytes())
+        except FileNotFoundError:
+            return ""
+
+    return read
 
 KV_LINE = re.compile(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells.*?K \((\w+)\): +([\d.]+) MiB, "
                      r"V \((\w+)\): +([\d.]+) MiB")
@@ -31,3 +49,24 @@ class KVLine:
 def kv_lines(log: str) -> list[KVLine]:
     """Every KV cache size line in ``log``, oldest first."""
     return [KVLine(float(m), int(c), k, float(km), v, float(vm)) for m, c, k, km, v, vm in KV_LINE.findall(log)]
+
+
+def _numbers(log: str, key: str) -> list[int] | None:
+    """The last ``print_info: <key> = N`` (or ``= [a, b, ...]`` when layers differ) of a llama.cpp log."""
+    found = re.findall(rf"print_info: {key} += +(\[[\d, ]*\]|\d+)", log)
+    if not found:
+        return None
+    return [int(x) for x in re.findall(r"\d+", found[-1])]
+
+
+def model_shape(log: str) -> tuple[int, float] | None:
+    """(layers, query heads per KV head) of the model the server loaded, from llama.cpp's model print-out."""
+    layers, heads, heads_kv = _numbers(log, "n_layer"), _numbers(log, "n_head"), _numbers(log, "n_head_kv")
+    if not (layers and heads and heads_kv):
+        return None
+    if len(heads) == 1:
+        heads = heads * len(heads_kv)
+    if len(heads_kv) == 1:
+        heads_kv = heads_kv * len(heads)
+    ratios = [h / k for h, k in zip(heads, heads_kv, strict=False) if k]
+    return layers[0], max(ratios) if ratios else 1.0

@@ -8,6 +8,7 @@ cache line; era B: no "unsupported OLLAMA_KV_CACHE_TYPE" and the KV cache line).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -19,10 +20,12 @@ from typing import Any
 import requests
 
 from ollama_turbo.core.errors import TurboError, UsageError
+from ollama_turbo.fork.behaviour import ForkBehaviour, effective
+from ollama_turbo.kv.geometry import geometry_from_metadata
 from ollama_turbo.prove.client import complete
 from ollama_turbo.prove.ollama_api import ApiError, Client
 from ollama_turbo.prove.prompts import SPEED_PROMPT
-from ollama_turbo.prove.server_log import LogReader, kv_lines
+from ollama_turbo.prove.server_log import LogReader, kv_lines, model_shape
 
 
 @dataclass
@@ -36,9 +39,11 @@ class Check:
 @dataclass
 class Expect:
     version: str | None = None
-    type_k: str | None = None
+    type_k: str | None = None  # as configured; the fork may change it for the model (see fork.behaviour)
     type_v: str | None = None
     era: str | None = None  # B or C (from the manifest); None: tell from the log
+    fork: ForkBehaviour = field(default_factory=ForkBehaviour)  # from turbo.kv.env
+    shape: tuple[int, float] | None = None  # (layers, query heads per KV head); None: read it from the server
 
 
 @dataclass
@@ -96,8 +101,17 @@ class _Run:
         return ok
 
 
-def cache_type_from_log(log: str, type_k: str, type_v: str, era: str | None) -> tuple[bool, str]:
-    """Does the service log show the server running with ``type_k``/``type_v``?"""
+def cache_type_from_log(log: str, type_k: str, type_v: str, era: str | None,
+                        fork: ForkBehaviour | None = None, shape: tuple[int, float] | None = None) -> tuple[bool, str]:
+    """Does the service log show the server running ``type_k``/``type_v`` as the fork runs them for this model?
+
+    The command line must carry the configured types; the KV cache line must show what the fork
+    makes of them for the model (:func:`ollama_turbo.fork.behaviour.effective`), e.g. q8_0 K for
+    symmetric turbo on a model with >= 6 query heads per KV head.
+    """
+    shape = shape or model_shape(log)
+    eff = effective(type_k, type_v, n_layer=shape[0], gqa_ratio=shape[1], fb=fork or ForkBehaviour()) if shape \
+        else None
     era = era or ("C" if "starting llama server" in log or "--cache-type-k" in log else "B")
     evidence = []
     ok = True
@@ -123,10 +137,15 @@ def cache_type_from_log(log: str, type_k: str, type_v: str, era: str | None) -> 
     if not kv:
         return False, "; ".join([*evidence, "no llama_kv_cache size line in the log"])
     k_t, v_t = kv[-1].type_k, kv[-1].type_v
-    ok &= (k_t, v_t) == (type_k, type_v)
+    want_k, want_v = (eff.type_k, eff.type_v) if eff else (type_k, type_v)
+    ok &= (k_t, v_t) == (want_k, want_v)
     evidence.append(f"llama_kv_cache K ({k_t}) V ({v_t}), {kv[-1].cells} cells")
+    if eff is not None and eff.changed:
+        evidence.append(eff.explain())
+    if eff is None:
+        evidence.append("model shape unknown (no print_info lines): the fork's own changes could not be checked")
     if not ok:
-        evidence.append(f"expected K {type_k} V {type_v}")
+        evidence.append(f"expected K {want_k} V {want_v}")
     return ok, "; ".join(evidence)
 
 
@@ -167,7 +186,12 @@ def smoke_ollama(url: str, *, model: str | None, expect: Expect, log: LogReader 
         return r
 
     def gguf() -> tuple[bool, str]:
-        details = client.post("/api/show", {"model": r.model})["details"]
+        shown = client.post("/api/show", {"model": r.model})
+        details = shown["details"]
+        if expect.shape is None and shown.get("model_info"):
+            with contextlib.suppress(TurboError):
+                g = geometry_from_metadata(shown["model_info"], source=r.model)
+                expect.shape = (g.n_layer, g.gqa_ratio)
         fmt = details.get("format")
         return fmt == "gguf", f"details.format = {fmt!r}" + ("" if fmt == "gguf" else
                                                              " (only GGUF models use the KV cache type)")
@@ -227,7 +251,7 @@ def _cache_check(check: _Run, expect: Expect, log: LogReader | None) -> None:
             return None, "no expected cache type"
         if log is None:
             return None, "no service log to read (pass --log FILE or --host)"
-        return cache_type_from_log(log(), expect.type_k, expect.type_v, expect.era)
+        return cache_type_from_log(log(), expect.type_k, expect.type_v, expect.era, expect.fork, expect.shape)
 
     check("cache type", cache)
 

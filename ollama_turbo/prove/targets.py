@@ -18,6 +18,7 @@ from ollama_turbo.fork import cache_types
 from ollama_turbo.fork.cache_types import label
 from ollama_turbo.prove.bench import Options
 from ollama_turbo.prove.client import Endpoint
+from ollama_turbo.prove.server_log import decode, file_reader
 
 Starter = Callable[[], AbstractContextManager[Endpoint]]
 
@@ -65,7 +66,7 @@ def static(urls: dict[str, str], api: str, model: str, logs: dict[str, Path]) ->
     for lab, url in urls.items():
         k, v = cache_types.parse_pair(lab)
         log = logs.get(lab)
-        ep = Endpoint(lab, k, v, url, api, model, log.read_text if log else None)
+        ep = Endpoint(lab, k, v, url, api, model, file_reader(log) if log else None)
         out.append((ep, _fixed(ep)))
     return out
 
@@ -85,7 +86,7 @@ def local_llama_server(binary: Path, gguf: Path, pairs: list[tuple[str, str]], *
     for k, v in pairs:
         lab = label(k, v)
         log = logs / f"llama-server-{lab.replace('/', '-')}.log"
-        ep = Endpoint(lab, k, v, "", "llama-server", gguf.name, log.read_text)
+        ep = Endpoint(lab, k, v, "", "llama-server", gguf.name, file_reader(log))
         out.append((ep, functools.partial(_spawn, binary, gguf, ep, ctx, log, extra_env or {})))
     return out
 
@@ -106,7 +107,7 @@ def start_llama_server(binary: Path, gguf: Path, type_k: str, type_v: str, *, ct
     def healthy() -> bool | None:
         if p.poll() is not None:
             raise TurboError(f"llama-server ({label(type_k, type_v)}) exited with {p.returncode}:\n"
-                             f"{proc.tail(log.read_text(errors='replace'), 8)}")
+                             f"{proc.tail(decode(log.read_bytes()), 8)}")
         try:
             return requests.get(url + "/health", timeout=2).status_code == 200 or None
         except requests.RequestException:
