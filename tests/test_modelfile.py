@@ -35,15 +35,20 @@ def test_rendering_matches_the_golden_files(tmp_path: Path) -> None:
     assert golden == rendered and len(golden) == 4
     for rel in golden:
         assert filecmp.cmp(GOLDEN / rel, tmp_path / rel, shallow=False), rel
-    assert "macbook      qwen3.5-27b              num_ctx 158,720" in r.stdout
+    assert "macbook      qwen3.5-27b              num_ctx 262,144" in r.stdout
 
 
 def test_auto_context_uses_the_host_budget_and_kv_type(tmp_path: Path) -> None:
     specs = modelfile.load_specs(ROOT / "ollama_turbo/examples/modelfiles")
     out = modelfile.render_all(fleet(), specs, tmp_path, host="predator")
     qwen = next(r for r in out if r.spec.name == "qwen3.5-27b")
-    # 24 GiB - 16.5 GiB weights - 4 GiB reserve = 3.5 GiB; q8_0 K + turbo4 V = 102 KiB per token
-    assert qwen.num_ctx == int(3.5 * 1024 * 1024 // 102) // 1024 * 1024 == 35840
+    # 24 GiB - 16.5 GiB weights - 4 GiB reserve = 3.5 GiB, less the recurrent state of the 48 gated delta
+    # net layers: 4 B x ((4 - 1) x (6144 + 2 x 16 x 128) + 128 x 6144) each. Only the 16 attention layers
+    # keep a KV cache: q8_0 K + turbo4 V = 16 x 4 heads x (256 x 34/32 + 256 x 68/128) B = 25.5 KiB per token.
+    recurrent = 48 * 4 * (3 * (6144 + 2 * 16 * 128) + 128 * 6144)
+    per_token = 16 * 4 * (256 * 34 // 32 + 256 * 68 // 128)
+    assert qwen.num_ctx == (int(3.5 * 1024**3) - recurrent) // per_token // 1024 * 1024 == 137216
+    assert "recurrent state (150 MiB)" in qwen.text
     assert (qwen.type_k, qwen.type_v) == ("q8_0", "turbo4")
     assert "LLAMA_ARG_CACHE_TYPE_K=q8_0 LLAMA_ARG_CACHE_TYPE_V=turbo4" in qwen.text
     assert 'PARAMETER stop "<|im_end|>"' in qwen.text

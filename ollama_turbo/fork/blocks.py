@@ -13,6 +13,8 @@ from pathlib import Path
 
 from ollama_turbo.core import capi
 from ollama_turbo.core.errors import TurboError
+from ollama_turbo.core.sources import Checkout
+from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
 
 TRAIT = re.compile(r"^[ \t]*\[GGML_TYPE_(\w+)\]\s*=\s*\{(.*?)\n\s*\}", re.S | re.M)
 
@@ -50,7 +52,9 @@ def derive(fork_dir: Path, names: list[str]) -> dict[str, Block]:
     table = traits(ggml_c.read_text(errors="replace"))
     missing = [n for n in names if n not in table]
     if missing:
-        raise TurboError(f"the fork's ggml/src/ggml.c has no type named {', '.join(missing)}")
+        raise TurboError(f"{ggml_c}: no type named {', '.join(missing)} in its type table (type_traits: "
+                         "[GGML_TYPE_X] = { .type_name, .blck_size, .type_size }); cannot read the block formats",
+                         hint="is this llama.cpp's ggml.c? the fork may have moved its type table")
     enum = "".join(f"    __turbo_blck_{i} = ({table[n][1]}),\n    __turbo_size_{i} = ({table[n][2]}),\n"
                    for i, n in enumerate(names))
     code = (
@@ -66,3 +70,25 @@ def derive(fork_dir: Path, names: list[str]) -> dict[str, Block]:
                 values[c.spelling] = c.enum_value
     return {n: Block(n, "GGML_TYPE_" + table[n][0], values[f"__turbo_blck_{i}"], values[f"__turbo_size_{i}"])
             for i, n in enumerate(names)}
+
+
+def block_table(fork_dir: Path, names: list[str], source: str) -> BlockTable:
+    """A block table with the formats of ``names`` as the fork at ``fork_dir`` defines them."""
+    if not names:
+        raise TurboError(f"{source}: common/arg.cpp has no KV cache type list (kv_cache_types)",
+                         hint="is this a llama.cpp tree?")
+    found = derive(fork_dir, names)
+    return BUILTIN.with_blocks({b.name: (b.block, b.size) for b in found.values()}, source)
+
+
+def table_for_checkout(fork: Checkout) -> BlockTable:
+    """The block formats of every cache type a fork checkout accepts, read from its sources at its ref."""
+    import tempfile
+
+    from ollama_turbo.fork import sources as fork_sources
+
+    with tempfile.TemporaryDirectory(prefix="turbo-blocks-") as tmp:
+        d = fork.export(Path(tmp), [*fork_sources.FORK_PATHS, "ggml/src"])
+        arg_cpp, ggml_c = fork_sources.read_fork_sources(d)
+        names = fork_sources.fork_cache_types(arg_cpp, ggml_c)
+        return block_table(d, names, f"the fork {fork.url} @ {fork.ref} ({fork.short})")

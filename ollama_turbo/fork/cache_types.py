@@ -7,7 +7,9 @@ ones from its fork (:mod:`ollama_turbo.fork.blocks`) and records them in its man
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..core.errors import TurboError, UsageError
 
@@ -49,11 +51,50 @@ CACHE_TYPES: dict[str, CacheType] = {t.name: t for t in (
 )}
 
 
+@dataclass(frozen=True)
+class BlockTable:
+    """The block formats a plan uses, and where they came from (said in every plan)."""
+
+    types: Mapping[str, CacheType]
+    source: str
+
+    def get(self, name: str) -> CacheType:
+        t = self.types.get(name.lower())
+        if t is None:
+            raise UsageError(f"unknown cache type {name!r} in the block formats of {self.source}; known: "
+                             f"{', '.join(self.types)}")
+        return t
+
+    def with_blocks(self, blocks: Mapping[str, tuple[int, int]], source: str) -> BlockTable:
+        """This table with ``blocks`` (name -> (values per block, bytes per block)) read from a fork or build."""
+        types = dict(self.types)
+        types.update({n.lower(): CacheType(n.lower(), int(b), int(size)) for n, (b, size) in blocks.items()})
+        return BlockTable(types, source)
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any], where: str) -> BlockTable:
+        """The blocks a build recorded (``cache_types`` in its manifest.json)."""
+        recorded = manifest.get("cache_types") or {}
+        try:
+            blocks = {n: (int(v["block"]), int(v["bytes"])) for n, v in recorded.items()}
+        except (KeyError, TypeError, ValueError):
+            raise UsageError(f"{where}: cache_types is not a table of block and bytes per type",
+                             hint="rebuild with invoke build-ollama") from None
+        if not blocks:
+            raise UsageError(f"{where} records no cache types (a build from an older ollama-turbo?)",
+                             hint="rebuild with invoke build-ollama, or plan with --fork SRC")
+        return BUILTIN.with_blocks(blocks, f"the build {manifest.get('version', '?')} ({where})")
+
+
 def cache_type(name: str) -> CacheType:
     try:
         return CACHE_TYPES[name.lower()]
     except KeyError:
         raise UsageError(f"unknown cache type {name!r}; known: {', '.join(CACHE_TYPES)}") from None
+
+
+BUILTIN = BlockTable(CACHE_TYPES, "the built-in table (the fork as of 2026-05-04: turbo4 68 bytes per 128 values); "
+                                  "--manifest or --fork reads a build's or a fork's own")
 
 
 def parse_pair(spec: str) -> tuple[str, str]:

@@ -25,6 +25,17 @@ class Geometry:
     n_ctx_train: int = 0
     weights_bytes: int = 0
     name: str = ""
+    # Hybrid models (qwen35, qwen3next, ...): layers that keep a fixed-size recurrent state instead of a
+    # KV cache, and that state's size per layer and sequence (f32, whatever the context or cache type).
+    recurrent_layers: tuple[bool, ...] = ()
+    recurrent_state_bytes: int = 0
+
+    def is_recurrent(self, il: int) -> bool:
+        return bool(self.recurrent_layers) and self.recurrent_layers[il]
+
+    @property
+    def n_recurrent(self) -> int:
+        return sum(self.recurrent_layers)
 
     @classmethod
     def simple(cls, layers: int, kv_heads: int, head_dim: int, heads: int | None = None,
@@ -93,10 +104,39 @@ def geometry_from_metadata(kv: Mapping[str, Any], *, source: str = "model",
         else:
             swa = (True,) * n_layer
     ctx_train = get("context_length") or 0
+    recurrent, state = _recurrent(arch, get, n_layer, n_head_kv, source)
     return Geometry(n_layer=n_layer, n_head_kv=n_head_kv, n_head=n_head, head_dim_k=int(dim_k),
                     head_dim_v=int(dim_v), swa_layers=swa, sliding_window=int(window),
                     n_ctx_train=int(ctx_train), weights_bytes=weights_bytes,
-                    name=str(kv.get("general.name", "")))
+                    name=str(kv.get("general.name", "")), recurrent_layers=recurrent, recurrent_state_bytes=state)
+
+
+# Hybrid architectures whose loader picks full-attention layers by an interval (layer il keeps a KV
+# cache when (il + 1) % interval == 0, default 4), and those that mark recurrent layers with zero KV heads.
+INTERVAL_HYBRIDS = {"qwen35", "qwen35moe", "qwen3next"}
+ZERO_KV_HYBRIDS = {"jamba", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "kimi-linear"}
+F32 = 4
+
+
+def _recurrent(arch: str, get: Any, n_layer: int, n_head_kv: tuple[int, ...],
+               source: str) -> tuple[tuple[bool, ...], int]:
+    """Which layers are recurrent and the recurrent state per layer and sequence, in bytes."""
+    if arch in INTERVAL_HYBRIDS:
+        interval = get("full_attention_interval") or 4
+        if not isinstance(interval, int) or interval <= 0:
+            raise KVMemError(f"{source}: {arch}.full_attention_interval is {interval!r}, expected a positive number")
+        layers = tuple((il + 1) % interval != 0 for il in range(n_layer))
+    elif arch in ZERO_KV_HYBRIDS:
+        layers = tuple(k == 0 for k in n_head_kv)
+    else:
+        return (), 0
+    if not any(layers):
+        return (), 0
+    conv, inner, state, group = (get(f"ssm.{k}") or 0 for k in ("conv_kernel", "inner_size", "state_size",
+                                                                   "group_count"))
+    conv_elems = (conv - 1) * (inner + 2 * group * state) if conv > 0 else 0  # the convolution's rolling window
+    ssm_elems = state * inner                                              # the recurrent (delta net / SSM) state
+    return layers, F32 * (int(conv_elems) + int(ssm_elems))
 
 
 def read_gguf_metadata(path: Path) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from ollama_turbo.core import templates
 from ollama_turbo.core.errors import ConfigError, TurboError
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.fork import cache_types
-from ollama_turbo.fork.behaviour import ForkBehaviour
-from ollama_turbo.fork.cache_types import GIB
+from ollama_turbo.fork.behaviour import ForkBehaviour, effective
+from ollama_turbo.fork.cache_types import BUILTIN, GIB, BlockTable
 from ollama_turbo.kv import geometry, memory
 from ollama_turbo.kv.geometry import Geometry
 from ollama_turbo.kv.plan import DEFAULT_RESERVE_GIB, Budget
@@ -42,7 +42,10 @@ PARAMETERS: dict[str, type] = {
     "num_gpu": int, "num_thread": int, "use_mmap": bool,
 }
 SPEC_KEYS = {"from", "gguf", "geometry", "num_ctx", "kv", "parameters", "system", "template", "hosts"}
-GEOMETRY_KEYS = {"layers", "kv_heads", "head_dim", "heads", "weights_gib", "context_length"}
+GEOMETRY_KEYS = {"layers", "kv_heads", "head_dim", "heads", "weights_gib", "context_length",
+                 # hybrid models: the GGUF keys <arch>.full_attention_interval and <arch>.ssm.*
+                 "arch", "full_attention_interval", "ssm_conv_kernel", "ssm_inner_size", "ssm_state_size",
+                 "ssm_group_count"}
 
 
 @dataclass
@@ -153,6 +156,24 @@ def host_kv(specs: Sequence[Spec], host: str, default: tuple[str, str]) -> tuple
     return next(iter(wanted)) if wanted else default
 
 
+def spec_metadata(g: dict[str, Any]) -> dict[str, Any]:
+    """A spec's ``geometry:`` as the GGUF metadata it stands for, so the model loader's rules (which
+    layers are recurrent, the recurrent state) apply to it exactly as to a GGUF file."""
+    arch = str(g.get("arch", "llama"))
+    meta: dict[str, Any] = {"general.architecture": arch, f"{arch}.block_count": int(g["layers"]),
+                            f"{arch}.attention.head_count": int(g.get("heads") or g["kv_heads"]),
+                            f"{arch}.attention.head_count_kv": int(g["kv_heads"]),
+                            f"{arch}.attention.key_length": int(g["head_dim"]),
+                            f"{arch}.attention.value_length": int(g["head_dim"]),
+                            f"{arch}.context_length": int(g.get("context_length", 0))}
+    if "full_attention_interval" in g:
+        meta[f"{arch}.full_attention_interval"] = int(g["full_attention_interval"])
+    for key in ("conv_kernel", "inner_size", "state_size", "group_count"):
+        if f"ssm_{key}" in g:
+            meta[f"{arch}.ssm.{key}"] = int(g[f"ssm_{key}"])
+    return meta
+
+
 def geometry_for(spec: Spec) -> Geometry:
     candidates = [spec.gguf] if spec.gguf else []
     if spec.from_.endswith(".gguf"):
@@ -162,10 +183,8 @@ def geometry_for(spec: Spec) -> Geometry:
             return geometry.geometry_from_gguf(c)
     g = spec.geometry
     if {"layers", "kv_heads", "head_dim"} <= set(g):
-        return Geometry.simple(int(g["layers"]), int(g["kv_heads"]), int(g["head_dim"]),
-                               heads=int(g.get("heads") or g["kv_heads"]),
-                               weights_bytes=int(float(g.get("weights_gib", 0)) * GIB),
-                               n_ctx_train=int(g.get("context_length", 0)))
+        return geometry.geometry_from_metadata(spec_metadata(g), source=str(spec.path),
+                                               weights_bytes=int(float(g.get("weights_gib", 0)) * GIB))
     raise _err(spec.path, "num_ctx", "'auto' needs the model's geometry",
                hint="add gguf: <path to the .gguf> or geometry: {layers, kv_heads, head_dim, heads, "
                     "weights_gib}")
@@ -186,7 +205,7 @@ def _value(key: str, v: Any) -> str:
 
 
 def render_one(spec: Spec, host: Host, settings: Settings, type_k: str, type_v: str, *,
-               reserve_gib: float = DEFAULT_RESERVE_GIB) -> tuple[str, int | None]:
+               reserve_gib: float = DEFAULT_RESERVE_GIB, blocks: BlockTable = BUILTIN) -> tuple[str, int | None]:
     num_ctx: int | None = None
     reason = ""
     if spec.num_ctx == "auto":
@@ -196,17 +215,29 @@ def render_one(spec: Spec, host: Host, settings: Settings, type_k: str, type_v: 
         geo = geometry_for(spec)
         fb = ForkBehaviour.from_env(settings.kv.env)
         budget = Budget(host.name, host.memory_gib, geo.weights_bytes, reserve_gib)
-        num_ctx = memory.max_context(geo, max(budget.kv_bytes, 0), type_k, type_v, fb,
+        num_ctx = memory.max_context(geo, max(budget.kv_bytes, 0), type_k, type_v, fb, blocks=blocks,
                                     limit=geo.n_ctx_train or None)
         if num_ctx == 0:
             raise TurboError(f"{spec.path.name}: no context of 1,024 tokens or more fits {host.name} "
                              f"with {type_k}/{type_v}: {budget.explain()}",
                              hint="use a smaller model or a more compressed cache type")
-        kv_mib = memory.estimate(geo, num_ctx, type_k, type_v, fb).total_bytes / cache_types.MIB
-        reason = (f"largest multiple of 1024 whose {type_k}/{type_v} cache ({kv_mib:,.0f} MiB) fits "
-                  f"{budget.explain()}")
+        est = memory.estimate(geo, num_ctx, type_k, type_v, fb, blocks=blocks)
+        recurrent = (f" and recurrent state ({est.recurrent_bytes / cache_types.MIB:,.0f} MiB)"
+                     if est.recurrent_bytes else "")
+        verb = "fit" if recurrent else "fits"
+        if geo.n_ctx_train and num_ctx == geo.n_ctx_train // 1024 * 1024:
+            reason = (f"the model's trained context; its {type_k}/{type_v} cache ({est.mib:,.0f} MiB){recurrent} "
+                      f"{verb} {budget.explain()}")
+        else:
+            reason = (f"largest multiple of 1024 whose {type_k}/{type_v} cache ({est.mib:,.0f} MiB){recurrent} "
+                      f"{verb} {budget.explain()}")
     elif isinstance(spec.num_ctx, int):
         num_ctx = spec.num_ctx
+    fork_note = ""
+    if spec.gguf or spec.from_.endswith(".gguf") or {"layers", "kv_heads", "head_dim"} <= set(spec.geometry):
+        geo = geometry_for(spec)
+        fork_note = effective(type_k, type_v, n_layer=geo.n_layer, gqa_ratio=geo.gqa_ratio,
+                              fb=ForkBehaviour.from_env(settings.kv.env)).explain()
     params: list[tuple[str, str]] = []
     if num_ctx:
         params.append(("num_ctx", str(num_ctx)))
@@ -216,12 +247,13 @@ def render_one(spec: Spec, host: Host, settings: Settings, type_k: str, type_v: 
     text = templates.render(
         "Modelfile.j2", name=spec.name, host=host.name, spec_path=f"modelfiles/{spec.path.name}",
         type_k=type_k, type_v=type_v, kv_env=kv_env_text(type_k, type_v), num_ctx=num_ctx,
-        num_ctx_reason=reason, from_=spec.from_, parameters=params, template=spec.template,
+        num_ctx_reason=reason, fork_note=fork_note, from_=spec.from_, parameters=params, template=spec.template,
         system=spec.system)
     return text, num_ctx
 
 
 def render_all(settings: Settings, specs: Sequence[Spec], out: Path, *, host: str | None = None,
+               blocks: BlockTable = BUILTIN,
                reserve_gib: float = DEFAULT_RESERVE_GIB) -> list[Rendered]:
     for s in specs:
         for name in s.hosts:
@@ -235,7 +267,7 @@ def render_all(settings: Settings, specs: Sequence[Spec], out: Path, *, host: st
         for s in specs:
             if h.name not in s.hosts:
                 continue
-            text, num_ctx = render_one(s, h, settings, type_k, type_v, reserve_gib=reserve_gib)
+            text, num_ctx = render_one(s, h, settings, type_k, type_v, reserve_gib=reserve_gib, blocks=blocks)
             results.append(Rendered(s, h.name, out / h.name / f"{s.name}.Modelfile", text, num_ctx,
                                     type_k, type_v))
     for r in results:

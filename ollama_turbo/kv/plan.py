@@ -9,9 +9,8 @@ from typing import Any
 from ollama_turbo.core.errors import ConfigError, UsageError
 from ollama_turbo.core.settings import Settings
 from ollama_turbo.core.sizes import parse_sizes
-from ollama_turbo.fork import cache_types
 from ollama_turbo.fork.behaviour import ForkBehaviour
-from ollama_turbo.fork.cache_types import GIB, MIB, label, parse_pairs
+from ollama_turbo.fork.cache_types import BUILTIN, GIB, MIB, BlockTable, label, parse_pairs
 from ollama_turbo.kv import memory
 from ollama_turbo.kv.geometry import Geometry, geometry_from_gguf
 
@@ -57,6 +56,8 @@ class Plan:
     rows: list[Row]
     budget: Budget | None = None
     notes: list[str] = field(default_factory=list)
+    blocks: str = BUILTIN.source  # where the block formats came from
+    recurrent_mib: float = 0.0    # hybrid models: the fixed recurrent state, beside the KV cache
 
     def to_json(self) -> dict[str, Any]:
         g = self.geometry
@@ -70,6 +71,8 @@ class Plan:
                 "weights_bytes": self.budget.weights_bytes, "reserve_gib": self.budget.reserve_gib,
                 "kv_bytes": self.budget.kv_bytes},
             "contexts": self.contexts,
+            "blocks": self.blocks,
+            "recurrent_state_mib": round(self.recurrent_mib, 3),
             "rows": [{"type_k": r.type_k, "type_v": r.type_v, "kv_mib": {str(c): round(m, 3) for c, m in
                       r.kv_mib.items()}, "max_context": r.max_context, "capped_by_model": r.capped_by_model,
                       "notes": r.notes, "arithmetic": r.arithmetic} for r in self.rows],
@@ -85,6 +88,10 @@ class Plan:
                     if g.sliding_window else "")]
         if self.budget:
             lines.append("budget: " + self.budget.explain())
+        lines.append("block sizes: " + self.blocks)
+        if g.n_recurrent:
+            lines.append(f"recurrent state: {self.recurrent_mib:,.1f} MiB in {g.n_recurrent} of {g.n_layer} layers "
+                         "(f32; the same at every context and cache type; counted in max context, not in KV MiB)")
         lines.append("")
         head = f"{'K/V cache':<16}" + "".join(f"{c:>12,}" for c in self.contexts)
         if self.budget:
@@ -107,7 +114,7 @@ class Plan:
         return "\n".join(lines)
 
 
-def _arithmetic(geo: Geometry, est: memory.KVEstimate) -> str:
+def _arithmetic(geo: Geometry, est: memory.KVEstimate, blocks: BlockTable) -> str:
     """e.g. ``40 layers x 8 KV heads x (128 K values x 2 B [f16] + 128 V values x 2 B [f16])``."""
     groups: dict[tuple[str, str, int, int, int], int] = {}
     for x in est.layers:
@@ -118,7 +125,7 @@ def _arithmetic(geo: Geometry, est: memory.KVEstimate) -> str:
         groups[key] = groups.get(key, 0) + 1
     parts = []
     for (tk, tv, kvh, k_row, v_row), n in groups.items():
-        ck, cv = cache_types.cache_type(tk), cache_types.cache_type(tv)
+        ck, cv = blocks.get(tk), blocks.get(tv)
         k_vals = k_row * ck.block // ck.block_bytes // kvh
         v_vals = v_row * cv.block // cv.block_bytes // kvh
         parts.append(f"{n} layers x {kvh} KV heads x ({k_vals} K values x {ck.block_bytes}/{ck.block} B "
@@ -128,30 +135,33 @@ def _arithmetic(geo: Geometry, est: memory.KVEstimate) -> str:
 
 
 def make_plan(geo: Geometry, contexts: list[int], pairs: list[tuple[str, str]], *,
-              fb: ForkBehaviour | None = None, budget: Budget | None = None) -> Plan:
+              fb: ForkBehaviour | None = None, budget: Budget | None = None, blocks: BlockTable = BUILTIN) -> Plan:
     if not contexts:
         raise UsageError("give at least one context size (--ctx)")
     if not pairs:
         raise UsageError("give at least one cache type (--types)")
     fb = fb or ForkBehaviour()
     rows = []
+    recurrent = 0
     for tk, tv in pairs:
-        ests = {c: memory.estimate(geo, c, tk, tv, fb) for c in contexts}
+        ests = {c: memory.estimate(geo, c, tk, tv, fb, blocks=blocks) for c in contexts}
         first = ests[contexts[0]]
+        recurrent = first.recurrent_bytes
         max_ctx, capped = None, False
         if budget is not None:
             max_ctx = 0 if budget.kv_bytes <= 0 else memory.max_context(
-                geo, budget.kv_bytes, tk, tv, fb, limit=geo.n_ctx_train or None)
+                geo, budget.kv_bytes, tk, tv, fb, limit=geo.n_ctx_train or None, blocks=blocks)
             capped = bool(geo.n_ctx_train) and max_ctx == geo.n_ctx_train // 1024 * 1024 and \
-                memory.estimate(geo, geo.n_ctx_train, tk, tv, fb).total_bytes <= budget.kv_bytes
+                memory.estimate(geo, geo.n_ctx_train, tk, tv, fb, blocks=blocks).memory_bytes <= budget.kv_bytes
         rows.append(Row(tk, tv, {c: e.total_bytes / MIB for c, e in ests.items()}, max_ctx, capped,
-                        first.notes, _arithmetic(geo, first)))
-    return Plan(geometry=geo, contexts=contexts, rows=rows, budget=budget)
+                        first.notes, _arithmetic(geo, first, blocks)))
+    return Plan(geometry=geo, contexts=contexts, rows=rows, budget=budget, blocks=blocks.source,
+                recurrent_mib=recurrent / MIB)
 
 
 def plan_task(settings: Settings, *, model: str = "", layers: int = 0, kv_heads: int = 0, head_dim: int = 0,
               heads: int = 0, weights_gib: float = 0.0, ctx: str, types: str, host: str = "",
-              reserve_gib: float = DEFAULT_RESERVE_GIB) -> Plan:
+              reserve_gib: float = DEFAULT_RESERVE_GIB, blocks: BlockTable = BUILTIN) -> Plan:
     """``invoke plan``: the geometry from a GGUF or from numbers, sized for a host when one is named."""
     if model:
         geo = geometry_from_gguf(Path(model).expanduser())
@@ -168,4 +178,4 @@ def plan_task(settings: Settings, *, model: str = "", layers: int = 0, kv_heads:
                               hint="set it in invoke.yaml")
         budget = Budget(host, h.memory_gib, geo.weights_bytes, reserve_gib)
     return make_plan(geo, parse_sizes(ctx, option="--ctx"), parse_pairs(types),
-                     fb=ForkBehaviour.from_env(settings.kv.env), budget=budget)
+                     fb=ForkBehaviour.from_env(settings.kv.env), budget=budget, blocks=blocks)
