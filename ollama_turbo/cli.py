@@ -112,6 +112,25 @@ def specs_dir(c: Any, given: str) -> Path:
     return local if local.is_dir() else PACKAGED_SPECS
 
 
+def block_table(c: Any, manifest: str = "", fork: str = "", fork_ref: str = "") -> Any:
+    """The block formats a plan uses: a build's (``--manifest``), a fork's (``--fork``), else the built-in table."""
+    from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
+
+    if manifest and fork:
+        raise UsageError("give --manifest (a build's block formats) or --fork (a fork's), not both")
+    if manifest:
+        m = manifest_mod.load(Path(manifest))
+        return BlockTable.from_manifest(m, str(manifest))
+    if fork:
+        from ollama_turbo.core import sources
+        from ollama_turbo.fork import blocks
+
+        s = settings(c)
+        co = sources.open_source("fork", fork, sources.ref_for(fork, fork_ref, s.sources.fork), s.workspace)
+        return blocks.table_for_checkout(co)
+    return BUILTIN
+
+
 def write_json(path: str, payload: Any) -> None:
     if path:
         Path(path).write_text(jsonlib.dumps(payload, indent=2, default=str) + "\n")
@@ -169,16 +188,20 @@ def settings_show(c, key=""):
     host="size the largest context for this host's memory_gib",
     reserve_gib="memory kept for OS, runtime and compute buffers (default 4)",
     json="also write the plan as JSON to this file",
+    manifest="a build's manifest.json (or dist directory): use the block formats that build recorded",
+    fork="a fork (local checkout or git URL): use the block formats its sources define",
+    fork_ref="the fork's ref (default: what a local checkout has checked out, else turbo.sources.fork.ref)",
 )
 def plan(c, model="", layers=0, kv_heads=0, head_dim=0, heads=0, weights_gib=0.0,
          ctx="4096,8192,32768,131072", types="f16,q8_0,q4_0,turbo4,turbo3,turbo2,q8_0/turbo4",
-         host="", reserve_gib=4.0, json=""):
+         host="", reserve_gib=4.0, json="", manifest="", fork="", fork_ref=""):
     """KV cache MiB per context and cache type, and the largest context a host fits."""
     from ollama_turbo.kv import plan as plan_mod
 
     p = plan_mod.plan_task(settings(c), model=model, layers=int(layers), kv_heads=int(kv_heads),
                            head_dim=int(head_dim), heads=int(heads), weights_gib=float(weights_gib), ctx=ctx,
-                           types=types, host=host, reserve_gib=float(reserve_gib))
+                           types=types, host=host, reserve_gib=float(reserve_gib),
+                           blocks=block_table(c, manifest, fork, fork_ref))
     print(p.render())
     if json:
         write_json(json, p.to_json())
@@ -189,15 +212,17 @@ def plan(c, model="", layers=0, kv_heads=0, head_dim=0, heads=0, weights_gib=0.0
             out="output directory (default: <workspace>/modelfiles)",
             specs="directory of <name>.yaml specs (default: modelfiles/, else the examples shipped with "
                   "ollama-turbo)",
-            reserve_gib="memory kept for OS, runtime and compute buffers (default 4)")
-def modelfiles(c, host="", out="", specs="", reserve_gib=4.0):
+            reserve_gib="memory kept for OS, runtime and compute buffers (default 4)",
+            manifest="size with the block formats this build recorded (its manifest.json or dist directory)")
+def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
     """Render Modelfiles from modelfiles/*.yaml, num_ctx sized for each host's KV cache."""
     from ollama_turbo.kv import modelfiles as modelfile
 
     s = settings(c)
     spec_list = modelfile.load_specs(specs_dir(c, specs))
     out_dir = Path(out) if out else s.workspace / "modelfiles"
-    rendered = modelfile.render_all(s, spec_list, out_dir, host=host or None, reserve_gib=float(reserve_gib))
+    rendered = modelfile.render_all(s, spec_list, out_dir, host=host or None, reserve_gib=float(reserve_gib),
+                                    blocks=block_table(c, manifest))
     if not rendered:
         print("no spec targets " + (f"host {host}" if host else "any configured host")
               + " (add host names under 'hosts:' in the specs)")
@@ -224,9 +249,8 @@ def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", ta
 
     s = settings(c)
     supp = apicheck.load_apiignore(Path(apiignore) if apiignore else project_dir(c) / ".apiignore")
-    fork_co = sources.open_source("fork", fork or s.sources.fork.url, fork_ref or s.sources.fork.ref,
-                                  s.workspace)
-    ollama_url = ollama or s.sources.ollama.url
+    fork_url, ollama_url = fork or s.sources.fork.url, ollama or s.sources.ollama.url
+    fork_co = sources.open_source("fork", fork_url, sources.ref_for(fork_url, fork_ref, s.sources.fork), s.workspace)
     if scan_ollama:
         rows = apicheck.scan(s, ollama_url=ollama_url, refs=scan_ollama, fork=fork_co,
                              upstream_url=upstream or None, target=target, suppressions=supp)
@@ -238,7 +262,8 @@ def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", ta
         if best.exit_code:
             raise Exit(code=best.exit_code)
         return
-    ollama_co = sources.open_source("ollama", ollama_url, ollama_ref or s.sources.ollama.ref, s.workspace)
+    ollama_co = sources.open_source("ollama", ollama_url, sources.ref_for(ollama_url, ollama_ref, s.sources.ollama),
+                                    s.workspace)
     report = apicheck.check(s, ollama=ollama_co, fork=fork_co, upstream_url=upstream or None,
                             target=target, suppressions=supp)
     print(apicheck.render(report), end="")
@@ -292,7 +317,9 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
           baseline="", min_decode_ratio=0.9, max_ttft_ratio=1.1, json=""):
     """Prove the endpoint runs the intended build with the intended cache type, and measure it."""
     from ollama_turbo.fork import cache_types
+    from ollama_turbo.fork.behaviour import ForkBehaviour
     from ollama_turbo.prove import smoke as smoke_mod
+    from ollama_turbo.prove.server_log import file_reader
 
     s = settings(c)
     if bool(url) == bool(host):
@@ -300,7 +327,8 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
     if api not in ("ollama", "llama-server"):
         raise UsageError(f"--api {api!r} is not one of: ollama, llama-server")
     type_k, type_v = cache_types.parse_pair(cache_type) if cache_type else (s.kv.type_k, s.kv.type_v)
-    expect = smoke_mod.Expect(version=expect_version or None, type_k=type_k, type_v=type_v)
+    expect = smoke_mod.Expect(version=expect_version or None, type_k=type_k, type_v=type_v,
+                              fork=ForkBehaviour.from_env(s.kv.env))
     log_reader = None
     provenance: dict[str, Any] = {"settings_kv": s.kv_summary()}
     m = None
@@ -318,7 +346,7 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
         expect.era = m.get("era")
         provenance["build"] = manifest_mod.summary(m)
     if log:
-        log_reader = Path(log).read_text
+        log_reader = file_reader(Path(log))
     if api == "ollama":
         r = smoke_mod.smoke_ollama(url, model=model or None, expect=expect, log=log_reader)
     else:
@@ -367,6 +395,7 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
     provenance: dict[str, Any] = {"model": model or gguf, "settings_kv": s.kv_summary()}
     if manifest:
         provenance["build"] = manifest_mod.summary(manifest_mod.load(Path(manifest)))
+        opts.blocks = block_table(c, manifest)
     if host:
         from ollama_turbo.deploy import releases
 

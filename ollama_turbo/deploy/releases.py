@@ -28,7 +28,8 @@ from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.services import Layout, Manager, expand, render, service_env
 from ollama_turbo.deploy.transport import Transport, connect, q
-from ollama_turbo.fork.cache_types import label
+from ollama_turbo.fork.behaviour import ForkBehaviour
+from ollama_turbo.fork.cache_types import BUILTIN, BlockTable, label
 from ollama_turbo.kv import modelfiles as modelfile
 from ollama_turbo.prove import smoke
 from ollama_turbo.prove.client import Endpoint
@@ -201,12 +202,14 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
     t0 = time.perf_counter()
     m = load_dist(dist)
     version, era = m["version"], m["era"]
-    rendered = render_models(settings, host, specs_dir)
+    rendered = render_models(settings, host, specs_dir, BlockTable.from_manifest(m, str(dist / "manifest.json"))
+                             if m.get("cache_types") else BUILTIN)
+    kv = host_kv(settings, rendered)
     t = connect(host.name, host.ssh)
     try:
         layout = _layout(t, host)
         mgr = Manager(t, host, layout)
-        env = service_env(settings, host, layout, era)
+        env = service_env(settings, host, layout, era, kv=kv)
         config = render(host, layout, env)
         old_config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
         diff = "".join(difflib.unified_diff(old_config.splitlines(True), config.splitlines(True),
@@ -227,14 +230,14 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
             res.seconds = time.perf_counter() - t0
             return res
         with host_lock(t, layout, say):
-            return _deploy_locked(settings, host, t, layout, mgr, m, dist, config, res, say, rendered, t0)
+            return _deploy_locked(settings, host, t, layout, mgr, m, dist, config, res, say, rendered, kv, t0)
     finally:
         t.close()
 
 
 def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout, mgr: Manager, m: dict[str, Any],
                    dist: Path, config: str, res: DeployResult, say: Say, rendered: list[modelfile.Rendered],
-                   t0: float) -> DeployResult:
+                   kv: tuple[str, str], t0: float) -> DeployResult:
     version = m["version"]
     release = f"{layout.releases}/{version}"
     holder = port_holder(t, host.port)
@@ -270,8 +273,8 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
                 raise DeployError(f"{version} did not come up: {why}")
             res.models = _models(host, url, rendered, say)
             r = smoke.smoke_ollama(url, model=res.models[0] if res.models else None, log=lambda: t.read(layout.log),
-                                   expect=smoke.Expect(version=version, type_k=settings.kv.type_k,
-                                                       type_v=settings.kv.type_v, era=m["era"]))
+                                   expect=smoke.Expect(version=version, type_k=kv[0], type_v=kv[1], era=m["era"],
+                                                       fork=ForkBehaviour.from_env(settings.kv.env)))
             if not res.models:
                 r.checks = [c for c in r.checks if c.name in ("reachable", "version")]
             res.smoke = r.to_json()
@@ -330,14 +333,22 @@ def _upload(t: Transport, layout: Layout, dist: Path, m: dict[str, Any], res: De
     t.sh(f"mv {q(partial)} {q(release)}")
 
 
-def render_models(settings: Settings, host: Host, specs_dir: Path | None) -> list[modelfile.Rendered]:
-    """The host's Modelfiles, rendered before anything on the host changes (bad specs stop here)."""
+def host_kv(settings: Settings, rendered: list[modelfile.Rendered]) -> tuple[str, str]:
+    """The K/V pair the host's server is configured with: the one its Modelfiles were rendered for
+    (:func:`ollama_turbo.kv.modelfiles.host_kv`: what its specs ask for, else the settings)."""
+    return (rendered[0].type_k, rendered[0].type_v) if rendered else (settings.kv.type_k, settings.kv.type_v)
+
+
+def render_models(settings: Settings, host: Host, specs_dir: Path | None,
+                  blocks: BlockTable = BUILTIN) -> list[modelfile.Rendered]:
+    """The host's Modelfiles, rendered before anything on the host changes (bad specs stop here), sized
+    with the block formats of the build being deployed."""
     if specs_dir is None or not specs_dir.is_dir():
         return []
     specs = [s for s in modelfile.load_specs(specs_dir) if host.name in s.hosts]
     if not specs:
         return []
-    return modelfile.render_all(settings, specs, settings.workspace / "modelfiles", host=host.name)
+    return modelfile.render_all(settings, specs, settings.workspace / "modelfiles", host=host.name, blocks=blocks)
 
 
 def _models(host: Host, url: str, rendered: list[modelfile.Rendered], say: Say) -> list[str]:
@@ -529,4 +540,4 @@ def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], 
 
         return start
 
-    return [(None, starter(k, v)) for k, v in pairs]
+    return [(Endpoint(label(k, v), k, v, "", "ollama", model), starter(k, v)) for k, v in pairs]

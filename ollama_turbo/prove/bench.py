@@ -17,13 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ollama_turbo.core.errors import UsageError
+import requests
+
+from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.core.progress import bar
 from ollama_turbo.core.sizes import parse_sizes
+from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
 from ollama_turbo.kv import memory
 from ollama_turbo.kv.geometry import Geometry, geometry_from_gguf
-from ollama_turbo.prove.client import Completion, Endpoint, complete
-from ollama_turbo.prove.prompts import FILLER, PROMPTS, SPEED_PROMPT
+from ollama_turbo.prove import depth
+from ollama_turbo.prove.client import Endpoint, complete
+from ollama_turbo.prove.ollama_api import ApiError
+from ollama_turbo.prove.prompts import FILLER, PROMPTS
 from ollama_turbo.prove.server_log import kv_lines
 
 
@@ -36,6 +41,7 @@ class Options:
     niah_depths: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
     ab_predict: int = 128
     geometry: Geometry | None = None
+    blocks: BlockTable = BUILTIN  # the build's block formats (from its manifest) for the planner's prediction
 
     @classmethod
     def parse(cls, *, depths: str, reps: int, n_predict: int, ab_predict: int, niah_lengths: str,
@@ -60,15 +66,29 @@ def default_out(workspace: Path) -> Path:
     return workspace / "bench" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def _measured(r: dict[str, Any]) -> list[dict[str, Any]]:
+    return [x for x in r.get("perf", []) if "decode_tps" in x]
+
+
 def summary(report: dict[str, Any]) -> str:
-    """One line per cache type: decode at the deepest depth, KV memory, needles found."""
+    """One line per cache type: decode at the deepest depth measured, prefill, KV memory, needles, failures."""
     lines = []
     for r in report["results"]:
-        last = r["perf"][-1]
-        kv = r["kv"].get("logged_mib")
-        lines.append(f"{r['label']:<14} decode {last['decode_tps']['mean']:8.1f} tok/s at depth {last['depth']:>6}, "
-                     f"KV {kv if kv is not None else '-'} MiB, needles {sum(g['found'] for g in r['niah'])}/"
-                     f"{len(r['niah'])}")
+        if r.get("error") and not r.get("perf"):
+            lines.append(f"{r['label']:<14} FAILED: {r['error'].splitlines()[0][:160]}")
+            continue
+        ok = _measured(r)
+        last = ok[-1] if ok else None
+        kv = (r.get("kv") or {}).get("logged_mib")
+        pp = (r.get("prefill") or {}).get("prefill_tps", {}).get("mean")
+        failed = [x["depth"] for x in r.get("perf", []) if "error" in x]
+        niah = r.get("niah", [])
+        lines.append(f"{r['label']:<14} " + (f"decode {last['decode_tps']['mean']:8.1f} tok/s at depth "
+                                             f"{last['actual_depth']:>6} (asked {last['depth']})"
+                                             if last else "no depth measured")
+                     + (f", prefill pp{depth.PREFILL_TOKENS} {pp:,.1f} tok/s" if pp else "")
+                     + f", KV {kv if kv is not None else '-'} MiB, needles {sum(g['found'] for g in niah)}/{len(niah)}"
+                     + (f"; failed at depth {', '.join(map(str, failed))} (see bench.json)" if failed else ""))
     return "\n".join(lines)
 
 
@@ -111,50 +131,122 @@ def mean_sd(xs: list[float]) -> dict[str, float]:
 Progress = Callable[[str], None]
 
 
-def bench_endpoint(ep: Endpoint, opts: Options, tick: Progress) -> dict[str, Any]:
-    res: dict[str, Any] = {"label": ep.label, "type_k": ep.type_k, "type_v": ep.type_v, "url": ep.url}
-    perf = []
+FAULTS = (TurboError, ApiError, requests.RequestException)
+
+
+def _attempt(entry: dict[str, Any], steps: int, tick: Progress, what: str,
+             body: Callable[[Callable[[], None]], None]) -> None:
+    """Run ``body`` (which calls its argument once per finished step); a fault is recorded in ``entry``
+    and the steps it did not reach still advance the progress bar."""
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        tick(what)
+
+    try:
+        body(step)
+    except FAULTS as exc:
+        entry["error"] = str(exc)
+        for _ in range(steps - done):
+            tick(f"{what}: failed")
+
+
+def bench_endpoint(ep: Endpoint, opts: Options, tick: Progress, res: dict[str, Any] | None = None,
+                   save: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Measure one endpoint into ``res`` (saved after each step: a crash loses nothing already measured).
+
+    A depth the server cannot hold, or that fails, is recorded with its error and the bench goes on.
+    """
+    res = res if res is not None else {}
+    res.update({"label": ep.label, "type_k": ep.type_k, "type_v": ep.type_v, "url": ep.url})
+    count = depth.counter(ep)
+    n_ctx = res["n_ctx"] = depth.context_size(ep)
     ttfts: list[float] = []
     itls: list[float] = []
     overhead = []
-    for depth in opts.depths:
-        prompt = (words_for_tokens(depth) + "\n\n" if depth else "") + SPEED_PROMPT
-        runs: list[Completion] = []
+
+    def too_deep(tokens: int) -> str | None:
+        if n_ctx and tokens > n_ctx:
+            return f"{tokens} tokens do not fit the server's context of {n_ctx}"
+        return None
+
+    pp = res["prefill"] = {"requested": depth.PREFILL_TOKENS}
+
+    def prefill(step: Callable[[], None]) -> None:
+        if why := too_deep(depth.PREFILL_TOKENS + 1):
+            raise depth.DepthError(why)
+        prompt, _ = depth.fit(depth.PREFILL_TOKENS, count)
+        runs = []
         for _ in range(opts.reps):
-            c = complete(ep.url, ep.api, prompt, n_predict=opts.n_predict, model=ep.model, ignore_eos=True)
-            runs.append(c)
-            ttfts.append(c.ttft_s * 1000)
-            itls += [x * 1000 for x in c.itl_s]
-            if c.client_decode_tps and c.decode_tps:
-                overhead.append(1 - c.client_decode_tps / c.decode_tps)
-            tick(f"{ep.label} depth {depth}")
-        perf.append({"depth": depth, "prompt_tokens": runs[0].prompt_n,
-                     "prefill_tps": mean_sd([r.prefill_tps for r in runs]),
-                     "decode_tps": mean_sd([r.decode_tps for r in runs])})
+            runs.append(complete(ep.url, ep.api, depth.tag() + prompt, n_predict=1, model=ep.model, ignore_eos=True))
+            step()
+        pp.update(tokens=round(statistics.fmean(r.prompt_n for r in runs)),
+                  prefill_tps=mean_sd([r.prefill_tps for r in runs]))
+
+    _attempt(pp, opts.reps, tick, f"{ep.label} prefill {depth.PREFILL_TOKENS}", prefill)
+    save()
+    perf: list[dict[str, Any]] = []
     res["perf"] = perf
+    for d in opts.depths:
+        entry: dict[str, Any] = {"depth": d}
+        perf.append(entry)
+
+        def at_depth(step: Callable[[], None], d: int = d, entry: dict[str, Any] = entry) -> None:
+            if why := too_deep(d + opts.n_predict):
+                raise depth.DepthError(f"depth {d} + {opts.n_predict} generated: {why}")
+            prompt, _ = depth.fit(d, count)
+            runs = []
+            for _ in range(opts.reps):
+                c = complete(ep.url, ep.api, depth.tag() + prompt, n_predict=opts.n_predict, model=ep.model,
+                             ignore_eos=True)
+                runs.append(c)
+                ttfts.append(c.ttft_s * 1000)
+                itls.extend(x * 1000 for x in c.itl_s)
+                if c.client_decode_tps and c.decode_tps:
+                    overhead.append(1 - c.client_decode_tps / c.decode_tps)
+                step()
+            entry.update(actual_depth=round(statistics.fmean(r.prompt_n for r in runs)),
+                         prompt_tokens=runs[0].prompt_n, prefill_tps=mean_sd([r.prefill_tps for r in runs]),
+                         decode_tps=mean_sd([r.decode_tps for r in runs]))
+
+        _attempt(entry, opts.reps, tick, f"{ep.label} depth {d}", at_depth)
+        save()
     res["ttft_ms"] = {"p50": pct(ttfts, .5), "p90": pct(ttfts, .9), "p99": pct(ttfts, .99)}
     res["itl_ms"] = {"p50": pct(itls, .5), "p90": pct(itls, .9), "p99": pct(itls, .99)}
     res["client_overhead"] = statistics.fmean(overhead) if overhead else None
-    res["kv"] = kv_memory(ep, opts.geometry)
-    grid = []
-    for length in opts.niah_lengths:
-        for i, d in enumerate(opts.niah_depths):
-            word = NEEDLE_WORDS[(length + i) % len(NEEDLE_WORDS)]
-            c = complete(ep.url, ep.api, niah_prompt(length, d, word), n_predict=8, model=ep.model)
-            grid.append({"length": length, "depth": d, "found": found(c.text, word), "answer": c.text.strip()[:60],
-                         "prompt_tokens": c.prompt_n})
-            tick(f"{ep.label} needle {length}@{d:.0%}")
+    res["kv"] = kv_memory(ep, opts.geometry, opts.blocks)
+    grid: list[dict[str, Any]] = []
     res["niah"] = grid
-    outputs = []
-    for name, prompt in PROMPTS:
-        c = complete(ep.url, ep.api, prompt, n_predict=opts.ab_predict, model=ep.model)
-        outputs.append({"prompt": name, "output": c.text, "decode_tps": c.decode_tps})
-        tick(f"{ep.label} A/B {name}")
+    for length in opts.niah_lengths:
+        for i, at in enumerate(opts.niah_depths):
+            word = NEEDLE_WORDS[(length + i) % len(NEEDLE_WORDS)]
+            cell: dict[str, Any] = {"length": length, "depth": at, "found": False}
+            try:
+                if why := too_deep(length + 8):
+                    raise depth.DepthError(why)
+                c = complete(ep.url, ep.api, niah_prompt(length, at, word), n_predict=8, model=ep.model)
+                cell.update(found=found(c.text, word), answer=c.text.strip()[:60], prompt_tokens=c.prompt_n)
+            except FAULTS as exc:
+                cell["error"] = str(exc)
+            grid.append(cell)
+            tick(f"{ep.label} needle {length}@{at:.0%}")
+    save()
+    outputs: list[dict[str, Any]] = []
     res["ab"] = outputs
+    for name, prompt in PROMPTS:
+        try:
+            c = complete(ep.url, ep.api, prompt, n_predict=opts.ab_predict, model=ep.model)
+            outputs.append({"prompt": name, "output": c.text, "decode_tps": c.decode_tps})
+        except FAULTS as exc:
+            outputs.append({"prompt": name, "output": "", "error": str(exc)})
+        tick(f"{ep.label} A/B {name}")
+    save()
     return res
 
 
-def kv_memory(ep: Endpoint, geo: Geometry | None) -> dict[str, Any]:
+def kv_memory(ep: Endpoint, geo: Geometry | None, blocks: BlockTable = BUILTIN) -> dict[str, Any]:
     out: dict[str, Any] = {"logged_mib": None, "planned_mib": None, "delta": None}
     if ep.log is None:
         out["note"] = "no server log"
@@ -166,7 +258,7 @@ def kv_memory(ep: Endpoint, geo: Geometry | None) -> dict[str, Any]:
     last = lines[-1]
     out.update(logged_mib=last.mib, cells=last.cells, logged_types=[last.type_k, last.type_v])
     if geo is not None:
-        planned = memory.estimate(geo, last.cells, ep.type_k, ep.type_v).mib
+        planned = memory.estimate(geo, last.cells, ep.type_k, ep.type_v, blocks=blocks).mib
         out.update(planned_mib=planned, delta=(planned - last.mib) / last.mib)
     return out
 
@@ -174,16 +266,31 @@ def kv_memory(ep: Endpoint, geo: Geometry | None) -> dict[str, Any]:
 def run(endpoints: list[tuple[Endpoint, Callable[[], AbstractContextManager[Endpoint]]]], opts: Options,
         out: Path, provenance: dict[str, Any],
         progress: Callable[[int], AbstractContextManager[Progress]] = bar) -> dict[str, Any]:
-    steps = len(endpoints) * (len(opts.depths) * opts.reps + len(opts.niah_lengths) * len(opts.niah_depths)
-                              + len(PROMPTS))
-    results = []
-    with progress(steps) as tick:
-        for _, starter in endpoints:
-            with starter() as ep:
-                results.append(bench_endpoint(ep, opts, tick))
-    report = {"provenance": provenance, "options": {
+    """Bench every endpoint in turn. bench.json is rewritten after every step; a type whose server
+    fails is recorded with its error and the others still run."""
+    per_type = len(opts.depths) * opts.reps + opts.reps + len(opts.niah_lengths) * len(opts.niah_depths) + len(PROMPTS)
+    report: dict[str, Any] = {"provenance": provenance, "options": {
         "depths": opts.depths, "reps": opts.reps, "n_predict": opts.n_predict, "niah_lengths": opts.niah_lengths,
-        "niah_depths": opts.niah_depths, "ab_predict": opts.ab_predict}, "results": results}
+        "niah_depths": opts.niah_depths, "ab_predict": opts.ab_predict, "prefill_tokens": depth.PREFILL_TOKENS},
+        "results": []}
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        tmp = out / "bench.json.tmp"
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(out / "bench.json")
+
+    with progress(len(endpoints) * per_type) as tick:
+        for placeholder, starter in endpoints:
+            res: dict[str, Any] = {"label": placeholder.label, "type_k": placeholder.type_k,
+                                   "type_v": placeholder.type_v}
+            report["results"].append(res)
+            try:
+                with starter() as ep:
+                    bench_endpoint(ep, opts, tick, res, save)
+            except FAULTS as exc:
+                res["error"] = str(exc)
+            save()
     write_outputs(report, out)
     return report
 
@@ -198,7 +305,9 @@ def write_outputs(report: dict[str, Any], out: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
         (d / "prompt.txt").write_text(prompt)
         for r in report["results"]:
-            (d / f"{r['label'].replace('/', '-')}.txt").write_text(r["ab"][i - 1]["output"])
+            outputs = r.get("ab", [])
+            if len(outputs) >= i:
+                (d / f"{r['label'].replace('/', '-')}.txt").write_text(outputs[i - 1]["output"])
     plots(report, out)
 
 
@@ -208,35 +317,54 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["# ollama-turbo bench", "",
              f"model `{p.get('model', '')}`, build `{(p.get('build') or {}).get('version', 'unknown')}`, "
              f"host `{p.get('host', p.get('url', ''))}`", ""]
-    lines += ["## Speed per context depth (mean ± sd)", "",
-              "| K/V | depth | prompt tokens | prefill tok/s | decode tok/s |", "|---|---|---|---|---|"]
+    failed = [r for r in res if r.get("error")]
+    if failed:
+        lines += ["## Failed", "", *[f"- **{r['label']}**: {r['error'].splitlines()[0]}" for r in failed], ""]
+    lines += [f"## Prefill of a {depth.PREFILL_TOKENS}-token prompt (pp{depth.PREFILL_TOKENS}, mean ± sd)", "",
+              "| K/V | prompt tokens | prefill tok/s |", "|---|---|---|"]
     for r in res:
-        for x in r["perf"]:
-            lines.append(f"| {r['label']} | {x['depth']} | {x['prompt_tokens']} | "
+        pp = r.get("prefill") or {}
+        cell = (f"{pp['prefill_tps']['mean']:.1f} ± {pp['prefill_tps']['sd']:.1f}" if "prefill_tps" in pp
+                else f"failed: {pp.get('error', r.get('error', '-'))}")
+        lines.append(f"| {r['label']} | {pp.get('tokens', '-')} | {cell} |")
+    lines += ["", "## Speed per context depth (mean ± sd)", "",
+              "Depth is counted by the server's own tokenizer: asked = requested, actual = what it evaluated.", "",
+              "| K/V | depth asked | depth actual | prefill tok/s | decode tok/s |", "|---|---|---|---|---|"]
+    for r in res:
+        for x in r.get("perf", []):
+            if "error" in x:
+                lines.append(f"| {r['label']} | {x['depth']} | - | failed: {x['error']} | - |")
+                continue
+            lines.append(f"| {r['label']} | {x['depth']} | {x['actual_depth']} | "
                          f"{x['prefill_tps']['mean']:.1f} ± {x['prefill_tps']['sd']:.1f} | "
                          f"{x['decode_tps']['mean']:.1f} ± {x['decode_tps']['sd']:.1f} |")
+    done = [r for r in res if "ttft_ms" in r]
     lines += ["", "## Latency (ms)", "", "| K/V | TTFT p50 | p90 | p99 | inter-token p50 | p90 | p99 |",
               "|---|---|---|---|---|---|---|"]
-    for r in res:
+    for r in done:
         t, i = r["ttft_ms"], r["itl_ms"]
         lines.append(f"| {r['label']} | {t['p50']:.1f} | {t['p90']:.1f} | {t['p99']:.1f} | {i['p50']:.1f} | "
                      f"{i['p90']:.1f} | {i['p99']:.1f} |")
     lines += ["", "## KV cache memory", "", "| K/V | server log MiB | planner MiB | delta |", "|---|---|---|---|"]
-    for r in res:
+    for r in done:
         k = r["kv"]
         delta = f"{k['delta']:+.2%}" if k.get("delta") is not None else "-"
         lines.append(f"| {r['label']} | {k.get('logged_mib') or '-'} | "
                      f"{round(k['planned_mib'], 2) if k.get('planned_mib') else '-'} | {delta} |")
-    lines += ["", "## Needle in a haystack (found / asked)", "", "| K/V | " + " | ".join(
-        f"{g['length']}@{g['depth']:.0%}" for g in res[0]["niah"]) + " |",
-        "|---|" + "---|" * len(res[0]["niah"])] if res and res[0]["niah"] else []
-    for r in res:
-        lines.append(f"| {r['label']} | " + " | ".join("yes" if g["found"] else "no" for g in r["niah"]) + " |")
+    cells: list[dict[str, Any]] = next((r["niah"] for r in res if r.get("niah")), [])
+    if cells:
+        lines += ["", "## Needle in a haystack (found / asked)", "",
+                  "| K/V | " + " | ".join(f"{g['length']}@{g['depth']:.0%}" for g in cells) + " |",
+                  "|---|" + "---|" * len(cells)]
+        for r in res:
+            lines.append(f"| {r['label']} | " + " | ".join(
+                "yes" if g["found"] else ("failed" if "error" in g else "no") for g in r.get("niah", [])) + " |")
     lines += ["", "## A/B outputs", "", "Full outputs side by side in `ab/<prompt>/<K-V>.txt`.", ""]
     for i, (name, _) in enumerate(PROMPTS):
         lines.append(f"### {i + 1}. {name}")
         for r in res:
-            text = r["ab"][i]["output"].strip().replace("\n", " ")
+            outputs = r.get("ab", [])
+            text = outputs[i]["output"].strip().replace("\n", " ") if len(outputs) > i else "(not run)"
             lines.append(f"- **{r['label']}**: {text[:300]}")
         lines.append("")
     lines += ["![decode and prefill tok/s by depth](tps_vs_depth.png)", "", "![needle retrieval](niah.png)", ""]
@@ -252,23 +380,27 @@ def plots(report: dict[str, Any], out: Path) -> None:
     res = report["results"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for r in res:
-        depths = [x["depth"] for x in r["perf"]]
-        axes[0].errorbar(depths, [x["decode_tps"]["mean"] for x in r["perf"]],
-                         yerr=[x["decode_tps"]["sd"] for x in r["perf"]], marker="o", label=r["label"], capsize=3)
-        axes[1].errorbar(depths, [x["prefill_tps"]["mean"] for x in r["perf"]],
-                         yerr=[x["prefill_tps"]["sd"] for x in r["perf"]], marker="o", label=r["label"], capsize=3)
+        ok = _measured(r)
+        if not ok:
+            continue
+        depths = [x["actual_depth"] for x in ok]
+        axes[0].errorbar(depths, [x["decode_tps"]["mean"] for x in ok],
+                         yerr=[x["decode_tps"]["sd"] for x in ok], marker="o", label=r["label"], capsize=3)
+        axes[1].errorbar(depths, [x["prefill_tps"]["mean"] for x in ok],
+                         yerr=[x["prefill_tps"]["sd"] for x in ok], marker="o", label=r["label"], capsize=3)
     for ax, title in zip(axes, ("decode tok/s", "prefill tok/s"), strict=True):
-        ax.set_xlabel("context depth (tokens)")
+        ax.set_xlabel("context depth (tokens, as the server counted them)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(out / "tps_vs_depth.png", dpi=100)
     plt.close(fig)
-    cells = res[0]["niah"] if res else []
+    cells: list[dict[str, Any]] = next((r["niah"] for r in res if r.get("niah")), [])
     fig, ax = plt.subplots(figsize=(max(4, len(cells) * 0.8 + 2), max(2, len(res) * 0.6 + 1)))
-    grid = [[1.0 if g["found"] else 0.0 for g in r["niah"]] for r in res]
-    ax.imshow(grid or [[0]], cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    grid = [[1.0 if g["found"] else 0.0 for g in r.get("niah", [])] or [0.0] * len(cells) for r in res]
+    ax.imshow(grid if grid and cells else [[0]], cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     ax.set_yticks(range(len(res)), [r["label"] for r in res])
     ax.set_xticks(range(len(cells)), [f"{g['length']}\n@{g['depth']:.0%}" for g in cells])
     ax.set_title("needle found (green) by length @ depth")
