@@ -172,3 +172,53 @@ def test_header_that_does_not_parse(tmp_path: Path) -> None:
     with pytest.raises(capi.HeaderParseError) as info:
         capi.parse([inc])
     assert f"{inc / 'llama.h'}:3" in str(info.value)
+
+
+def _clone_at(src: Path, dest: Path, ref: str) -> Path:
+    from ollama_turbo.core import proc
+
+    proc.run(["git", "clone", "-q", str(src), str(dest)])
+    proc.run(["git", "-C", str(dest), "checkout", "-q", ref])
+    return dest
+
+
+def test_a_local_checkout_is_read_at_what_is_checked_out(worlds: dict[str, sample.World], tmp_path: Path) -> None:
+    w = worlds["clean"]
+    clone = _clone_at(w.ollama_c, tmp_path / "ollama", "v0.30.0")
+    env = {"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")}
+    out = tmp_path / "r.json"
+    r = invoke("api-check", "--ollama", str(clone), "--fork", str(w.fork), "--upstream", str(w.upstream),
+               "--json", str(out), env=env)
+    assert r.returncode in (0, 4, 8, 12), r.stderr  # the fork is based on b110: v0.30.0's compat patch conflicts
+    rep = json.loads(out.read_text())
+    head = sources.proc.run(["git", "-C", str(clone), "rev-parse", "HEAD"]).stdout.strip()
+    assert (rep["ollama"]["ref"], rep["ollama"]["sha"], rep["ollama"]["version"]) == ("v0.30.0", head, "0.30.0")
+    assert rep["pinned"]["tag"] == "b100"
+    assert f"(v0.30.0 @ {head[:9]}" in r.stdout
+    # a ref the settings name (here through the environment) wins over HEAD
+    r = invoke("api-check", "--ollama", str(clone), "--fork", str(w.fork), "--upstream", str(w.upstream),
+               "--json", str(out), env={**env, "INVOKE_TURBO_SOURCES_OLLAMA_REF": "v0.31.0"})
+    assert json.loads(out.read_text())["ollama"]["ref"] == "v0.31.0", r.stderr
+
+
+def test_a_url_keeps_the_configured_ref_and_a_checkout_mid_rebase_is_refused(
+        worlds: dict[str, sample.World], tmp_path: Path) -> None:
+    w = worlds["clean"]
+    cfg = config.parse({"workspace": str(tmp_path / "ws")})
+    url = w.ollama_c.as_uri()
+    co = sources.open_source("ollama", url, sources.ref_for(url, "", cfg.sources.ollama), cfg.workspace)
+    assert co.ref == "main" and not co.local
+    clone = _clone_at(w.ollama_c, tmp_path / "ollama", "main")
+    assert sources.ref_for(str(clone), "", cfg.sources.ollama) == "HEAD"
+    assert sources.ref_for(str(clone), "v0.30.0", cfg.sources.ollama) == "v0.30.0"
+    git_dir = clone / ".git"
+    (git_dir / "rebase-merge").mkdir()
+    before = sources.proc.run(["git", "-C", str(clone), "status", "--porcelain"]).stdout
+    r = invoke("api-check", "--ollama", str(clone), "--fork", str(w.fork),
+               env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+    assert r.returncode == 1, r.stdout
+    assert f"ollama: {clone} is in the middle of a rebase" in r.stderr and "--ollama-ref" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert sources.proc.run(["git", "-C", str(clone), "status", "--porcelain"]).stdout == before
+    # naming a ref reads that commit, rebase or not
+    assert sources.open_source("ollama", str(clone), "v0.30.0", cfg.workspace).ref == "v0.30.0"

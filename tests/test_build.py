@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +21,7 @@ from ollama_turbo.core.rules import RuleError
 from ollama_turbo.kv import geometry
 from ollama_turbo.sample.gitrepo import Repo
 
-from .conftest import bench, invoke, serving
+from .conftest import bench, free_port, invoke, serving
 
 pytestmark = pytest.mark.sample
 
@@ -28,7 +30,7 @@ pytestmark = pytest.mark.sample
 def worlds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, sample.World]:
     root = tmp_path_factory.mktemp("bworlds")
     return {n: sample.generate(root / n, sample.scenario(n))
-            for n in ("clean", "fork-behind", "patch-conflict")}
+            for n in ("clean", "fork-behind", "patch-conflict", "fork-2026-06")}
 
 
 def settings_for(ws: Path) -> config.Settings:
@@ -74,7 +76,7 @@ def test_era_c_build_runs_turbo4_with_the_stamped_version(
         client.create("s", gguf=worlds["clean"].model, parameters={"num_ctx": 2048})
         assert client.generate("s", "hello", num_predict=3)["eval_count"] == 3
         ps = client.get("/api/ps")["models"][0]
-    text = log.read_text()
+    text = log.read_text(errors="replace")
     assert "--cache-type-k turbo4 --cache-type-v turbo4" in text and "K (turbo4):" in text
     # Ollama's memory estimate now uses turbo4's 68 bytes per 128 values, not f16's 2 bytes
     geo = geometry.geometry_from_gguf(worlds["clean"].model)
@@ -107,7 +109,7 @@ def test_era_b_build_accepts_turbo4(worlds: dict[str, sample.World], tmp_path: P
         assert client.version() == r.plan.version
         client.create("s", gguf=worlds["clean"].model)
         assert client.generate("s", "hello", num_predict=2)["eval_count"] == 2
-    text = log.read_text()
+    text = log.read_text(errors="replace")
     assert "unsupported OLLAMA_KV_CACHE_TYPE" not in text and "K (turbo4):" in text
     assert f"llama.cpp={r.plan.fork.sha}" in text  # build-info regenerated from the fork
     m = manifest.read(r.dist)
@@ -187,7 +189,7 @@ def test_fork_without_an_always_passed_flag_drops_it_loudly(
     with serving(dist / "bin/ollama", log, {"OLLAMA_MODELS": str(tmp_path / "m")}) as client:
         client.create("s", gguf=w.model)
         assert client.generate("s", "hi", num_predict=1)["eval_count"] == 1
-    assert "--kv-unified" not in log.read_text()
+    assert "--kv-unified" not in log.read_text(errors="replace")
 
 
 def test_dirty_local_checkout_is_refused(worlds: dict[str, sample.World], tmp_path: Path) -> None:
@@ -218,3 +220,319 @@ def test_metal_on_linux_is_a_usage_error(worlds: dict[str, sample.World], tmp_pa
     r = invoke("build-ollama", "--ollama", str(worlds["clean"].ollama_c), "--fork", str(worlds["clean"].fork),
                "--backend", "metal", env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
     assert r.returncode == 2 and "macOS only" in r.stderr
+
+
+@pytest.mark.skipif(os.uname().sysname == "Darwin", reason="Metal builds are allowed on macOS")
+def test_metal_dry_run_on_linux_prints_the_plan_and_says_the_build_needs_macos(
+        worlds: dict[str, sample.World], tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    out = tmp_path / "plan.json"
+    r = invoke("build-ollama", "--ollama", str(worlds["clean"].ollama_c), "--fork", str(worlds["clean"].fork),
+               "--backend", "metal", "--dry-run", "--json", str(out), env={"INVOKE_TURBO_WORKSPACE": str(ws)})
+    assert r.returncode == 0, r.stderr
+    assert "backend  metal (cmake preset darwin)" in r.stdout
+    assert "NOTE: the build itself needs macOS (this is Linux): run it on the Mac" in r.stdout
+    assert "dry run: nothing was built or changed" in r.stdout
+    plan = json.loads(out.read_text())
+    assert plan["status"] == "dry-run" and plan["backend"] == "metal" and plan["notes"]
+    assert not (ws / "dist").exists() and not (ws / "build").exists()
+
+
+# --- Go modules: through the user's proxy, or a clear early stop ---------------------------
+
+
+def _module_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, proxy: str) -> Path:
+    cache = tmp_path / "gomodcache"
+    monkeypatch.setenv("GOPROXY", proxy)
+    monkeypatch.setenv("GOMODCACHE", str(cache))
+    monkeypatch.setenv("GOFLAGS", "-modcacherw")  # lets pytest remove the cache afterwards
+    return cache
+
+
+def test_build_downloads_go_modules_through_the_users_proxy(
+        worlds: dict[str, sample.World], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = worlds["clean"]
+    cache = _module_env(monkeypatch, tmp_path, world.goproxy_url)
+    r = do_build(world, "B", tmp_path / "ws")
+    assert r.status == "built"
+    downloaded = cache / "cache/download/example.com/turbo-sample/units/@v/v1.0.0.zip"
+    assert downloaded.is_file(), "the module did not come through GOPROXY into the (empty) module cache"
+
+
+@pytest.mark.parametrize("era", ["C", "B"])
+def test_no_proxy_and_an_empty_cache_stops_before_cmake_naming_the_modules(
+        worlds: dict[str, sample.World], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, era: str) -> None:
+    world = worlds["clean"]
+    _module_env(monkeypatch, tmp_path, "off")
+    ws = tmp_path / "ws"
+    t0 = time.perf_counter()
+    r = invoke("build-ollama", "--ollama", str(world.ollama_c if era == "C" else world.ollama_b),
+               "--fork", str(world.fork), "--backend", "cpu",
+               env={"INVOKE_TURBO_WORKSPACE": str(ws), "GOPROXY": "off", "GOMODCACHE": str(tmp_path / "gomodcache"),
+                    "GOFLAGS": "-modcacherw"})
+    seconds = time.perf_counter() - t0
+    bench(f"build-ollama (era {era}) offline with an empty module cache: module error after {seconds:.1f} s "
+          "(target < 30 s, before any CMake work)")
+    assert r.returncode == 1, r.stdout + r.stderr
+    err = r.stderr
+    assert "example.com/turbo-sample/units@v1.0.0" in err and "1 of 1 Go modules" in err, err
+    assert "GOPROXY=off" in err and "GOFLAGS=-mod=vendor" in err and "module cache" in err, err
+    assert "Traceback" not in err
+    assert "build llama-server" not in r.stdout and "cmake" not in r.stdout.lower(), r.stdout
+    assert not (ws / "dist").exists() or not any((ws / "dist").iterdir())
+    assert not list((ws / "cache").glob("llama-server/*")) if (ws / "cache").exists() else True
+
+
+def test_a_proxy_answering_404_is_named_with_the_module(
+        worlds: dict[str, sample.World], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import functools
+    import http.server
+    import threading
+
+    empty = tmp_path / "empty-proxy"
+    empty.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(empty))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _module_env(monkeypatch, tmp_path, f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("GOINSECURE", "*")
+        with pytest.raises(build.go_modules.GoModulesError) as exc:
+            do_build(worlds["clean"], "C", tmp_path / "ws")
+    finally:
+        server.shutdown()
+    msg = str(exc.value)
+    assert "example.com/turbo-sample/units@v1.0.0" in msg and "404" in msg, msg
+    assert "GOPROXY=http://127.0.0.1:" in msg
+
+
+# --- what the fork does to a cache: smoke and deploy ask fork.behaviour, not the settings --------
+
+
+def _local_host(tmp_path: Path, extra_env: dict[str, str] | None = None) -> config.Settings:
+    return config.parse({"workspace": str(tmp_path / "ws"), "kv": {"type_k": "turbo4", "type_v": "turbo4",
+                                                                  "env": extra_env or {}},
+                         "hosts": {"here": {"ssh": "local", "os": "linux", "service": "none",
+                                            "listen": f"127.0.0.1:{free_port()}", "memory_gib": 8,
+                                            "prefix": str(tmp_path / "host"), "models_dir": str(tmp_path / "m"),
+                                            "health_timeout": 30}}})
+
+
+def _deploy_gqa6(era_c_build: build.Result, world: sample.World, tmp_path: Path,
+                 extra_env: dict[str, str] | None = None) -> tuple[Any, str]:
+    from ollama_turbo.deploy import releases
+    from ollama_turbo.deploy.services import Layout, Manager
+    from ollama_turbo.deploy.transport import LocalTransport
+
+    s = _local_host(tmp_path, extra_env)
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "gqa6.yaml").write_text(f"from: {world.model_gqa6}\nnum_ctx: 2048\nhosts: [here]\n")
+    host = s.host("here")
+    try:
+        d = releases.deploy(s, host, era_c_build.dist, specs_dir=specs, say=lambda line: None)
+        log = (tmp_path / "host" / "logs" / "ollama.log").read_bytes()
+    finally:
+        Manager(LocalTransport(), host, Layout("", str(tmp_path / "host"), "")).stop()
+    return d, log.decode("utf-8", errors="replace")
+
+
+def test_deploy_of_symmetric_turbo_to_a_gqa6_model_passes_with_the_forks_q8_0_k(
+        era_c_build: build.Result, worlds: dict[str, sample.World], tmp_path: Path) -> None:
+    d, log = _deploy_gqa6(era_c_build, worlds["clean"], tmp_path)
+    assert d.status == "deployed", d.error
+    cache = next(c for c in d.smoke["checks"] if c["name"] == "cache type")
+    assert cache["ok"] is True
+    assert "argv --cache-type-k turbo4 --cache-type-v turbo4" in cache["evidence"]
+    assert "llama_kv_cache K (q8_0) V (turbo4)" in cache["evidence"]
+    assert "configured turbo4, the fork runs q8_0/turbo4: auto-asymmetric: 6 query heads per KV head" \
+        in cache["evidence"], cache["evidence"]
+    assert "auto-asymmetric" in log and "\ufffd" in log  # the sample server's log carries a cut UTF-8 character
+
+
+def test_with_auto_asymmetric_off_the_fork_runs_turbo4_k_and_smoke_expects_it(
+        era_c_build: build.Result, worlds: dict[str, sample.World], tmp_path: Path) -> None:
+    d, _ = _deploy_gqa6(era_c_build, worlds["clean"], tmp_path, {"TURBO_AUTO_ASYMMETRIC": "0"})
+    assert d.status == "deployed", d.error
+    cache = next(c for c in d.smoke["checks"] if c["name"] == "cache type")
+    assert "llama_kv_cache K (turbo4) V (turbo4)" in cache["evidence"] and "the fork runs" not in cache["evidence"]
+
+
+def test_cache_check_without_the_forks_rule_fails_as_deploy_did(
+        era_c_build: build.Result, worlds: dict[str, sample.World], tmp_path: Path) -> None:
+    from ollama_turbo.fork.behaviour import ForkBehaviour
+    from ollama_turbo.prove import smoke
+
+    _, log = _deploy_gqa6(era_c_build, worlds["clean"], tmp_path)
+    ok, evidence = smoke.cache_type_from_log(log, "turbo4", "turbo4", "C", ForkBehaviour.none())
+    assert not ok and "expected K turbo4 V turbo4" in evidence
+    ok, evidence = smoke.cache_type_from_log(log, "turbo4", "turbo4", "C", ForkBehaviour())
+    assert ok, evidence
+
+
+def test_logs_with_invalid_utf8_are_read_with_replacement(tmp_path: Path) -> None:
+    from ollama_turbo.prove import server_log
+
+    log = tmp_path / "server.log"
+    log.write_bytes(b"print_info: n_layer          = 4\nprint_info: n_head           = 24\n"
+                    b"print_info: n_head_kv        = 4\nslot: token text '\xe2\x82' \xff\xfe garbage\n"
+                    b"llama_kv_cache: size =   10.00 MiB (  2048 cells,   4 layers,  1/1 seqs), "
+                    b"K (q8_0):    6.00 MiB, V (turbo4):    4.00 MiB\n")
+    text = server_log.file_reader(log)()
+    assert "\ufffd" in text
+    assert [(x.type_k, x.type_v, x.cells) for x in server_log.kv_lines(text)] == [("q8_0", "turbo4", 2048)]
+    assert server_log.model_shape(text) == (4, 6.0)
+    garbage = tmp_path / "garbage.log"
+    garbage.write_bytes(bytes(range(256)) * 64)
+    r = invoke("smoke", "--url", f"http://127.0.0.1:{free_port()}", "--log", str(garbage))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "UnicodeDecodeError" not in r.stdout + r.stderr
+
+
+
+# --- the fork's facts are read from the fork or the build, never from constants ------------------
+
+
+def _served_kv(dist: Path, gguf: Path, cache_type: str, tmp_path: Path) -> str:
+    """Serve ``gguf`` from the build with this cache type; return the service log."""
+    log = tmp_path / f"serve-{cache_type}.log"
+    env = {"OLLAMA_MODELS": str(tmp_path / f"m-{cache_type}"), "OLLAMA_KV_CACHE_TYPE": cache_type,
+           "OLLAMA_FLASH_ATTENTION": "1"}
+    with serving(dist / "bin/ollama", log, env) as client:
+        client.create("m", gguf=gguf, parameters={"num_ctx": 4096})
+        client.generate("m", "hello", num_predict=2)
+    return log.read_bytes().decode("utf-8", errors="replace")
+
+
+def test_plans_for_a_build_use_its_blocks_when_the_fork_changed_turbo4(
+        worlds: dict[str, sample.World], tmp_path: Path) -> None:
+    from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
+    from ollama_turbo.kv import memory
+    from ollama_turbo.prove.server_log import kv_lines
+
+    world = worlds["fork-2026-06"]
+    r = do_build(world, "C", tmp_path / "ws")
+    m = manifest.read(r.dist) or {}
+    assert m["cache_types"]["turbo4"] == {"ggml_type": "GGML_TYPE_TURBO4_0", "block": 128, "bytes": 66}
+    assert m["cache_types"]["q8_0"]["bytes"] == 34  # every type the fork accepts is recorded
+    logged = kv_lines(_served_kv(r.dist, world.model, "turbo4", tmp_path))[-1]
+    geo = geometry.geometry_from_gguf(world.model)
+    from_build = memory.estimate(geo, logged.cells, "turbo4", blocks=BlockTable.from_manifest(m, "manifest.json"))
+    from_constants = memory.estimate(geo, logged.cells, "turbo4", blocks=BUILTIN)
+    assert abs(from_build.mib - logged.mib) / logged.mib < 0.01, (from_build.mib, logged.mib)
+    assert abs(from_constants.mib - logged.mib) / logged.mib > 0.02  # what the planner said before
+    # plan says where its numbers come from, from the build or from the fork's sources
+    out = invoke("plan", "--model", str(world.model), "--ctx", "4096", "--types", "turbo4", "--manifest",
+                 str(r.dist), env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+    assert out.returncode == 0, out.stderr
+    assert f"block sizes: the build {r.plan.version}" in out.stdout and "66/128 B [turbo4]" in out.stdout
+    out = invoke("plan", "--model", str(world.model), "--ctx", "4096", "--types", "turbo4", "--fork",
+                 str(world.fork), env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+    assert out.returncode == 0, out.stderr
+    assert f"block sizes: the fork {world.fork} @ feature/turboquant-kv-cache" in out.stdout
+    assert "66/128 B [turbo4]" in out.stdout
+    out = invoke("plan", "--model", str(world.model), "--ctx", "4096", "--types", "turbo4",
+                 env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+    assert "block sizes: the built-in table" in out.stdout and "68/128 B [turbo4]" in out.stdout
+
+
+def test_a_fork_whose_type_table_cannot_be_read_is_named(worlds: dict[str, sample.World], tmp_path: Path) -> None:
+    clone = tmp_path / "fork"
+    proc.run(["git", "clone", "-q", "-b", "feature/turboquant-kv-cache", str(worlds["clean"].fork), str(clone)])
+    ggml_c = clone / "ggml/src/ggml.c"
+    ggml_c.write_text(ggml_c.read_text().replace(".type_name", ".name"))
+    proc.run(["git", "-C", str(clone), "commit", "-qam", "type table reshaped"])
+    before = git_state(clone)
+    out = invoke("plan", "--layers", "4", "--kv-heads", "2", "--head-dim", "128", "--ctx", "4096", "--fork",
+                 str(clone), env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+    assert out.returncode == 1, out.stdout
+    assert "ggml/src/ggml.c: no type named" in out.stderr and "type table" in out.stderr
+    assert "Traceback" not in out.stderr and git_state(clone) == before
+
+
+def test_a_hybrid_model_keeps_kv_only_in_its_attention_layers(
+        era_c_build: build.Result, worlds: dict[str, sample.World], tmp_path: Path) -> None:
+    from ollama_turbo.kv import memory
+    from ollama_turbo.prove.server_log import kv_lines
+
+    world = worlds["clean"]
+    geo = geometry.geometry_from_gguf(world.model_hybrid)
+    assert geo.n_layer == 8 and geo.n_recurrent == 6
+    for cache_type in ("f16", "turbo4"):
+        log = _served_kv(era_c_build.dist, world.model_hybrid, cache_type, tmp_path)
+        kv = kv_lines(log)[-1]
+        est = memory.estimate(geo, kv.cells, cache_type)
+        assert abs(est.mib - kv.mib) / kv.mib < 0.01, (cache_type, est.mib, kv.mib)
+        rec = re.findall(r"llama_memory_recurrent: size = +([\d.]+) MiB", log)
+        assert rec and abs(est.recurrent_bytes / 2**20 - float(rec[-1])) < 0.01, (rec, est.recurrent_bytes)
+        # what the planner said before: every layer with a KV cache, no recurrent state
+        flat = geometry.Geometry.simple(8, geo.n_head_kv[0], geo.head_dim_k, heads=geo.n_head[0])
+        assert memory.estimate(flat, kv.cells, cache_type).mib > 3.9 * kv.mib
+    out = invoke("plan", "--model", str(world.model_hybrid), "--ctx", "4096", "--types", "f16",
+                 env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+    assert "recurrent state: 0.2 MiB in 6 of 8 layers" in out.stdout, out.stdout
+    assert "hybrid model: 2 of 8 layers keep a KV cache" in out.stdout
+
+
+# --- bench: exact depth by the server's tokenizer, the context respected, failures recorded ----------
+
+
+def test_bench_depth_is_counted_by_the_servers_tokenizer_and_never_exceeds_its_context(
+        era_c_build: build.Result, worlds: dict[str, sample.World], tmp_path: Path) -> None:
+    server = era_c_build.dist / "lib/ollama/llama-server"
+    out = tmp_path / "bench"
+    r = invoke("bench", "--llama-server", str(server), "--gguf", str(worlds["clean"].model), "--types",
+               "f16,turbo4", "--depths", "0,300,1000,8192", "--ctx", "2048", "--reps", "1", "--n-predict", "4",
+               "--niah-lengths", "", "--ab-predict", "2", "--out", str(out),
+               env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "bench.json").read_text())
+    rows = []
+    for res in report["results"]:
+        assert res["n_ctx"] == 2048
+        assert res["prefill"]["tokens"] == 512, res["prefill"]  # pp512: a fixed 512-token prompt
+        by_depth = {x["depth"]: x for x in res["perf"]}
+        for asked in (300, 1000):
+            x = by_depth[asked]
+            rows.append(f"{res['label']} asked {asked} actual {x['actual_depth']}")
+            assert asked - 2 <= x["actual_depth"] <= asked, x  # the sample tokenizer counts words, not 4 chars
+        assert "error" in by_depth[8192] and "context of 2048" in by_depth[8192]["error"]
+        assert "decode_tps" not in by_depth[8192]
+    bench("bench depth, sample llama-server (1 token per word): " + "; ".join(rows))
+    md = (out / "report.md").read_text()
+    assert "| depth asked | depth actual |" in md and "failed: depth 8192" in md
+    assert "failed at depth 8192" in r.stdout
+
+
+def test_bench_records_a_failing_type_and_keeps_what_was_measured(
+        era_c_build: build.Result, worlds: dict[str, sample.World], tmp_path: Path) -> None:
+    import contextlib
+
+    from ollama_turbo.core.errors import TurboError
+    from ollama_turbo.prove import bench as bench_mod
+    from ollama_turbo.prove import targets
+    from ollama_turbo.prove.client import Endpoint
+
+    good = targets.local_llama_server(era_c_build.dist / "lib/ollama/llama-server", worlds["clean"].model,
+                                      [("q8_0", "q8_0")], ctx=2048, logs=tmp_path / "logs")
+
+    @contextlib.contextmanager
+    def broken():  # type: ignore[no-untyped-def]
+        raise TurboError("llama-server (turbo3) exited with 1: out of memory")
+        yield
+
+    bad = [(Endpoint("turbo3", "turbo3", "turbo3", "", "llama-server"), broken)]
+    opts = bench_mod.Options(depths=[0, 128], reps=1, n_predict=4, niah_lengths=[], niah_depths=[], ab_predict=2)
+
+    @contextlib.contextmanager
+    def quiet(total: int):  # type: ignore[no-untyped-def]
+        yield lambda what: None
+
+    out = tmp_path / "out"
+    report = bench_mod.run([*bad, *good], opts, out, {"model": "sample"}, progress=quiet)
+    on_disk = json.loads((out / "bench.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    failed, ok = on_disk["results"]
+    assert failed["label"] == "turbo3" and "out of memory" in failed["error"]
+    assert ok["label"] == "q8_0" and [x["actual_depth"] for x in ok["perf"]][1] >= 126
+    text = bench_mod.summary(report)
+    assert "turbo3         FAILED: llama-server (turbo3) exited with 1" in text and "q8_0" in text

@@ -114,7 +114,7 @@ def test_era_c_binary_stamps_version_and_passes_the_cache_type(
         ps = client.get("/api/ps")["models"][0]
         assert ps["context_length"] == 2048 and ps["size_vram"] > 0
         assert client.post("/api/show", {"model": "sample"})["details"]["format"] == "gguf"
-    text = log.read_text()
+    text = log.read_text(errors="replace")
     assert "--cache-type-k q8_0 --cache-type-v q8_0" in text
     assert "K (q8_0):" in text and "V (q8_0):" in text
     assert '\\"ollama\\":true' in text  # the compat patch is in the server Ollama runs
@@ -146,7 +146,7 @@ def test_era_b_builds_and_drops_unknown_cache_types(
             assert client.version() == "0.24.0-sample"
             client.create("sample", gguf=world.model)
             assert client.generate("sample", "hi", num_predict=2)["eval_count"] == 2
-        text = log.read_text()
+        text = log.read_text(errors="replace")
         assert expect in text
         assert ("unsupported OLLAMA_KV_CACHE_TYPE" in text) == (cache_type == "turbo4")
 

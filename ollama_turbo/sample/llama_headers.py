@@ -18,6 +18,7 @@ class Flavour:
     tag: str                          # upstream build tag this tree is (or is based on)
     turbo: bool = False               # the TurboQuant fork's additions
     drop_function: str | None = None  # the fork removed this llama.h function
+    turbo_2026_06: bool = False       # the fork after June 2026: turbo4 66 bytes, turbo ids after Q2_0 = 42
 
     @property
     def build(self) -> int:
@@ -34,6 +35,8 @@ BASE_TYPES: list[tuple[str, int]] = [
 # b120 appends a type; the fork independently took the same id for TURBO2_0.
 UPSTREAM_B120_TYPES: list[tuple[str, int]] = [("Q2_0", 42)]
 FORK_TYPES: list[tuple[str, int]] = [("TURBO2_0", 42), ("TURBO3_0", 43), ("TURBO4_0", 44)]
+# Rebased on an upstream with Q2_0 = 42, the fork renumbered its types.
+FORK_TYPES_2026_06: list[tuple[str, int]] = [("TURBO2_0", 43), ("TURBO3_0", 44), ("TURBO4_0", 45)]
 
 OPS = [
     "NONE", "DUP", "ADD", "ADD1", "ACC", "SUB", "MUL", "DIV", "SQR", "SQRT", "LOG", "SUM",
@@ -48,7 +51,7 @@ def ggml_types(fl: Flavour) -> list[tuple[str, int]]:
     if fl.build >= 120:
         types += UPSTREAM_B120_TYPES
     if fl.turbo:
-        types += FORK_TYPES
+        types += FORK_TYPES_2026_06 if fl.turbo_2026_06 else FORK_TYPES
     return types
 
 

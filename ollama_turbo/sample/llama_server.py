@@ -132,6 +132,12 @@ static bool on_piece(const char * piece, void * user_data) {
     return st->ok;
 }
 
+// Like llama-server at -lv 4, the log echoes generated text; a token can end mid-character, so the
+// line carries the first two bytes of a three-byte UTF-8 sequence: logs are bytes, not text.
+static void log_generated(const char * text, const llama_perf_context_data & perf) {
+    fprintf(stderr, "slot print_timing: generated %d tokens: %s\xe2\x82 <- a cut character\n", perf.n_eval, text);
+}
+
 static std::string timings_json(const llama_perf_context_data & perf) {
     char buf[512];
     snprintf(buf, sizeof(buf),
@@ -193,6 +199,7 @@ static void handle(int fd, llama_context * ctx, const common_params & params) {
             send_all(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
             stream_state st = {fd, true};
             llama_generate(ctx, prompt.c_str(), (int32_t) n_predict, out, sizeof(out), on_piece, &st, &perf);
+            log_generated(out, perf);
             if (st.ok) {
                 send_all(fd, "data: {\"content\":\"\",\"stop\":true,\"tokens_predicted\":" + std::to_string(perf.n_eval)
                     + ",\"tokens_evaluated\":" + std::to_string(perf.n_p_eval)
@@ -200,6 +207,7 @@ static void handle(int fd, llama_context * ctx, const common_params & params) {
             }
         } else {
             llama_generate(ctx, prompt.c_str(), (int32_t) n_predict, out, sizeof(out), nullptr, nullptr, &perf);
+            log_generated(out, perf);
             respond(fd, 200, "{\"content\":\"" + json_escape(out) + "\",\"stop\":true,\"tokens_predicted\":"
                 + std::to_string(perf.n_eval) + ",\"tokens_evaluated\":" + std::to_string(perf.n_p_eval)
                 + ",\"timings\":" + timings_json(perf) + "}");

@@ -41,6 +41,22 @@ KV_CACHE_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "IQ4_NL", "Q5_0"
 FORK_KV_CACHE_TYPES = ["TURBO2_0", "TURBO3_0", "TURBO4_0"]
 
 
+TURBO4_2026_05 = """typedef struct {
+    ggml_half norm;
+    ggml_half rnorm;             // residual norm
+    uint8_t   qs[QK_TURBO4/2];   // 4-bit indices
+} block_turbo4_0;
+static_assert(sizeof(block_turbo4_0) == 2*sizeof(ggml_half) + QK_TURBO4/2, "wrong turbo4 block size");
+"""
+# June 2026: the unused residual norm is gone, 66 bytes per 128 values (4.125 bits).
+TURBO4_2026_06 = """typedef struct {
+    ggml_half norm;
+    uint8_t   qs[QK_TURBO4/2];   // 4-bit indices
+} block_turbo4_0;
+static_assert(sizeof(block_turbo4_0) == sizeof(ggml_half) + QK_TURBO4/2, "wrong turbo4 block size");
+"""
+
+
 def ggml_common_h(fl: Flavour) -> str:
     turbo = ""
     if fl.turbo:
@@ -61,13 +77,7 @@ typedef struct {
 static_assert(sizeof(block_turbo3_0) == sizeof(ggml_half) + QK_TURBO3*3/8, "wrong turbo3 block size");
 
 #define QK_TURBO4 128
-typedef struct {
-    ggml_half norm;
-    ggml_half rnorm;             // residual norm
-    uint8_t   qs[QK_TURBO4/2];   // 4-bit indices
-} block_turbo4_0;
-static_assert(sizeof(block_turbo4_0) == 2*sizeof(ggml_half) + QK_TURBO4/2, "wrong turbo4 block size");
-"""
+""" + (TURBO4_2026_06 if fl.turbo_2026_06 else TURBO4_2026_05)
     return f"""#pragma once
 
 // Block formats of the quantized types (ollama-turbo sample world).
@@ -284,7 +294,21 @@ static int64_t head_size(enum ggml_type type, int64_t n) {
     return turbo && n % 128 ? (n + 127) / 128 * 128 : n;
 }
 """
+        # Like the fork: symmetric turbo K/V on a model with >= 6 query heads per KV head gets q8_0 K.
+        auto_asym = """
+    const int k_turbo = params.type_k == GGML_TYPE_TURBO2_0 || params.type_k == GGML_TYPE_TURBO3_0
+                     || params.type_k == GGML_TYPE_TURBO4_0;
+    const char * asym_env = getenv("TURBO_AUTO_ASYMMETRIC");
+    const uint32_t gqa = model->n_head_kv ? model->n_head / model->n_head_kv : 1;
+    if (k_turbo && params.type_k == params.type_v && gqa >= 6 && !(asym_env && asym_env[0] == '0')) {
+        fprintf(stderr, "llama_kv_cache: auto-asymmetric: %u query heads share each KV head; K goes from %s "
+                        "to q8_0, V stays %s (TURBO_AUTO_ASYMMETRIC=0 keeps K as asked)\\n",
+                gqa, ggml_type_name(params.type_k), ggml_type_name(params.type_v));
+        params.type_k = GGML_TYPE_Q8_0;
+    }
+"""
     else:
+        auto_asym = ""
         head_size = """static int64_t head_size(enum ggml_type type, int64_t n) {
     (void) type;
     return n;
@@ -311,6 +335,9 @@ struct llama_model {{
     uint32_t n_head_kv;
     uint32_t n_embd;
     uint32_t n_ctx_train;
+    // hybrid models (qwen35): every full_attn_interval-th layer has attention, the rest a recurrent state
+    uint32_t full_attn_interval;
+    uint32_t ssm_conv, ssm_inner, ssm_state, ssm_group;
 }};
 
 struct llama_context {{
@@ -437,6 +464,16 @@ struct llama_model * llama_model_load_from_file(const char * path, struct llama_
             m->n_head_kv = (uint32_t) v;
         }} else if (ends_with(key, ".attention.head_count") && read_int(f, t, &v)) {{
             m->n_head = (uint32_t) v;
+        }} else if (ends_with(key, ".full_attention_interval") && read_int(f, t, &v)) {{
+            m->full_attn_interval = (uint32_t) v;
+        }} else if (ends_with(key, ".ssm.conv_kernel") && read_int(f, t, &v)) {{
+            m->ssm_conv = (uint32_t) v;
+        }} else if (ends_with(key, ".ssm.inner_size") && read_int(f, t, &v)) {{
+            m->ssm_inner = (uint32_t) v;
+        }} else if (ends_with(key, ".ssm.state_size") && read_int(f, t, &v)) {{
+            m->ssm_state = (uint32_t) v;
+        }} else if (ends_with(key, ".ssm.group_count") && read_int(f, t, &v)) {{
+            m->ssm_group = (uint32_t) v;
         }} else if (ends_with(key, ".embedding_length") && read_int(f, t, &v)) {{
             m->n_embd = (uint32_t) v;
         }} else if (ends_with(key, ".context_length") && read_int(f, t, &v)) {{
@@ -452,6 +489,7 @@ struct llama_model * llama_model_load_from_file(const char * path, struct llama_
         return NULL;
     }}
     if (!m->n_head_kv) m->n_head_kv = m->n_head;
+    if (strcmp(m->arch, "qwen35") == 0 && !m->full_attn_interval) m->full_attn_interval = 4;
     fprintf(stderr, "print_info: arch             = %s\\n", m->arch);
     fprintf(stderr, "print_info: n_layer          = %u\\n", m->n_layer);
     fprintf(stderr, "print_info: n_head           = %u\\n", m->n_head);
@@ -476,13 +514,20 @@ struct llama_context * llama_init_from_model(struct llama_model * model, struct 
         fprintf(stderr, "llama_init_from_model: V cache quantization requires flash_attn\\n");
         return NULL;
     }}
+{auto_asym}
     struct llama_context * ctx = calloc(1, sizeof(*ctx));
     ctx->model = model;
     ctx->cparams = params;
     const int64_t n_embd_head = model->n_embd / model->n_head;
     const int64_t cells = params.n_ctx;
-    ctx->kv_k_bytes = ggml_row_size(params.type_k, head_size(params.type_k, n_embd_head) * model->n_head_kv) * cells * model->n_layer;
-    ctx->kv_v_bytes = ggml_row_size(params.type_v, head_size(params.type_v, n_embd_head) * model->n_head_kv) * cells * model->n_layer;
+    // a hybrid model keeps a KV cache only in its full-attention layers
+    uint32_t n_attn = model->n_layer;
+    if (model->full_attn_interval) {{
+        n_attn = 0;
+        for (uint32_t il = 0; il < model->n_layer; il++) n_attn += (il + 1) % model->full_attn_interval == 0;
+    }}
+    ctx->kv_k_bytes = ggml_row_size(params.type_k, head_size(params.type_k, n_embd_head) * model->n_head_kv) * cells * n_attn;
+    ctx->kv_v_bytes = ggml_row_size(params.type_v, head_size(params.type_v, n_embd_head) * model->n_head_kv) * cells * n_attn;
     const double mib = 1024.0 * 1024.0;
     fprintf(stderr, "llama_context: n_ctx         = %u\\n", params.n_ctx);
     fprintf(stderr, "llama_context: n_batch       = %u\\n", params.n_batch);
@@ -491,10 +536,22 @@ struct llama_context * llama_init_from_model(struct llama_model * model, struct 
             (ctx->kv_k_bytes + ctx->kv_v_bytes) / mib);
     fprintf(stderr, "llama_kv_cache: size = %7.2f MiB (%6u cells, %3u layers, %2u/%u seqs), "
                     "K (%s): %7.2f MiB, V (%s): %7.2f MiB\\n",
-            (ctx->kv_k_bytes + ctx->kv_v_bytes) / mib, params.n_ctx, model->n_layer,
+            (ctx->kv_k_bytes + ctx->kv_v_bytes) / mib, params.n_ctx, n_attn,
             params.n_seq_max, params.n_seq_max,
             ggml_type_name(params.type_k), ctx->kv_k_bytes / mib,
             ggml_type_name(params.type_v), ctx->kv_v_bytes / mib);
+    if (model->full_attn_interval) {{
+        // the recurrent state: f32, one cell per sequence, whatever the context or cache type
+        const uint32_t seqs = params.n_seq_max ? params.n_seq_max : 1;
+        const uint32_t n_rec = model->n_layer - n_attn;
+        const size_t r = (size_t) (model->ssm_conv ? model->ssm_conv - 1 : 0)
+                       * (model->ssm_inner + 2 * model->ssm_group * model->ssm_state);
+        const size_t s = (size_t) model->ssm_state * model->ssm_inner;
+        const double r_mib = 4.0 * r * seqs * n_rec / mib, s_mib = 4.0 * s * seqs * n_rec / mib;
+        fprintf(stderr, "llama_memory_recurrent: size = %7.2f MiB (%6u cells, %3u layers, %2u seqs), "
+                        "R (f32): %7.2f MiB, S (f32): %7.2f MiB\\n",
+                r_mib + s_mib, seqs, model->n_layer, seqs, r_mib, s_mib);
+    }}
     return ctx;
 }}
 
@@ -584,6 +641,7 @@ struct common_params {
     int32_t n_gpu_layers = -1;
     int32_t n_threads = 4;
     int32_t n_parallel = 1;
+    int32_t verbosity = 3;
     std::string flash_attn = "auto";
     ggml_type cache_type_k = GGML_TYPE_F16;
     ggml_type cache_type_v = GGML_TYPE_F16;
@@ -754,6 +812,13 @@ std::vector<common_arg> common_params_parser_init() {{
             params.n_parallel = value;
         }}
     ).set_env("LLAMA_ARG_N_PARALLEL"));
+    add_opt(common_arg(
+        {{"-lv", "--verbosity", "--log-verbosity"}}, "N",
+        "log verbosity: messages up to this level are printed (default: 3)",
+        [](common_params & params, int value) {{
+            params.verbosity = value;
+        }}
+    ).set_env("LLAMA_ARG_LOG_VERBOSITY"));
     add_opt(common_arg(
         {{"-fa", "--flash-attn"}}, "[on|off|auto]",
         "set Flash Attention use ('on', 'off', or 'auto', default: 'auto')",

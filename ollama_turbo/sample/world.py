@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ollama_turbo.core.errors import UsageError
 
-from . import go_common, go_llm, go_routes
+from . import go_common, go_llm, go_routes, goproxy
 from . import ollama_build_files as obf
 from .gitrepo import Repo
 from .llama_headers import Flavour, ggml_backend_h, ggml_h, gguf_h, llama_h
@@ -30,7 +30,7 @@ from .llama_sources import (
     ggml_common_h,
     llama_c,
 )
-from .model import write_model
+from .model import GQA6_GEOMETRY, HYBRID_GEOMETRY, write_model
 
 UPSTREAM_TAGS = ("b100", "b110", "b120")
 FORK_BRANCH = "feature/turboquant-kv-cache"
@@ -50,6 +50,7 @@ class Scenario:
     ollama_b_pin: str = "b110"       # the era B Ollama vendors this tag (FETCH_HEAD)
     fork_drops: str | None = None    # a llama.h function the fork removed
     era_b_patch_conflict: bool = False  # an era B patch edits lines the fork changed
+    fork_2026_06: bool = False       # the fork as it moved on: turbo4 66 bytes, renumbered type ids
     description: str = "fork based on the pinned tag: patches apply, flags present"
 
 
@@ -66,6 +67,9 @@ SCENARIOS: dict[str, Scenario] = {
                  description="the fork removed llama_n_ctx, which Ollama's cgo code calls"),
         Scenario(name="patch-conflict", era_b_patch_conflict=True,
                  description="an era B llama/patches patch edits lines the fork changed"),
+        Scenario(name="fork-2026-06", fork_base="b120", ollama_c_pin="b120", ollama_b_pin="b120", fork_2026_06=True,
+                 description="the fork rebased on b120 (Q2_0 = 42): TURBO2_0 renumbered 42 -> 43, turbo4 now "
+                             "66 bytes per 128 values"),
     )
 }
 
@@ -87,7 +91,14 @@ class World:
     ollama_c: Path
     ollama_b: Path
     model: Path
+    model_gqa6: Path  # 24 query heads per 4 KV heads: the fork's auto-asymmetric K applies
+    model_hybrid: Path  # qwen35-like: KV cache in 2 of 8 layers, a recurrent state in the others
+    goproxy: Path  # a file-based Go module proxy with the modules the Ollama trees require
     tags: dict[str, str] = field(default_factory=dict)  # upstream tag -> sha
+
+    @property
+    def goproxy_url(self) -> str:
+        return goproxy.url(self.goproxy)
 
     def describe(self) -> str:
         return "\n".join([
@@ -98,7 +109,9 @@ class World:
             f"{self.scenario.ollama_c_pin}",
             f"  ollama-b/  Ollama era B (vendored + cgo) {ERA_B_RELEASE}, FETCH_HEAD = "
             f"{self.scenario.ollama_b_pin}",
-            f"  models/    {self.model.name}",
+            f"  models/    {self.model.name}, {self.model_gqa6.name} (24 query heads per 4 KV heads), "
+            f"{self.model_hybrid.name} (hybrid: 2 of 8 layers with a KV cache)",
+            f"  goproxy/   Go module proxy with {goproxy.MODULE} {goproxy.VERSION} (GOPROXY={self.goproxy_url})",
         ])
 
 
@@ -133,13 +146,18 @@ def generate(dest: Path, sc: Scenario | None = None) -> World:
     dest.mkdir(parents=True, exist_ok=True)
     world = World(root=dest, scenario=sc, upstream=dest / "upstream", fork=dest / "fork",
                   ollama_c=dest / "ollama-c", ollama_b=dest / "ollama-b",
-                  model=dest / "models" / MODEL_NAME)
+                  model=dest / "models" / MODEL_NAME, model_gqa6=dest / "models" / "sample-gqa6.gguf",
+                  model_hybrid=dest / "models" / "sample-hybrid.gguf",
+                  goproxy=dest / "goproxy")
+    goproxy.write_proxy(world.goproxy)
     _upstream(world)
     _fork(world)
     with tempfile.TemporaryDirectory(prefix="turbo-sample-") as tmp:
         _ollama_c(world, Path(tmp))
         _ollama_b(world, Path(tmp))
     write_model(world.model)
+    write_model(world.model_gqa6, GQA6_GEOMETRY)
+    write_model(world.model_hybrid, HYBRID_GEOMETRY)
     return world
 
 
@@ -160,7 +178,7 @@ def _fork(world: World) -> None:
     repo = Repo(world.fork)
     repo.git("checkout", "-q", "-b", FORK_BRANCH, sc.fork_base)
     repo.git("branch", "-q", "-f", "master", "b100")
-    fl = Flavour(sc.fork_base, turbo=True, drop_function=sc.fork_drops)
+    fl = Flavour(sc.fork_base, turbo=True, drop_function=sc.fork_drops, turbo_2026_06=sc.fork_2026_06)
     tree = llama_tree(fl)
     ggml_part = {k: v for k, v in tree.items() if k.startswith("ggml/")}
     repo.write(ggml_part)
@@ -196,6 +214,7 @@ def _compat_patch(world: World, tmp: Path, tag: str) -> str:
 def _ollama_common(world: World) -> dict[str, str]:
     return {
         "go.mod": go_common.GO_MOD,
+        "go.sum": goproxy.go_sum(),
         "main.go": go_common.MAIN_GO,
         "version/version.go": go_common.VERSION_GO,
         "envconfig/config.go": go_common.ENVCONFIG_GO,

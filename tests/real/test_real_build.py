@@ -59,4 +59,4 @@ def test_sample_ollama_drives_the_real_server(real_build: build.Result, real_mod
         out = client.generate("smollm2", "The capital of France is", num_predict=8)
         assert out["done"] and out["eval_count"] > 0 and out["eval_duration"] > 0
         assert client.post("/api/show", {"model": "smollm2"})["details"]["family"] == "llama"
-    assert "--cache-type-k q8_0 --cache-type-v q8_0" in log.read_text()
+    assert "--cache-type-k q8_0 --cache-type-v q8_0" in log.read_text(errors="replace")
