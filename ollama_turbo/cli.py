@@ -453,7 +453,8 @@ def status(c, host, json=""):
     from ollama_turbo.deploy import releases
 
     st = releases.status(settings(c), settings(c).host(host))
-    for key in ("host", "service", "state", "current", "serving", "previous", "releases", "kv_cache", "prefix"):
+    for key in ("host", "service", "state", "current", "serving", "previous", "releases", "kv_cache", "kv_running",
+                "prefix"):
         value = st[key]
         print(f"{key:<10} {', '.join(value) if isinstance(value, list) else value}")
     write_json(json, st)

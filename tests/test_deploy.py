@@ -300,6 +300,8 @@ def test_status(fresh: dict) -> None:
     v3 = version_of(env["dists"][2])
     assert st["current"] == v3 and st["serving"] == v3 and "running" in st["state"]
     assert st["kv_cache"] == {"OLLAMA_KV_CACHE_TYPE": "turbo4"} and v3 in st["releases"]
+    assert st["kv_running"].startswith("K turbo4 V turbo4, 4096 cells (service log)"), st["kv_running"]
+    assert "kv_running K turbo4 V turbo4" in out
     code, out, err = run(env, "status", "--host", "nowhere")
     assert code == 2 and "unknown host 'nowhere'" in err
 

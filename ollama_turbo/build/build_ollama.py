@@ -20,19 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from ollama_turbo import __version__
-from ollama_turbo.fork import blocks
 from ollama_turbo.build import era_c as build_era_c
 from ollama_turbo.build import go_modules
-from ollama_turbo.check import contract
-from ollama_turbo.fork import sources as fork_sources
-from ollama_turbo.core import manifest
-from ollama_turbo.core import proc
-from ollama_turbo.core import rules
-from ollama_turbo.core import sources
-from ollama_turbo.core import toolchain
-from ollama_turbo.core.settings import Settings
-from ollama_turbo.core.errors import CommandError, SourceError, ToolMissing, TurboError, UsageError
 from ollama_turbo.build.go_rules import drop_flag_rules, era_b_rules, kv_bytes_rules
+from ollama_turbo.check import contract
+from ollama_turbo.core import manifest, proc, rules, sources, toolchain
+from ollama_turbo.core.errors import CommandError, SourceError, ToolMissing, TurboError, UsageError
+from ollama_turbo.core.settings import Settings
+from ollama_turbo.fork import blocks
+from ollama_turbo.fork import sources as fork_sources
 
 Say = Callable[[str], None]
 PROBE_PATHS = ["go.mod", "fs/ggml/ggml.go", "llm/llama_server.go", "llama/llama.go", "ml/backend.go",

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ollama_turbo.build.llama_server import cmake_build
-from ollama_turbo.core import proc
-from ollama_turbo.core import toolchain
+from ollama_turbo.core import proc, toolchain
 
 PRESETS = {"cpu": "cpu", "metal": "darwin", "cuda": "llama_cuda_v13_linux"}
 VERSION_VAR = "github.com/ollama/ollama/version.Version"

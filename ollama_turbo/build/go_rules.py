@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 
-from ollama_turbo.fork.blocks import Block
 from ollama_turbo.core.rules import Rule
+from ollama_turbo.fork.blocks import Block
 
 MARK = "added by ollama-turbo"
 

@@ -12,8 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ollama_turbo.core import proc
-from ollama_turbo.core import toolchain
+from ollama_turbo.core import proc, toolchain
 from ollama_turbo.core.manifest import tree_hash
 
 BACKEND_FLAGS = {

@@ -28,12 +28,13 @@ from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.services import Layout, Manager, expand, render, service_env
 from ollama_turbo.deploy.transport import Transport, connect, q
-from ollama_turbo.fork.behaviour import ForkBehaviour
+from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.fork.cache_types import BUILTIN, BlockTable, label
 from ollama_turbo.kv import modelfiles as modelfile
 from ollama_turbo.prove import smoke
 from ollama_turbo.prove.client import Endpoint
 from ollama_turbo.prove.ollama_api import Client
+from ollama_turbo.prove.server_log import kv_lines, model_shape
 
 Say = Callable[[str], None]
 STALE_LOCK_S = 15 * 60
@@ -465,11 +466,31 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
             served = poll.until(version, interval=0.1, tries=20)  # the tunnel takes a moment to accept
         env_kv = {k: v for k, v in config_env(config, host.service).items()
                   if k in ("OLLAMA_KV_CACHE_TYPE", "LLAMA_ARG_CACHE_TYPE_K", "LLAMA_ARG_CACHE_TYPE_V")}
+        log = t.sh(f"tail -n 5000 {q(layout.log)} 2>/dev/null", check=False).stdout
         return {"host": host.name, "service": host.service, "state": mgr.state(), "current": current,
                 "serving": served, "previous": previous_release(t, layout),
-                "releases": releases(t, layout), "kv_cache": env_kv or kv, "prefix": layout.prefix}
+                "releases": releases(t, layout), "kv_cache": env_kv or kv,
+                "kv_running": kv_running(log, env_kv, ForkBehaviour.from_env(settings.kv.env)),
+                "prefix": layout.prefix}
     finally:
         t.close()
+
+
+def kv_running(log: str, env_kv: dict[str, str], fb: ForkBehaviour) -> str:
+    """What the server last allocated (its KV line), and why it differs from the configuration."""
+    lines = kv_lines(log)
+    if not lines:
+        return "unknown (no llama_kv_cache line in the service log yet: load a model)"
+    last = lines[-1]
+    text = f"K {last.type_k} V {last.type_v}, {last.cells} cells (service log)"
+    k = env_kv.get("LLAMA_ARG_CACHE_TYPE_K") or env_kv.get("OLLAMA_KV_CACHE_TYPE")
+    v = env_kv.get("LLAMA_ARG_CACHE_TYPE_V") or env_kv.get("OLLAMA_KV_CACHE_TYPE")
+    shape = model_shape(log)
+    if k and v and shape:
+        why = effective(k, v, n_layer=shape[0], gqa_ratio=shape[1], fb=fb).explain()
+        if why:
+            text += f"; {why}"
+    return text
 
 
 def config_env(text: str, service: str) -> dict[str, str]:

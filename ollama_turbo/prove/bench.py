@@ -22,6 +22,7 @@ import requests
 from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.core.progress import bar
 from ollama_turbo.core.sizes import parse_sizes
+from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
 from ollama_turbo.kv import memory
 from ollama_turbo.kv.geometry import Geometry, geometry_from_gguf
@@ -259,7 +260,11 @@ def kv_memory(ep: Endpoint, geo: Geometry | None, blocks: BlockTable = BUILTIN) 
     out.update(logged_mib=last.mib, cells=last.cells, logged_types=[last.type_k, last.type_v])
     if geo is not None:
         planned = memory.estimate(geo, last.cells, ep.type_k, ep.type_v, blocks=blocks).mib
-        out.update(planned_mib=planned, delta=(planned - last.mib) / last.mib)
+        out.update(planned_mib=planned, delta=(planned - last.mib) / last.mib, blocks=blocks.source)
+        changed = effective(ep.type_k, ep.type_v, n_layer=geo.n_layer, gqa_ratio=geo.gqa_ratio,
+                            fb=ForkBehaviour()).explain()
+        if changed:
+            out["fork"] = changed
     return out
 
 
@@ -351,6 +356,10 @@ def markdown(report: dict[str, Any]) -> str:
         delta = f"{k['delta']:+.2%}" if k.get("delta") is not None else "-"
         lines.append(f"| {r['label']} | {k.get('logged_mib') or '-'} | "
                      f"{round(k['planned_mib'], 2) if k.get('planned_mib') else '-'} | {delta} |")
+    lines += [f"- {r['label']}: {r['kv']['fork']}" for r in done if r["kv"].get("fork")]
+    blocks = next((r["kv"]["blocks"] for r in done if r["kv"].get("blocks")), None)
+    if blocks:
+        lines.append(f"\nPlanner block sizes: {blocks}.")
     cells: list[dict[str, Any]] = next((r["niah"] for r in res if r.get("niah")), [])
     if cells:
         lines += ["", "## Needle in a haystack (found / asked)", "",
