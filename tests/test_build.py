@@ -384,6 +384,10 @@ def test_logs_with_invalid_utf8_are_read_with_replacement(tmp_path: Path) -> Non
     assert server_log.model_shape(text) == (4, 6.0)
     garbage = tmp_path / "garbage.log"
     garbage.write_bytes(bytes(range(256)) * 64)
+    from ollama_turbo.prove import smoke
+
+    ok, evidence = smoke.cache_type_from_log(server_log.file_reader(garbage)(), "turbo4", "turbo4", None)
+    assert not ok and "no llama_kv_cache size line in the log" in evidence
     r = invoke("smoke", "--url", f"http://127.0.0.1:{free_port()}", "--log", str(garbage))
     assert r.returncode == 1 and "Traceback" not in r.stderr and "UnicodeDecodeError" not in r.stdout + r.stderr
 

@@ -208,3 +208,17 @@ def test_plan_table_and_json() -> None:
     tiny = plan.Budget("pi", 4, geo.weights_bytes, 4)
     assert plan.make_plan(geo, [1024], [("f16", "f16")], budget=tiny).rows[0].max_context == 0
     assert "none fits" in plan.make_plan(geo, [1024], [("f16", "f16")], budget=tiny).render()
+
+
+def test_effective_says_what_the_fork_changes_and_why() -> None:
+    from ollama_turbo.fork.behaviour import ForkBehaviour, effective
+
+    e = effective("turbo4", "turbo4", n_layer=28, gqa_ratio=7.0, fb=ForkBehaviour())
+    assert (e.type_k, e.type_v) == ("q8_0", "turbo4") and e.changed
+    assert e.explain().startswith("configured turbo4, the fork runs q8_0/turbo4: auto-asymmetric: 7 query heads")
+    off = effective("turbo4", "turbo4", n_layer=28, gqa_ratio=7.0, fb=ForkBehaviour(auto_asymmetric=False))
+    assert not off.changed and off.explain() == ""
+    b = effective("turbo2", "turbo2", n_layer=30, gqa_ratio=3.0, fb=ForkBehaviour())
+    assert b.label == "turbo2" and b.layers[0] == ("turbo2", "q8_0") and b.layers[10] == ("turbo2", "turbo2")
+    assert b.explain().startswith("configured turbo2, the fork changes some layers: boundary V")
+    assert not effective("q8_0", "turbo4", n_layer=28, gqa_ratio=7.0, fb=ForkBehaviour()).changed

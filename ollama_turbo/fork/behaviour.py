@@ -113,8 +113,10 @@ class Effective:
         """``""`` when the fork runs what was configured; else what it changed and why."""
         if not self.changed:
             return ""
-        return (f"configured {label(self.configured_k, self.configured_v)}, the fork runs {self.label}: "
-                + "; ".join(self.notes))
+        configured = label(self.configured_k, self.configured_v)
+        if self.label == configured:
+            return f"configured {configured}, the fork changes some layers: " + "; ".join(self.notes)
+        return f"configured {configured}, the fork runs {self.label}: " + "; ".join(self.notes)
 
 
 def effective(type_k: str, type_v: str, *, n_layer: int, gqa_ratio: float, fb: ForkBehaviour) -> Effective:
