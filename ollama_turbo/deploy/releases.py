@@ -205,7 +205,7 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
     version, era = m["version"], m["era"]
     rendered = render_models(settings, host, specs_dir, BlockTable.from_manifest(m, str(dist / "manifest.json"))
                              if m.get("cache_types") else BUILTIN)
-    kv = host_kv(settings, rendered)
+    kv = server_kv(settings, rendered)
     t = connect(host.name, host.ssh)
     try:
         layout = _layout(t, host)
@@ -334,7 +334,7 @@ def _upload(t: Transport, layout: Layout, dist: Path, m: dict[str, Any], res: De
     t.sh(f"mv {q(partial)} {q(release)}")
 
 
-def host_kv(settings: Settings, rendered: list[modelfile.Rendered]) -> tuple[str, str]:
+def server_kv(settings: Settings, rendered: list[modelfile.Rendered]) -> tuple[str, str]:
     """The K/V pair the host's server is configured with: the one its Modelfiles were rendered for
     (:func:`ollama_turbo.kv.modelfiles.host_kv`: what its specs ask for, else the settings)."""
     return (rendered[0].type_k, rendered[0].type_v) if rendered else (settings.kv.type_k, settings.kv.type_v)
