@@ -275,16 +275,38 @@ def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", ta
 
 
 @turbo_task(
+    fork="the fork: a local checkout (read at what is checked out) or a git URL (default: turbo.sources.fork.url)",
+    fork_ref="the fork's ref (default: a local checkout's HEAD, else turbo.sources.fork.ref)",
+    json="write the checklist as JSON to this file",
+    markdown="write the checklist as Markdown to this file",
+    static_only="skip the dynamic check (compiling and running the fork's CPU quantizer)",
+)
+def verify_fork(c, fork="", fork_ref="", json="", markdown="", static_only=False):
+    """Check the fork's quantizer against theory: codebooks, backends, rotation, layout. Exit 0, 4 review, 8 fail."""
+    from ollama_turbo.check import verify_fork as verify
+
+    s = settings(c)
+    report = verify.verify_checkout(s, fork or s.sources.fork.url, fork_ref, dynamic=not static_only)
+    print(report.render(), end="")
+    write_json(json, report.to_json())
+    if markdown:
+        Path(markdown).write_text(report.render(markdown=True))
+    if report.exit_code():
+        raise Exit(code=report.exit_code())
+
+
+@turbo_task(
     **SOURCE_HELP,
     backend="metal, cuda or cpu (default: turbo.build.backend)",
     dry_run="print the plan (sources, pins, rules, patches, commands) and change nothing",
     force="rebuild even when the inputs are unchanged",
     allow_dirty="build a local checkout that has uncommitted changes (the committed ref is built)",
     json="write the result (the manifest, or the plan on --dry-run) as JSON to this file",
+    skip_verify="build even when verify-fork's static checks fail (recorded in the manifest)",
     verbose="echo every command",
 )
 def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", backend="", dry_run=False, force=False,
-                 allow_dirty=False, json="", verbose=False):
+                 allow_dirty=False, json="", skip_verify=False, verbose=False):
     """Build Ollama around the fork: patched, version-stamped, with a provenance manifest."""
     from ollama_turbo.build import build_ollama as build
 
@@ -292,7 +314,7 @@ def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", backend="", 
     if backend and backend not in config.BACKENDS:
         raise ConfigError(f"--backend {backend!r} is not one of: {', '.join(config.BACKENDS)}")
     opts = build.Options(ollama=ollama, ollama_ref=ollama_ref, fork=fork, fork_ref=fork_ref, backend=backend,
-                         dry_run=dry_run, force=force, allow_dirty=allow_dirty)
+                         dry_run=dry_run, force=force, allow_dirty=allow_dirty, skip_verify=skip_verify)
     r = build.run(s, opts)
     print(r.render())
     write_json(json, r.to_json())
@@ -462,8 +484,8 @@ def status(c, host, json=""):
 
 def namespace(project: Path | None = None) -> Collection:
     """The task collection; ``project`` is where settings and specs are read (default: the current directory)."""
-    ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check, build_ollama, smoke, bench, deploy,
-                    rollback, status)
+    ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check, verify_fork, build_ollama, smoke, bench,
+                    deploy, rollback, status)
     ns.configure({"turbo": config.DEFAULTS, "ollama_turbo": {"project_dir": str(project) if project else ""}})
     return ns
 

@@ -23,7 +23,7 @@ from ollama_turbo import __version__
 from ollama_turbo.build import era_c as build_era_c
 from ollama_turbo.build import go_modules
 from ollama_turbo.build.go_rules import drop_flag_rules, era_b_rules, kv_bytes_rules
-from ollama_turbo.check import contract
+from ollama_turbo.check import contract, verify_fork
 from ollama_turbo.core import manifest, proc, rules, sources, toolchain
 from ollama_turbo.core.errors import CommandError, SourceError, ToolMissing, TurboError, UsageError
 from ollama_turbo.core.settings import Settings
@@ -50,6 +50,7 @@ class Options:
     force: bool = False
     allow_dirty: bool = False
     go_env: dict[str, str] = field(default_factory=dict)  # e.g. GOPROXY for this build only
+    skip_verify: bool = False  # build even when verify-fork finds a failing quantizer check
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Plan:
     key: str
     commands: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what a dry run could not check here
+    verify: dict[str, Any] = field(default_factory=dict)  # verify-fork's static verdict, recorded in the manifest
 
     def render(self) -> str:
         lines = [
@@ -86,6 +88,9 @@ class Plan:
             "patches applied by Ollama's own mechanism:" if self.patches else "patches: none",
             *[f"  {p}" for p in self.patches],
         ]
+        if self.verify:
+            lines.append(f"verify-fork (static): {self.verify['verdict']}"
+                         + (" (--skip-verify: building anyway)" if self.verify.get("skipped") else ""))
         if self.dropped_flags:
             lines.append(f"WARNING: dropping {', '.join(self.dropped_flags)} from Ollama's llama-server argv "
                          "(the fork does not define them)")
@@ -120,6 +125,23 @@ def _check_backend(backend: str, era: str, notes: list[str] | None = None) -> st
     return "cpu"
 
 
+def _verify(f_dir: Path, fork: sources.Checkout, opts: Options) -> dict[str, Any]:
+    """verify-fork's static checks on the fork about to be built; a failing one stops the build."""
+    try:
+        report = verify_fork.verify(f_dir, {"url": fork.url, "ref": fork.ref, "sha": fork.sha}, dynamic=False)
+    except verify_fork.VerifyError:
+        return {"verdict": "not run", "why": "the fork has no turbo cache types", "skipped": opts.skip_verify}
+    failing = [i for i in report.items if i.verdict == verify_fork.FAIL]
+    summary = {"verdict": report.verdict, "skipped": opts.skip_verify,
+               "failing": [f"{i.item}: {i.evidence}" for i in failing]}
+    if failing and not opts.skip_verify:
+        raise BuildError(f"verify-fork: the fork's quantizer fails {len(failing)} check(s): {failing[0].item}: "
+                         f"{failing[0].evidence}",
+                         hint="see invoke verify-fork --fork ...; build anyway with --skip-verify (recorded in the "
+                              "manifest)")
+    return summary
+
+
 def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     ws = settings.workspace
     ollama_url, fork_url = opts.ollama or settings.sources.ollama.url, opts.fork or settings.sources.fork.url
@@ -147,6 +169,7 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
         if a.function == "kvCacheBytesPerElement":
             known |= set(a.types)
     new = [t for t in fork_types if t not in known]
+    verified = _verify(f_dir, fork, opts)
     all_blocks = list(blocks.derive(f_dir, fork_types).values())  # recorded: plans for this build use them
     cache_blocks = [b for b in all_blocks if b.name in new]
     dropped: list[str] = []
@@ -176,7 +199,7 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     plan = Plan(version=version, era=info.era, backend=backend, preset=preset, ollama=ollama, fork=fork,
                 info=info, cache_blocks=cache_blocks, all_blocks=all_blocks, dropped_flags=dropped, rules=rule_list,
                 patches=patches,
-                dist=ws / "dist" / version, key=key, notes=notes)
+                dist=ws / "dist" / version, key=key, notes=notes, verify=verified)
     ld = build_era_c.ldflags(version)
     if info.era == sources.ERA_C:
         plan.commands = [
@@ -272,6 +295,7 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         "rules": [{"rule": r.name, "file": r.file, "why": r.why} for r in plan.rules],
         "patches": patch_results,
         "dropped_flags": plan.dropped_flags,
+        "verify_fork": plan.verify,
         "toolchain": tools,
         "build_flags": {"ldflags": build_era_c.ldflags(plan.version), **extra},
         "inputs_key": plan.key, "ollama_turbo": __version__,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .turbo_quant import Faults
+
 
 @dataclass(frozen=True)
 class Flavour:
@@ -19,6 +21,7 @@ class Flavour:
     turbo: bool = False               # the TurboQuant fork's additions
     drop_function: str | None = None  # the fork removed this llama.h function
     turbo_2026_06: bool = False       # the fork after June 2026: turbo4 66 bytes, turbo ids after Q2_0 = 42
+    quantizer_faults: Faults = Faults()  # faults in the fork's quantizer tables (verify-fork scenarios)
 
     @property
     def build(self) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ollama_turbo.core.errors import UsageError
 
-from . import go_common, go_llm, go_routes, goproxy
+from . import go_common, go_llm, go_routes, goproxy, turbo_quant
 from . import ollama_build_files as obf
 from .gitrepo import Repo
 from .llama_headers import Flavour, ggml_backend_h, ggml_h, gguf_h, llama_h
@@ -31,6 +31,7 @@ from .llama_sources import (
     llama_c,
 )
 from .model import GQA6_GEOMETRY, HYBRID_GEOMETRY, write_model
+from .turbo_quant import Faults
 
 UPSTREAM_TAGS = ("b100", "b110", "b120")
 FORK_BRANCH = "feature/turboquant-kv-cache"
@@ -51,6 +52,7 @@ class Scenario:
     fork_drops: str | None = None    # a llama.h function the fork removed
     era_b_patch_conflict: bool = False  # an era B patch edits lines the fork changed
     fork_2026_06: bool = False       # the fork as it moved on: turbo4 66 bytes, renumbered type ids
+    quantizer: Faults = Faults()     # faults in the fork's quantizer tables, for verify-fork
     description: str = "fork based on the pinned tag: patches apply, flags present"
 
 
@@ -70,6 +72,12 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(name="fork-2026-06", fork_base="b120", ollama_c_pin="b120", ollama_b_pin="b120", fork_2026_06=True,
                  description="the fork rebased on b120 (Q2_0 = 42): TURBO2_0 renumbered 42 -> 43, turbo4 now "
                              "66 bytes per 128 values"),
+        Scenario(name="quant-suboptimal", quantizer=Faults(suboptimal_4bit=True),
+                 description="the fork's 4-bit centroid table is squeezed toward zero, far from Lloyd-Max"),
+        Scenario(name="quant-backends-disagree", quantizer=Faults(metal_disagrees=True),
+                 description="the Metal 3-bit centroid table is not the CPU's"),
+        Scenario(name="quant-inverse-signs", quantizer=Faults(inverse_signs=True),
+                 description="the CPU inverse rotation applies the sign arrays in the forward order"),
     )
 }
 
@@ -116,8 +124,10 @@ class World:
 
 
 def llama_tree(fl: Flavour) -> dict[str, str]:
-    metal = METAL_SHADER + (METAL_SHADER_TURBO if fl.turbo else "")
-    return {
+    metal = METAL_SHADER + (METAL_SHADER_TURBO + turbo_quant.metal_tables(fl.quantizer_faults) if fl.turbo else "")
+    quantizer = {"ggml/src/ggml-quants.h": turbo_quant.QUANTS_H,
+                 "ggml/src/ggml-turbo-quant.c": turbo_quant.quant_c(fl.quantizer_faults)} if fl.turbo else {}
+    return {**quantizer,
         "CMakeLists.txt": cmakelists(fl),
         "LICENSE": "Sample world source, written for ollama-turbo's tests.\n",
         "README.md": f"# miniature llama.cpp ({fl.tag}{', TurboQuant fork' if fl.turbo else ''})\n",
@@ -178,7 +188,8 @@ def _fork(world: World) -> None:
     repo = Repo(world.fork)
     repo.git("checkout", "-q", "-b", FORK_BRANCH, sc.fork_base)
     repo.git("branch", "-q", "-f", "master", "b100")
-    fl = Flavour(sc.fork_base, turbo=True, drop_function=sc.fork_drops, turbo_2026_06=sc.fork_2026_06)
+    fl = Flavour(sc.fork_base, turbo=True, drop_function=sc.fork_drops, turbo_2026_06=sc.fork_2026_06,
+                 quantizer_faults=sc.quantizer)
     tree = llama_tree(fl)
     ggml_part = {k: v for k, v in tree.items() if k.startswith("ggml/")}
     repo.write(ggml_part)
