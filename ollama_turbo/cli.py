@@ -434,21 +434,121 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
 
 
 @turbo_task(
+    model="the model's GGUF file",
+    manifest="a build's manifest.json or dist directory: use its tools/llama-perplexity (built from the same fork)",
+    llama_perplexity="the llama-perplexity binary (instead of --manifest)",
+    types="K/V configs to measure against the f16 cache (default q8_0,turbo4,turbo3,q8_0/turbo4)",
+    ctx="contexts, comma-separated (default 512,4096)",
+    corpus="text file to evaluate (default: ollama-turbo's own README)",
+    chunks="at most this many chunks per context (default: all)",
+    max_kld="quality gate: mean KL divergence at most (default 0.02; up to twice is BORDERLINE)",
+    max_dppl="quality gate: perplexity increase at most (default 0.5)",
+    baseline="reuse the f16 baseline of an earlier quality run (its output directory)",
+    bench="a bench output directory (or bench.json): adds speed, memory and OOM rows to the verdict table",
+    out="output directory (default <workspace>/quality/<model>-<timestamp>)",
+    json="also write the report as JSON to this file",
+)
+def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo3,q8_0/turbo4", ctx="512,4096",
+            corpus="", chunks=0, max_kld="", max_dppl="", baseline="", bench="", out="", json=""):
+    """What the compressed cache does to the model: KLD, top-1, ΔPPL vs f16; the pass-criteria verdicts."""
+    import datetime
+
+    from ollama_turbo.core.sizes import parse_sizes
+    from ollama_turbo.fork.cache_types import parse_pairs
+    from ollama_turbo.prove import criteria
+    from ollama_turbo.prove import quality as quality_mod
+
+    s = settings(c)
+    if bool(manifest) == bool(llama_perplexity):
+        raise UsageError("give --manifest DIST (a build with tools/llama-perplexity) or --llama-perplexity BIN")
+    provenance: dict[str, Any] = {}
+    if manifest:
+        m = manifest_mod.load(Path(manifest))
+        dist = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
+        binary = dist / "tools" / "llama-perplexity"
+        provenance = manifest_mod.summary(m)
+        if not binary.is_file():
+            why = (m.get("build_flags") or {}).get("tools", {}).get("llama-perplexity", "not recorded")
+            raise quality_mod.QualityError(f"the build {m.get('version')} has no tools/llama-perplexity ({why})",
+                                           hint="rebuild with invoke build-ollama --force, or pass "
+                                                "--llama-perplexity BIN")
+    else:
+        binary = Path(llama_perplexity)
+    blocks = block_table(c, manifest) if manifest else None
+    opts = quality_mod.Options(pairs=parse_pairs(types), contexts=parse_sizes(ctx, option="--ctx"), chunks=int(chunks),
+                               thresholds=quality_mod.Thresholds.parse(max_kld, max_dppl))
+    if blocks is not None:
+        opts.blocks = blocks
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(out) if out else s.workspace / "quality" / f"{Path(model).stem}-{stamp}"
+    report = quality_mod.run(binary, Path(model), opts, out_dir, corpus=Path(corpus) if corpus else None,
+                             baseline=Path(baseline) if baseline else None, provenance=provenance)
+    bench_report = _load_bench(bench) if bench else None
+    rows = criteria.table(report, bench_report)
+    report["criteria"] = criteria.to_json(rows)
+    (out_dir / "quality.json").write_text(jsonlib.dumps(report, indent=2) + "\n")
+    with open(out_dir / "quality.md", "a") as fh:
+        fh.write("\n## Pass criteria\n\n" + criteria.render(rows) + "\n")
+    quality_mod.record(s.workspace, report, out_dir / "quality.json")
+    print(quality_mod.markdown(report))
+    print("Pass criteria:\n" + criteria.render(rows))
+    write_json(json, report)
+    print(out_dir)
+
+
+def _load_bench(path: str) -> dict[str, Any]:
+    p = Path(path)
+    p = p / "bench.json" if p.is_dir() else p
+    try:
+        data: dict[str, Any] = jsonlib.loads(p.read_text())
+        return data
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the bench report {p}: {exc}", hint="pass a bench output directory") from None
+
+
+@turbo_task(
+    model="the model's GGUF file",
+    host="a host under turbo.hosts (its memory_gib)",
+    ctx="the target context in tokens (e.g. 32k)",
+    bench="a bench output directory (or bench.json) measured on this model: picks the fastest at that depth",
+    manifest="the build's manifest.json or dist directory: its block formats",
+    reserve_gib="memory kept for OS, runtime and compute buffers (default 4)",
+    json="also write the recommendation as JSON to this file",
+)
+def recommend(c, model, host, ctx="32k", bench="", manifest="", reserve_gib=4.0, json=""):
+    """The K/V config that fits the host at the context, passes the quality gates and decodes fastest."""
+    from ollama_turbo.core.sizes import parse_sizes
+    from ollama_turbo.prove import recommend as recommend_mod
+
+    sizes = parse_sizes(ctx, option="--ctx")
+    if len(sizes) != 1:
+        raise UsageError("--ctx takes one context")
+    r = recommend_mod.recommend(settings(c), Path(model), host, sizes[0], bench=_load_bench(bench) if bench else None,
+                                reserve_gib=float(reserve_gib), blocks=block_table(c, manifest))
+    print(r.render())
+    write_json(json, r.to_json())
+    if r.choice is None:
+        raise Exit(code=1)
+
+
+@turbo_task(
     host="a host under turbo.hosts",
     dist="the build to deploy (default: the newest in <workspace>/dist)",
     dry_run="print the plan (files to send, service config diff, commands) and change nothing",
     specs="Modelfile specs to create on the host after the switch (default: modelfiles/, else the examples "
           "shipped with ollama-turbo)",
+    accept_unmeasured="deploy a K/V config that invoke quality has not measured for the host's models",
     json="write the result as JSON to this file",
     verbose="echo every command",
 )
-def deploy(c, host, dist="", dry_run=False, specs="", json="", verbose=False):
+def deploy(c, host, dist="", dry_run=False, specs="", accept_unmeasured=False, json="", verbose=False):
     """Install a build as a service on a host, switch atomically, verify, roll back on failure."""
     from ollama_turbo.deploy import releases
 
     s = settings(c)
     d = Path(dist) if dist else releases.latest_dist(s)
-    r = releases.deploy(s, s.host(host), d, dry_run=dry_run, specs_dir=specs_dir(c, specs))
+    r = releases.deploy(s, s.host(host), d, dry_run=dry_run, specs_dir=specs_dir(c, specs),
+                        accept_unmeasured=accept_unmeasured)
     print(r.render(host))
     write_json(json, r.to_json())
 
@@ -485,7 +585,7 @@ def status(c, host, json=""):
 def namespace(project: Path | None = None) -> Collection:
     """The task collection; ``project`` is where settings and specs are read (default: the current directory)."""
     ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check, verify_fork, build_ollama, smoke, bench,
-                    deploy, rollback, status)
+                    quality, recommend, deploy, rollback, status)
     ns.configure({"turbo": config.DEFAULTS, "ollama_turbo": {"project_dir": str(project) if project else ""}})
     return ns
 

@@ -41,7 +41,7 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
     root = workspace / "demo"
     if root.exists():
         shutil.rmtree(root)
-    say(f"1/6 sample world -> {root / 'world'}")
+    say(f"1/7 sample world -> {root / 'world'}")
     world = sample.generate(root / "world")
     raw: dict[str, Any] = {
         "workspace": str(root / "ws"), "build": {"backend": "cpu"},
@@ -50,21 +50,32 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
                     "fork": {"url": str(world.fork), "ref": sample.world.FORK_BRANCH},
                     "upstream": {"url": str(world.upstream), "ref": "master"}}}
     s = config.parse(raw)
-    say("2/6 api-check: can the fork replace the llama.cpp Ollama pins?")
+    say("2/7 api-check: can the fork replace the llama.cpp Ollama pins?")
     ollama = sources.open_source("ollama", str(world.ollama_c), "main", s.workspace)
     fork = sources.open_source("fork", str(world.fork), sample.world.FORK_BRANCH, s.workspace)
     report = apicheck.check(s, ollama=ollama, fork=fork)
     say(f"    verdict {report.verdict} (exit {report.exit_code()}): {report.count('incompatible')} incompatible, "
         f"{report.count('review')} to review; flags ok: {all(f.in_fork for f in report.flags)}; "
         f"compat patches: {', '.join(p.status for p in report.patches)}")
-    say("3/6 build-ollama (era C, cpu)")
+    say("3/7 build-ollama (era C, cpu)")
     b = build.run(s, build.Options(go_env={"GOPROXY": world.goproxy_url}), say=lambda line: say("   " + line))
     geo = geometry.geometry_from_gguf(world.model)
-    say(f"4/6 plan: KV cache of {world.model.name} at 8,192 tokens; Modelfile with num_ctx: auto")
+    say(f"4/7 plan: KV cache of {world.model.name} at 8,192 tokens; Modelfile with num_ctx: auto")
     p = plan.make_plan(geo, [8192], [("f16", "f16"), ("q8_0", "q8_0"), (cache_type, cache_type)])
-    table = "\n".join(p.render().splitlines()[2:6])
+    rendered = p.render().splitlines()
+    start = next(i for i, line in enumerate(rendered) if line.startswith("K/V cache"))
+    table = "\n".join(rendered[start:start + 4])
     for line in table.splitlines():
         say("    " + line)
+    say(f"5/7 quality: {cache_type} against the f16 cache on {world.model.name} (the build's llama-perplexity)")
+    from ollama_turbo.prove import quality as quality_mod
+
+    q = quality_mod.run(b.dist / "tools" / "llama-perplexity", world.model,
+                        quality_mod.Options(pairs=[(cache_type, cache_type)], contexts=[512]), root / "quality")
+    quality_mod.record(s.workspace, q, root / "quality" / "quality.json")
+    for r in q["results"]:
+        say(f"    {r['label']}: mean KLD {r['kld']:.5f}, top-1 agreement {100 * r['top1']:.1f} %, "
+            f"ΔPPL {r['dppl']:+.4f} -> {r['verdict']}")
     specs = root / "modelfiles"
     specs.mkdir(parents=True)
     (specs / "sample.yaml").write_text(f"from: {world.model}\nnum_ctx: auto\nhosts: [this-machine]\n"
@@ -73,7 +84,7 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
     s = config.parse({**raw, "hosts": {"this-machine": {
         "ssh": "local", "os": "linux", "service": "none", "listen": f"127.0.0.1:{port}", "memory_gib": 6,
         "prefix": str(root / "host"), "models_dir": str(root / "host-models"), "health_timeout": 30}}})
-    say(f"5/6 deploy {b.plan.version} to this machine (127.0.0.1:{port}, a detached service under {root / 'host'})")
+    say(f"6/7 deploy {b.plan.version} to this machine (127.0.0.1:{port}, a detached service under {root / 'host'})")
     from ollama_turbo.deploy import releases as deploy_mod
 
     host = s.host("this-machine")
@@ -85,7 +96,7 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
             from ollama_turbo.deploy.transport import LocalTransport
 
             Manager(LocalTransport(), host, Layout("", str(root / "host"), "")).stop()
-    say("6/6 smoke (run by the deploy): version, model, generation, /api/ps, cache type in effect")
+    say("7/7 smoke (run by the deploy): version, model, generation, /api/ps, cache type in effect")
     r = smoke.SmokeResult(url=f"http://127.0.0.1:{port}", api="ollama", model=(d.models or [""])[0])
     r.checks = [smoke.Check(**c) for c in (d.smoke or {}).get("checks", [])]
     r.metrics = (d.smoke or {}).get("metrics", {})

@@ -56,6 +56,10 @@ def env(sshd: ssh_host.SSHHost, tmp_path_factory: pytest.TempPathFactory) -> dic
             fork.commit(f"revision {i}")
         r = build.run(s, build.Options(ollama=str(world.ollama_c), fork=str(world.fork)), say=lambda x: None)
         dists.append(r.dist)
+    # the quality gate: the sample model with turbo4, measured once with the build's llama-perplexity
+    r = invoke("quality", "--model", str(world.model), "--manifest", str(dists[0]), "--types", "turbo4", "--ctx", "512",
+               env={"INVOKE_TURBO_WORKSPACE": str(ws)})
+    assert r.returncode == 0, r.stdout + r.stderr
     broken = root / "broken" / (dists[-1].name + "-broken")
     shutil.copytree(dists[-1], broken)
     (broken / "bin/ollama").write_text("#!/bin/sh\necho 'ollama: cannot start (broken on purpose)' >&2\nexit 1\n")
@@ -133,7 +137,7 @@ def test_dry_run_changes_nothing(fresh: dict) -> None:
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][0]), "--dry-run",
                          "--specs", str(env["specs"]))
     assert code == 0, err
-    assert "files to send (2): bin/ollama, lib/ollama/llama-server" in out
+    assert "files to send (3): bin/ollama, lib/ollama/llama-server, tools/llama-perplexity" in out
     assert "+    <key>OLLAMA_KV_CACHE_TYPE</key>" in out and "dry run: nothing was changed" in out
     assert not (env["sshd"].home / ".ollama-turbo").exists()
     assert not (env["sshd"].home / "Library").exists()
@@ -152,7 +156,7 @@ def test_fresh_install(fresh: dict) -> None:
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][0]), "--specs", str(env["specs"]))
     assert code == 0, out + err
     assert f"deployed {v1} to mac" in out and "models: sample" in out
-    assert "[1/2] bin/ollama:" in out and "MB sent in" in out
+    assert "[1/3] bin/ollama:" in out and "MB sent in" in out
     assert version(env) == v1
     home = env["sshd"].home
     plist = home / "Library/LaunchAgents" / f"{services.LABEL}.plist"
@@ -217,7 +221,7 @@ def test_interrupted_upload_is_resumed(fresh: dict) -> None:
     for p in [partial, *partial.rglob("*")]:
         shutil.chown(p, "turbotest", "turbotest")
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(v3_dist), "--dry-run")
-    assert "files to send (1): lib/ollama/llama-server" in out and "already on the host: bin/ollama" in out
+    assert "files to send (2): lib/ollama/llama-server, tools/llama-perplexity" in out and "already on the host: bin/ollama" in out
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(v3_dist), "--specs", str(env["specs"]))
     assert code == 0, out + err
     assert version(env) == v3 and not partial.exists()

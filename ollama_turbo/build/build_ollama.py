@@ -23,6 +23,7 @@ from ollama_turbo import __version__
 from ollama_turbo.build import era_c as build_era_c
 from ollama_turbo.build import go_modules
 from ollama_turbo.build.go_rules import drop_flag_rules, era_b_rules, kv_bytes_rules
+from ollama_turbo.build.llama_server import build_tools
 from ollama_turbo.check import contract, verify_fork
 from ollama_turbo.core import manifest, proc, rules, sources, toolchain
 from ollama_turbo.core.errors import CommandError, SourceError, ToolMissing, TurboError, UsageError
@@ -372,8 +373,9 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
     step(f"check {len(plan.patches)} compat patches against the fork", check_patches)
     cache_key = hashlib.sha256("\0".join([
         plan.fork.sha, manifest.tree_hash(ollama_dir, ["llama/server", "llama/compat"]), plan.preset,
-        str(toolchain.cmake_version())]).encode()).hexdigest()[:16]
+        str(toolchain.cmake_version()), "tools: llama-perplexity"]).encode()).hexdigest()[:16]
     cached = settings.workspace / "cache" / "llama-server" / cache_key
+    tools: dict[str, str] = {}  # llama-perplexity: built from the same fork and flags, for invoke quality
     if not (cached / "lib").is_dir():
         def cmake() -> None:
             tmp = cached.parent / f".{cache_key}-{os.getpid()}"
@@ -381,6 +383,8 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
             try:
                 build_era_c.build_llama_server(ollama_dir, work / "cmake-build", tmp, preset=plan.preset,
                                                source_dir=fork_dir, log=log)
+                tools.update(build_tools(work / "cmake-build", tmp / "tools", log=log))
+                (tmp / "tools.json").write_text(json.dumps(tools))
             except CommandError as exc:
                 if "does not apply" in exc.stderr_tail:
                     raise BuildError(f"a compat patch failed at configure time:\n{exc.stderr_tail}",
@@ -392,11 +396,15 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
     else:
         step(f"llama-server unchanged: reuse {cached}", lambda: None)
     shutil.copytree(cached / "lib", stage / "lib")
+    if (cached / "tools").is_dir():
+        shutil.copytree(cached / "tools", stage / "tools")
+    if (cached / "tools.json").is_file():
+        tools.update(json.loads((cached / "tools.json").read_text()))
     step(f"go build ollama {plan.version}",
          lambda: build_era_c.go_build(ollama_dir, stage / "bin" / "ollama", version=plan.version, log=log,
                                       extra_env=go_env))
     return {"cmake_preset": plan.preset, "fetchcontent_source_dir": "scratch copy of the fork",
-            "llama_server_cache_key": cache_key}
+            "llama_server_cache_key": cache_key, "tools": tools}
 
 
 def _build_b(plan: Plan, work: Path, ollama_dir: Path, stage: Path, log: Path, step: _Steps,

@@ -43,6 +43,27 @@ def cmake_build(src: Path, build_dir: Path, configure: list[str | Path], *, log:
     proc.run(["cmake", "--build", build_dir, "--target", *targets, "-j", toolchain.jobs()], log=log)
 
 
+TOOLS = ("llama-perplexity",)  # built from the same sources and flags as llama-server, for invoke quality
+
+
+def build_tools(build_dir: Path, dest: Path, *, log: Path) -> dict[str, str]:
+    """Build :data:`TOOLS` in a configured ``build_dir`` and copy them into ``dest``; name -> outcome.
+
+    Best effort: a tree whose CMake has no such target still gives its llama-server.
+    """
+    outcome = {}
+    for tool in TOOLS:
+        r = proc.run(["cmake", "--build", build_dir, "--target", tool, "-j", toolchain.jobs()], check=False, log=log)
+        found = [p for p in build_dir.rglob(tool) if p.is_file() and os.access(p, os.X_OK)] if r.ok else []
+        if found:
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(found[0], dest / tool)
+            outcome[tool] = "built"
+        else:
+            outcome[tool] = f"not built (exit {r.returncode}; see {log})"
+    return outcome
+
+
 def source_hash(src: Path) -> str:
     """A content hash of the parts of a llama.cpp tree that the server build reads."""
     return tree_hash(src, SOURCE_DIRS)
@@ -50,14 +71,15 @@ def source_hash(src: Path) -> str:
 
 def build_key(src: Path, backend: str) -> str:
     h = hashlib.sha256(source_hash(src).encode())
-    h.update(" ".join(COMMON_FLAGS + BACKEND_FLAGS[backend]).encode())
+    h.update(" ".join(COMMON_FLAGS + BACKEND_FLAGS[backend] + list(TOOLS)).encode())
     cc = shutil.which("cc") or ""
     h.update(cc.encode())
     return h.hexdigest()[:16]
 
 
 def build(src: Path, cache: Path, *, backend: str = "cpu", log: Path | None = None) -> Path:
-    """Build ``llama-server`` from ``src`` once per (sources, flags); return the cached binary."""
+    """Build ``llama-server`` (and llama-perplexity beside it) from ``src`` once per (sources, flags);
+    return the cached llama-server."""
     key = build_key(src, backend)
     out = cache / f"llama-server-{backend}-{key}"
     binary = out / "bin" / "llama-server"
@@ -71,6 +93,7 @@ def build(src: Path, cache: Path, *, backend: str = "cpu", log: Path | None = No
         tmp = cache / f".out-{key}-{os.getpid()}"
         (tmp / "bin").mkdir(parents=True, exist_ok=True)
         shutil.copy2(work / "bin" / "llama-server", tmp / "bin" / "llama-server")
+        build_tools(work, tmp / "bin", log=log)
         tmp.rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)

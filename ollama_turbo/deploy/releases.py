@@ -25,13 +25,14 @@ import requests
 from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core import poll
 from ollama_turbo.core.errors import TurboError, UsageError
+from ollama_turbo.core.manifest import sha256
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.services import Layout, Manager, expand, render, service_env
 from ollama_turbo.deploy.transport import Transport, connect, q
 from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.fork.cache_types import BUILTIN, BlockTable, label
 from ollama_turbo.kv import modelfiles as modelfile
-from ollama_turbo.prove import smoke
+from ollama_turbo.prove import quality, smoke
 from ollama_turbo.prove.client import Endpoint
 from ollama_turbo.prove.ollama_api import Client
 from ollama_turbo.prove.server_log import kv_lines, model_shape
@@ -181,6 +182,7 @@ class DeployResult:
     models: list[str] = field(default_factory=list)
     error: str = ""
     seconds: float = 0.0
+    quality: list[dict[str, Any]] = field(default_factory=list)  # the quality verdict of each model served
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -198,14 +200,43 @@ class DeployResult:
         return "\n".join(lines)
 
 
+def quality_gate(settings: Settings, rendered: list[modelfile.Rendered], kv: tuple[str, str],
+                 accept_unmeasured: bool) -> list[dict[str, Any]]:
+    """Each served model's recorded quality verdict with the server's K/V pair; a failed one, or an
+    unmeasured one without ``accept_unmeasured``, stops the deploy before the host is touched."""
+    out = []
+    config = label(*kv)
+    for r in rendered:
+        gguf = r.spec.gguf or (Path(r.spec.from_).expanduser() if r.spec.from_.endswith(".gguf") else None)
+        found = quality.verdict_for(settings.workspace, sha256(gguf), kv) if gguf and gguf.is_file() else None
+        entry: dict[str, Any] = {"model": r.spec.name, "config": config}
+        if found is None:
+            if not accept_unmeasured:
+                raise DeployError(f"{r.spec.name} has no quality measurement with {config} (invoke quality has not "
+                                  f"compared it with the f16 cache{'' if gguf else '; its spec names no GGUF file'})",
+                                  hint=f"measure it: invoke quality --model {gguf or '<the .gguf>'} --types {config} "
+                                       "--manifest <dist>; or deploy anyway with --accept-unmeasured")
+            entry["verdict"] = "unmeasured (accepted)"
+        elif found["verdict"] == "FAIL":
+            raise DeployError(f"{r.spec.name} with {config} failed the quality gate: mean KLD {found['kld']:.5f}, "
+                              f"ΔPPL {found['dppl']:+.4f} at ctx {found['ctx']} (report {found['report']})",
+                              hint=f"invoke recommend --model {gguf} --host <host> picks a config that passes; set it "
+                                   "in the spec's kv: or turbo.kv")
+        else:
+            entry.update(found)
+        out.append(entry)
+    return out
+
+
 def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False, say: Say = print,
-           specs_dir: Path | None = None) -> DeployResult:
+           specs_dir: Path | None = None, accept_unmeasured: bool = False) -> DeployResult:
     t0 = time.perf_counter()
     m = load_dist(dist)
     version, era = m["version"], m["era"]
     rendered = render_models(settings, host, specs_dir, BlockTable.from_manifest(m, str(dist / "manifest.json"))
                              if m.get("cache_types") else BUILTIN)
     kv = server_kv(settings, rendered)
+    gate = quality_gate(settings, rendered, kv, accept_unmeasured)
     t = connect(host.name, host.ssh)
     try:
         layout = _layout(t, host)
@@ -221,7 +252,7 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
         want = {k: v for k, v in m["files"].items()}
         send = [f for f, d in want.items() if have.get(f) != d and partial.get(f) != d]
         res = DeployResult(host.name, version, "dry-run", previous=current_release(t, layout),
-                           uploaded=send, reused=[f for f in want if f not in send], config_diff=diff)
+                           uploaded=send, reused=[f for f in want if f not in send], config_diff=diff, quality=gate)
         res.commands = [f"upload {len(send)} files to {release}.partial, verify sha256, rename to {release}",
                         f"switch {layout.current} -> releases/{version} (one rename)",
                         f"write {mgr.config_path}", f"restart the {host.service} service",
@@ -331,6 +362,8 @@ def _upload(t: Transport, layout: Layout, dist: Path, m: dict[str, Any], res: De
     if bad:
         raise DeployError(f"uploaded files do not match the manifest: {', '.join(bad)}",
                           hint="run the deploy again; files that arrived intact are not sent twice")
+    if res.quality:  # the verdicts this release was deployed with, and the reports' checksums
+        t.write(f"{partial}/quality.json", json.dumps(res.quality, indent=2) + "\n")
     t.sh(f"mv {q(partial)} {q(release)}")
 
 

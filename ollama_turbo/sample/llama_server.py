@@ -335,4 +335,7 @@ if (LLAMA_BUILD_SERVER)
     add_executable(llama-server tools/server/server.cpp)
     target_link_libraries(llama-server PRIVATE common llama)
 endif()
+
+add_executable(llama-perplexity tools/perplexity/perplexity.cpp)
+target_link_libraries(llama-perplexity PRIVATE common llama)
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .llama_headers import Flavour, ggml_ops, ggml_types
+from .perplexity import PERPLEXITY_ARGS
 
 # (ggml type suffix, name, block size, size expression) for every type the trees know.
 _TRAITS: dict[str, tuple[str, str, str]] = {
@@ -654,6 +655,11 @@ struct common_params {
     bool list_devices = false;
     bool usage = false;
     bool version = false;
+    // llama-perplexity
+    std::string prompt_file;
+    std::string logits_file;
+    bool kl_divergence = false;
+    int32_t n_chunks = -1;
 };
 
 struct common_arg {
@@ -843,7 +849,7 @@ std::vector<common_arg> common_params_parser_init() {{
             params.cache_type_v = kv_cache_type_from_str(value);
         }}
     ).set_env("LLAMA_ARG_CACHE_TYPE_V"));
-{kv_unified}    add_opt(common_arg(
+{kv_unified}{PERPLEXITY_ARGS}    add_opt(common_arg(
         {{"--no-mmap"}},
         "do not memory-map model",
         [](common_params & params) {{

@@ -196,3 +196,17 @@ def test_fork_llama_server_bench_and_block_formats(fork_server: Path, smollm2: P
         kv = r["kv"]
         print(f"[field]   {r['label']}: KV {kv.get('logged_mib')} MiB logged, {kv.get('planned_mib')} MiB planned")
         assert kv["delta"] is not None and abs(kv["delta"]) < 0.01, kv
+
+
+def test_fork_llama_perplexity_turbo_quality(fork_server: Path, smollm2: Path, tmp_path: Path) -> None:
+    """invoke quality with the fork's own llama-perplexity on CPU: its turbo types against the f16 cache."""
+    perplexity = fork_server.parent / "llama-perplexity"
+    assert perplexity.is_file(), "the fork's build makes llama-perplexity beside llama-server"
+    out = tmp_path / "q"
+    t0 = time.perf_counter()
+    r = invoke("quality", "--model", str(smollm2), "--llama-perplexity", str(perplexity), "--types",
+               "q8_0,turbo2,turbo3,turbo4,q8_0/turbo4", "--ctx", "512", "--chunks", "8", "--out", str(out),
+               env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+    print(f"\n[field] quality, the fork's llama-perplexity with SmolLM2 on CPU ({time.perf_counter() - t0:.0f} s):\n"
+          f"{r.stdout[-4000:]}{r.stderr[-2000:]}")
+    assert r.returncode == 0

@@ -1,0 +1,280 @@
+"""``invoke quality``: what a compressed KV cache does to the model's predictions.
+
+For each K/V config, against an f16-cache baseline on the same model and the same build, the
+build's own ``llama-perplexity`` runs ``--kl-divergence-base`` once per context with the f16
+cache and ``--kl-divergence`` per config, and the report gives mean and 99th-percentile KL
+divergence, top-1 agreement, perplexity and its change, per context. Perplexity alone can even
+improve while the distribution drifts, so the KL divergence is the primary measure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ollama_turbo.core import proc
+from ollama_turbo.core.errors import TurboError, UsageError
+from ollama_turbo.core.manifest import sha256
+from ollama_turbo.fork.cache_types import BUILTIN, BlockTable, label
+
+INDEX = "index.json"  # <workspace>/quality/index.json: verdicts per model and config, for recommend and deploy
+
+
+class QualityError(TurboError):
+    pass
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Quality gates: at or below passes, up to twice is borderline, beyond fails."""
+
+    max_kld: float = 0.02   # mean KL divergence against the f16 cache
+    max_dppl: float = 0.5   # perplexity increase (the user's own pass criterion)
+
+    @classmethod
+    def parse(cls, max_kld: str, max_dppl: str) -> Thresholds:
+        values = []
+        for flag, text, default in (("--max-kld", max_kld, cls.max_kld), ("--max-dppl", max_dppl, cls.max_dppl)):
+            if text in ("", None):
+                values.append(default)
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                raise UsageError(f"{flag} {text!r} is not a number", hint=f"e.g. {flag} {default}") from None
+            if value <= 0:
+                raise UsageError(f"{flag} {text!r} must be positive")
+            values.append(value)
+        return cls(*values)
+
+
+def grade(value: float, limit: float) -> str:
+    return "PASS" if value <= limit else "BORDERLINE" if value <= 2 * limit else "FAIL"
+
+
+@dataclass
+class Options:
+    pairs: list[tuple[str, str]]
+    contexts: list[int] = field(default_factory=lambda: [512, 4096])
+    chunks: int = 0  # 0: every chunk the corpus has
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    blocks: BlockTable = BUILTIN
+    extra_args: tuple[str, ...] = ()
+
+
+NUM = r"([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
+STATS = {
+    "ppl": rf"Mean PPL\(Q\)\s*:\s*{NUM}\s*±\s*{NUM}",
+    "ppl_base": rf"Mean PPL\(base\)\s*:\s*{NUM}",
+    "dppl": rf"Mean PPL\(Q\)-PPL\(base\)\s*:\s*{NUM}\s*±\s*{NUM}",
+    "kld": rf"Mean\s+KLD:\s*{NUM}\s*±\s*{NUM}",
+    "kld_p99": rf"99\.0%\s+KLD:\s*{NUM}",
+    "kld_max": rf"Maximum KLD:\s*{NUM}",
+    "top1": rf"Same top p:\s*{NUM}\s*±\s*{NUM}\s*%",
+}
+
+
+def parse_stats(text: str) -> dict[str, float]:
+    """The statistics llama-perplexity prints after ``--kl-divergence``."""
+    out: dict[str, float] = {}
+    for key, pattern in STATS.items():
+        m = re.search(pattern, text)
+        if not m:
+            raise QualityError(f"llama-perplexity printed no '{pattern.split(NUM)[0].strip(chr(92))}' line",
+                               hint="is this llama.cpp's llama-perplexity?")
+        out[key] = float(m.group(1))
+        if m.lastindex and m.lastindex > 1:
+            out[key + "_err"] = float(m.group(2))
+    out["top1"] /= 100.0
+    out["top1_err"] = out.get("top1_err", 0.0) / 100.0
+    return out
+
+
+def default_corpus() -> tuple[str, str]:
+    """This project's own documentation: the README every installation of ollama-turbo carries."""
+    from importlib import metadata
+
+    try:
+        text = metadata.metadata("ollama-turbo").get_payload()  # type: ignore[attr-defined]
+    except metadata.PackageNotFoundError:
+        text = ""
+    if not text or len(text) < 1000:
+        readme = Path(__file__).resolve().parents[2] / "README.md"
+        text = readme.read_text() if readme.is_file() else ""
+    if not text:
+        raise UsageError("no default corpus: ollama-turbo's README is not installed", hint="give --corpus FILE")
+    return text, "ollama-turbo's README (its documentation)"
+
+
+def _run(binary: Path, model: Path, corpus: Path, ctx: int, base: Path, pair: tuple[str, str] | None,
+         opts: Options, log: Path) -> str:
+    argv: list[str | Path] = [binary, "-m", model, "-f", corpus, "-c", str(ctx), "--kl-divergence-base", base,
+                              "-fa", "on", "-t", "2"]
+    if pair is None:
+        argv += ["-ctk", "f16", "-ctv", "f16"]
+    else:
+        argv += ["--kl-divergence", "-ctk", pair[0], "-ctv", pair[1]]
+    if opts.chunks:
+        argv += ["--chunks", str(opts.chunks)]
+    r = proc.run([*argv, *opts.extra_args], check=False, timeout=7200)
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(f"+ {' '.join(map(str, argv))}\n{r.stdout}{r.stderr}\n")
+    text = r.stdout + r.stderr
+    if r.returncode != 0:
+        need = re.search(r"you need at least (\d+) tokens", text)
+        if need:
+            have = re.search(r"have (\d+) tokens|only (\d+) tokens", text)
+            raise QualityError(f"the corpus {corpus} is too short for a context of {ctx}: llama-perplexity needs "
+                               f"{need.group(1)} tokens (two contexts)"
+                               + (f", it has {have.group(1) or have.group(2)}" if have else ""),
+                               hint="give a longer --corpus, or smaller --ctx")
+        what = f"{label(*pair)}" if pair else "the f16 baseline"
+        raise QualityError(f"llama-perplexity failed for {what} at -c {ctx} (exit {r.returncode}): "
+                           f"{proc.tail(text, 4).strip()}", hint=f"full output: {log}")
+    return text
+
+
+def check_baseline(previous: Path, model_sha: str, binary_sha: str) -> None:
+    """A baseline reused from an earlier run must come from the same model and the same build."""
+    try:
+        old = json.loads((previous / "quality.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the baseline {previous / 'quality.json'}: {exc}") from None
+    if old.get("model", {}).get("sha256") != model_sha:
+        raise UsageError(f"the baseline in {previous} was measured on another model "
+                         f"({old.get('model', {}).get('name')}, sha256 {str(old.get('model', {}).get('sha256'))[:12]})",
+                         hint="run quality without --baseline to measure a new f16 baseline")
+    if old.get("build", {}).get("llama_perplexity_sha256") != binary_sha:
+        raise UsageError(f"the baseline in {previous} was measured with another build of llama-perplexity",
+                         hint="run quality without --baseline to measure a new f16 baseline")
+
+
+def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | None = None,
+        baseline: Path | None = None, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measure every config at every context; write quality.json, quality.md and kld_vs_bits.png."""
+    if not binary.is_file():
+        raise QualityError(f"llama-perplexity not found at {binary}",
+                           hint="rebuild with invoke build-ollama (it builds llama-perplexity beside llama-server), "
+                                "or pass --llama-perplexity BIN")
+    if not model.is_file():
+        raise QualityError(f"model file not found: {model}", hint="pass the .gguf file the host serves")
+    out.mkdir(parents=True, exist_ok=True)
+    if corpus is None:
+        text, corpus_name = default_corpus()
+        corpus = out / "corpus.txt"
+        corpus.write_text(text)
+    else:
+        if not corpus.is_file():
+            raise UsageError(f"corpus file not found: {corpus}")
+        corpus_name = str(corpus)
+    model_sha, binary_sha = sha256(model), sha256(binary)
+    if baseline is not None:
+        check_baseline(baseline, model_sha, binary_sha)
+    log = out / "llama-perplexity.log"
+    rows: list[dict[str, Any]] = []
+    tokens = 0
+    for ctx in opts.contexts:
+        base = (baseline or out) / f"base-{ctx}.kld"
+        if baseline is None:
+            text = _run(binary, model, corpus, ctx, base, None, opts, log)
+            m = re.search(r"have (\d+) tokens", text)
+            tokens = int(m.group(1)) if m else tokens
+        for pair in opts.pairs:
+            stats = parse_stats(_run(binary, model, corpus, ctx, base, pair, opts, log))
+            bits = (opts.blocks.get(pair[0]).bits_per_value + opts.blocks.get(pair[1]).bits_per_value) / 2
+            v_kld = grade(stats["kld"], opts.thresholds.max_kld)
+            v_dppl = grade(max(stats["dppl"], 0.0), opts.thresholds.max_dppl)
+            rows.append({"label": label(*pair), "type_k": pair[0], "type_v": pair[1], "ctx": ctx,
+                         "bits_per_value": bits, **stats, "verdict_kld": v_kld, "verdict_dppl": v_dppl,
+                         "verdict": worst(v_kld, v_dppl)})
+    report = {
+        "model": {"path": str(model), "name": model.name, "sha256": model_sha},
+        "build": {"llama_perplexity": str(binary), "llama_perplexity_sha256": binary_sha, **(provenance or {})},
+        "corpus": {"name": corpus_name, "path": str(corpus), "tokens": tokens,
+                   "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest()},
+        "thresholds": {"max_kld": opts.thresholds.max_kld, "max_dppl": opts.thresholds.max_dppl},
+        "contexts": opts.contexts, "results": rows,
+    }
+    (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "quality.md").write_text(markdown(report))
+    plot(report, out / "kld_vs_bits.png")
+    return report
+
+
+ORDER = ["PASS", "BORDERLINE", "FAIL"]
+
+
+def worst(*verdicts: str) -> str:
+    return max(verdicts, key=ORDER.index)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    c, t = report["corpus"], report["thresholds"]
+    lines = ["# ollama-turbo quality", "",
+             f"model `{report['model']['name']}`; corpus {c['name']} ({c['tokens']:,} tokens); baseline: the f16 "
+             f"cache of the same build; gates: mean KLD <= {t['max_kld']}, PPL increase <= {t['max_dppl']} "
+             "(up to twice: BORDERLINE)", "",
+             "| K/V | ctx | bits/value | mean KLD | 99% KLD | top-1 agreement | PPL | ΔPPL | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        lines.append(f"| {r['label']} | {r['ctx']} | {r['bits_per_value']:.3g} | {r['kld']:.5f} ± {r['kld_err']:.5f} | "
+                     f"{r['kld_p99']:.5f} | {100 * r['top1']:.2f} % | {r['ppl']:.4f} | "
+                     f"{r['dppl']:+.4f} ± {r['dppl_err']:.4f} | {r['verdict']} |")
+    lines += ["", "![mean KLD by bits per value](kld_vs_bits.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for ctx in report["contexts"]:
+        rows = [r for r in report["results"] if r["ctx"] == ctx]
+        ax.scatter([r["bits_per_value"] for r in rows], [r["kld"] for r in rows], label=f"ctx {ctx}")
+        for r in rows:
+            ax.annotate(r["label"], (r["bits_per_value"], r["kld"]), fontsize=7)
+    ax.axhline(report["thresholds"]["max_kld"], color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("bits per value (mean of K and V)")
+    ax.set_ylabel("mean KL divergence vs f16 cache")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def record(workspace: Path, report: dict[str, Any], report_path: Path) -> Path:
+    """Add a report's verdicts to ``<workspace>/quality/index.json`` (per model sha256 and K/V label)."""
+    index_path = workspace / "quality" / INDEX
+    index: dict[str, Any] = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    digest = hashlib.sha256(report_path.read_bytes()).hexdigest()
+    entry = index.setdefault(report["model"]["sha256"], {"name": report["model"]["name"], "configs": {}})
+    for r in report["results"]:
+        prev = entry["configs"].get(r["label"])
+        verdict = worst(r["verdict"], prev["verdict"]) if prev and prev.get("report") == str(report_path) else \
+            r["verdict"]
+        entry["configs"][r["label"]] = {"verdict": verdict, "kld": r["kld"], "dppl": r["dppl"], "ctx": r["ctx"],
+                                        "report": str(report_path), "report_sha256": digest}
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    return index_path
+
+
+def verdict_for(workspace: Path, model_sha: str, pair: tuple[str, str]) -> dict[str, Any] | None:
+    """The recorded quality verdict of this model with this K/V config, or None when unmeasured."""
+    index_path = workspace / "quality" / INDEX
+    if not index_path.is_file():
+        return None
+    try:
+        index = json.loads(index_path.read_text())
+    except ValueError:
+        return None
+    entry = index.get(model_sha, {}).get("configs", {}).get(label(*pair))
+    return dict(entry) if entry else None

@@ -1,0 +1,181 @@
+"""invoke quality, the pass-criteria table, recommend and the deploy gate, on the sample world's build
+(its llama-perplexity stands in for llama.cpp's: the same flags, the same output format)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ollama_turbo import sample
+from ollama_turbo.build import build_ollama as build
+from ollama_turbo.core import settings as config
+
+from .conftest import bench, free_port, invoke
+
+pytestmark = pytest.mark.sample
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[sample.World, Path, Path]:
+    root = tmp_path_factory.mktemp("quality")
+    world = sample.generate(root / "world")
+    ws = root / "ws"
+    r = build.run(config.parse({"workspace": str(ws), "build": {"backend": "cpu"}}),
+                  build.Options(ollama=str(world.ollama_c), fork=str(world.fork)), say=lambda x: None)
+    assert (r.dist / "tools/llama-perplexity").is_file(), r.manifest.get("build_flags")
+    return world, r.dist, ws
+
+
+@pytest.fixture(scope="module")
+def measured(built: tuple[sample.World, Path, Path]) -> dict:
+    world, dist, ws = built
+    out = ws / "q1"
+    t0 = time.perf_counter()
+    r = invoke("quality", "--model", str(world.model), "--manifest", str(dist), "--types", "q8_0,turbo4,turbo2",
+               "--ctx", "512,1024", "--out", str(out), env={"INVOKE_TURBO_WORKSPACE": str(ws)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "quality.json").read_text())
+    rows = "; ".join(f"{x['label']}@{x['ctx']} KLD {x['kld']:.5f} top-1 {100 * x['top1']:.1f} % {x['verdict']}"
+                     for x in report["results"])
+    bench(f"quality on the sample build (f16 + 3 configs, 2 contexts): {time.perf_counter() - t0:.1f} s; {rows}")
+    return report
+
+
+def test_quality_measures_kld_top1_and_dppl_against_the_f16_cache(measured: dict, built: tuple) -> None:
+    _, _, ws = built
+    out = ws / "q1"
+    by = {(x["label"], x["ctx"]): x for x in measured["results"]}
+    assert set(by) == {(t, c) for t in ("q8_0", "turbo4", "turbo2") for c in (512, 1024)}
+    for ctx in (512, 1024):
+        assert 0 < by[("q8_0", ctx)]["kld"] < by[("turbo4", ctx)]["kld"] < by[("turbo2", ctx)]["kld"]
+        assert 0 < by[("q8_0", ctx)]["top1"] <= 1 and by[("q8_0", ctx)]["ppl"] > 0
+    assert by[("turbo4", 512)]["verdict"] == "PASS" and by[("turbo2", 1024)]["verdict"] == "FAIL"
+    assert by[("turbo4", 512)]["bits_per_value"] == 4.25
+    assert measured["corpus"]["name"] == "ollama-turbo's README (its documentation)"
+    assert measured["corpus"]["tokens"] > 2 * 1024
+    md = (out / "quality.md").read_text()
+    assert "| K/V | ctx | bits/value | mean KLD |" in md and "## Pass criteria" in md
+    assert (out / "kld_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
+    index = json.loads((ws / "quality/index.json").read_text())
+    entry = next(iter(index.values()))
+    assert entry["configs"]["turbo2"]["verdict"] == "FAIL" and entry["configs"]["turbo4"]["verdict"] == "PASS"
+
+
+def test_the_verdict_table_adds_speed_memory_and_oom_from_a_bench(built: tuple, measured: dict,
+                                                                   tmp_path: Path) -> None:
+    world, dist, ws = built
+    b = tmp_path / "bench"
+    r = invoke("bench", "--llama-server", str(dist / "lib/ollama/llama-server"), "--gguf", str(world.model),
+               "--types", "f16,turbo4", "--depths", "0,256", "--reps", "1", "--n-predict", "8", "--niah-lengths", "",
+               "--ab-predict", "2", "--out", str(b), env={"INVOKE_TURBO_WORKSPACE": str(ws)})
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "q"
+    r = invoke("quality", "--model", str(world.model), "--manifest", str(dist), "--types", "turbo4", "--ctx", "512",
+               "--bench", str(b), "--out", str(out), env={"INVOKE_TURBO_WORKSPACE": str(ws)})
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((out / "quality.json").read_text())["criteria"]
+    kinds = {(x["criterion"].split(" ")[0], x["at"]) for x in rows if x["config"] == "turbo4"}
+    assert {("quality", "ctx 512"), ("decode", "depth 256"), ("prefill", "depth 0"), ("KV", "-"),
+            ("no", "depth 256")} <= kinds, kinds
+    mem = next(x for x in rows if x["criterion"].startswith("KV memory"))
+    assert mem["verdict"] == "PASS" and "planner" in mem["number"]
+    assert all(x["verdict"] in ("PASS", "BORDERLINE", "FAIL") for x in rows)
+    assert "| turbo4 | decode >= 90% of f16 | depth 256 |" in r.stdout
+
+
+def _fleet(tmp_path: Path, ws: Path, memory: float) -> Path:
+    f = tmp_path / "fleet.yaml"
+    f.write_text(yaml.safe_dump({"turbo": {"workspace": str(ws), "hosts": {
+        "box": {"ssh": "local", "os": "linux", "service": "none", "listen": f"127.0.0.1:{free_port()}",
+                "memory_gib": memory, "prefix": str(tmp_path / "host"), "models_dir": str(tmp_path / "m"),
+                "health_timeout": 30}}}}))
+    return f
+
+
+def test_recommend_picks_a_passing_config_and_explains_the_others(built: tuple, measured: dict,
+                                                                  tmp_path: Path) -> None:
+    world, _, ws = built
+    fleet = _fleet(tmp_path, ws, 1.0)
+    out = tmp_path / "rec.json"
+    r = invoke("-f", str(fleet), "recommend", "--model", str(world.model), "--host", "box", "--ctx", "8k",
+               "--reserve-gib", "0.5", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(out.read_text())
+    assert rec["choice"] in ("q8_0", "turbo4") and rec["measured"]
+    by = {o["config"]: o for o in rec["options"]}
+    assert by["turbo2"]["quality"] == "FAIL" and by["turbo2"]["note"] == "failed the quality gate"
+    assert by["q4_0"]["quality"] == "unmeasured"
+    assert f"type_k: {rec['choice']}" in r.stdout or rec["choice"] in r.stdout
+    assert "kv: " in r.stdout
+
+
+def test_recommend_without_measurements_follows_the_field_and_says_so(built: tuple, tmp_path: Path) -> None:
+    world, _, _ = built
+    ws = tmp_path / "empty-ws"
+    fleet = _fleet(tmp_path, ws, 1.0)
+    r = invoke("-f", str(fleet), "recommend", "--model", str(world.model_gqa6), "--host", "box", "--ctx", "4k",
+               "--reserve-gib", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert "choice: q8_0/turbo4 — UNMEASURED" in r.stdout
+    assert "(6 query heads per KV head) protects K with q8_0" in r.stdout
+
+
+def test_deploy_refuses_a_config_that_failed_the_gate_and_an_unmeasured_one(built: tuple, measured: dict,
+                                                                            tmp_path: Path) -> None:
+    world, dist, ws = built
+    fleet = _fleet(tmp_path, ws, 4.0)
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "sample.yaml").write_text(f"from: {world.model}\nnum_ctx: 2048\nkv: turbo2\nhosts: [box]\n")
+    r = invoke("-f", str(fleet), "deploy", "--host", "box", "--dist", str(dist), "--specs", str(specs))
+    assert r.returncode == 1
+    assert "sample with turbo2 failed the quality gate: mean KLD" in r.stderr and "report " in r.stderr
+    assert "invoke recommend" in r.stderr and not (tmp_path / "host").exists()
+    (specs / "sample.yaml").write_text(f"from: {world.model}\nnum_ctx: 2048\nkv: q4_0\nhosts: [box]\n")
+    r = invoke("-f", str(fleet), "deploy", "--host", "box", "--dist", str(dist), "--specs", str(specs))
+    assert r.returncode == 1 and "sample has no quality measurement with q4_0" in r.stderr
+    assert "--accept-unmeasured" in r.stderr and not (tmp_path / "host").exists()
+    (specs / "sample.yaml").write_text(f"from: {world.model}\nnum_ctx: 2048\nkv: turbo4\nhosts: [box]\n")
+    try:
+        r = invoke("-f", str(fleet), "deploy", "--host", "box", "--dist", str(dist), "--specs", str(specs),
+                   "--json", str(tmp_path / "d.json"))
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        from ollama_turbo.deploy.services import Layout, Manager
+        from ollama_turbo.deploy.transport import LocalTransport
+
+        s = config.parse(yaml.safe_load(fleet.read_text())["turbo"])
+        Manager(LocalTransport(), s.host("box"), Layout("", str(tmp_path / "host"), "")).stop()
+    q = json.loads(next((tmp_path / "host/releases").glob("*/quality.json")).read_text())
+    assert q[0]["model"] == "sample" and q[0]["verdict"] == "PASS" and len(q[0]["report_sha256"]) == 64
+    assert json.loads((tmp_path / "d.json").read_text())["quality"][0]["config"] == "turbo4"
+
+
+def test_bad_input(built: tuple, measured: dict, tmp_path: Path) -> None:
+    world, dist, ws = built
+    env = {"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")}
+    base = ("quality", "--model", str(world.model), "--manifest", str(dist), "--types", "turbo4")
+    short = tmp_path / "short.txt"
+    short.write_text("only a few words here\n" * 20)
+    r = invoke(*base, "--corpus", str(short), "--ctx", "512", env=env)
+    assert r.returncode == 1 and f"the corpus {short} is too short for a context of 512" in r.stderr
+    assert "needs 1024 tokens" in r.stderr and "Traceback" not in r.stderr
+    notgguf = tmp_path / "model.gguf"
+    notgguf.write_bytes(b"not a model")
+    r = invoke("quality", "--model", str(notgguf), "--manifest", str(dist), "--types", "turbo4", "--ctx", "512",
+               env=env)
+    assert r.returncode == 1 and "llama-perplexity failed for the f16 baseline" in r.stderr, r.stderr
+    r = invoke("quality", "--model", str(world.model_gqa6), "--manifest", str(dist), "--types", "turbo4",
+               "--ctx", "512", "--baseline", str(ws / "q1"), env=env)
+    assert r.returncode == 2 and "was measured on another model (sample-model.gguf" in r.stderr
+    nodist = tmp_path / "nodist"
+    nodist.mkdir()
+    (nodist / "manifest.json").write_text(json.dumps({"version": "0.0.1", "build_flags": {}}))
+    r = invoke("quality", "--model", str(world.model), "--manifest", str(nodist), env=env)
+    assert r.returncode == 1 and "the build 0.0.1 has no tools/llama-perplexity" in r.stderr
+    r = invoke(*base, "--ctx", "512", "--max-kld", "tiny", env=env)
+    assert r.returncode == 2 and "--max-kld 'tiny' is not a number" in r.stderr
