@@ -176,13 +176,16 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
         check_baseline(baseline, model_sha, binary_sha)
     log = out / "llama-perplexity.log"
     rows: list[dict[str, Any]] = []
-    tokens = 0
+    tokens = 0  # the corpus, as llama-perplexity counted it (when it says)
+    evaluated: dict[int, int] = {}  # tokens in the chunks evaluated, per context
     for ctx in opts.contexts:
         base = (baseline or out) / f"base-{ctx}.kld"
         if baseline is None:
             text = _run(binary, model, corpus, ctx, base, None, opts, log)
             m = re.search(r"have (\d+) tokens", text)
             tokens = int(m.group(1)) if m else tokens
+            m = re.search(r"over (\d+) chunks, n_ctx=(\d+)", text)
+            evaluated[ctx] = int(m.group(1)) * int(m.group(2)) if m else 0
         for pair in opts.pairs:
             stats = parse_stats(_run(binary, model, corpus, ctx, base, pair, opts, log))
             bits = (opts.blocks.get(pair[0]).bits_per_value + opts.blocks.get(pair[1]).bits_per_value) / 2
@@ -194,7 +197,8 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
     report = {
         "model": {"path": str(model), "name": model.name, "sha256": model_sha},
         "build": {"llama_perplexity": str(binary), "llama_perplexity_sha256": binary_sha, **(provenance or {})},
-        "corpus": {"name": corpus_name, "path": str(corpus), "tokens": tokens,
+        "corpus": {"name": corpus_name, "path": str(corpus), "tokens": tokens or None,
+                   "evaluated_tokens": {str(k): v for k, v in evaluated.items()},
                    "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest()},
         "thresholds": {"max_kld": opts.thresholds.max_kld, "max_dppl": opts.thresholds.max_dppl},
         "contexts": opts.contexts, "results": rows,
@@ -215,7 +219,10 @@ def worst(*verdicts: str) -> str:
 def markdown(report: dict[str, Any]) -> str:
     c, t = report["corpus"], report["thresholds"]
     lines = ["# ollama-turbo quality", "",
-             f"model `{report['model']['name']}`; corpus {c['name']} ({c['tokens']:,} tokens); baseline: the f16 "
+             f"model `{report['model']['name']}`; corpus {c['name']} ("
+             + (f"{c['tokens']:,} tokens; " if c.get("tokens") else "")
+             + "evaluated: " + ", ".join(f"{n:,} tokens at ctx {k}" for k, n in c["evaluated_tokens"].items())
+             + "); baseline: the f16 "
              f"cache of the same build; gates: mean KLD <= {t['max_kld']}, PPL increase <= {t['max_dppl']} "
              "(up to twice: BORDERLINE)", "",
              "| K/V | ctx | bits/value | mean KLD | 99% KLD | top-1 agreement | PPL | ΔPPL | verdict |",

@@ -94,6 +94,8 @@ int main(int argc, char ** argv) {
     }
     int n_chunk = n_tokens / n_ctx;
     if (params.n_chunks > 0) n_chunk = std::min(n_chunk, params.n_chunks);
+    fprintf(stderr, "perplexity: calculating perplexity over %d chunks, n_ctx=%d, batch_size=2048, n_seq=1\n",
+            n_chunk, n_ctx);
     const int n_eval = n_chunk * (n_ctx / 2);  // the second half of every chunk is scored, as llama.cpp does
     const std::string model_name = params.model.substr(params.model.find_last_of('/') + 1);
 
