@@ -162,13 +162,14 @@ def check_rotation(found: Found, d: int, report: Report) -> None:
                            f"({_first_difference(t.values[:n], ref.values[:n])})")
     report.add("Same sign arrays in every backend", FAIL if bad else PASS,
                "; ".join(bad) if bad else f"signs 1 and 2 agree across {len(signs)} copies")
+    def stem(name: str) -> str:
+        return re.sub(r"_?(forward|inverse|inv)", "", name)
+
     pairs = []
-    for fwd in [r for r in found.rotations if not r.inverse]:
-        inv = next((r for r in found.rotations if r.inverse and r.file == fwd.file
-                    and r.name.replace("_inverse", "").replace("inverse", "forward") in
-                    (fwd.name, fwd.name.replace("_forward", "_forward"))), None)
-        inv = inv or next((r for r in found.rotations if r.inverse and r.file == fwd.file), None)
-        if inv is not None and (fwd, inv) not in pairs:
+    for inv in [r for r in found.rotations if r.inverse]:
+        forwards = [r for r in found.rotations if not r.inverse and r.file == inv.file]
+        fwd = next((r for r in forwards if stem(r.name) == stem(inv.name)), forwards[0] if forwards else None)
+        if fwd is not None:
             pairs.append((fwd, inv))
     if not pairs:
         report.add("Same rotation for quantize and dequantize", REVIEW,

@@ -25,7 +25,6 @@ import requests
 from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core import poll
 from ollama_turbo.core.errors import TurboError, UsageError
-from ollama_turbo.core.manifest import sha256
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.services import Layout, Manager, expand, render, service_env
 from ollama_turbo.deploy.transport import Transport, connect, q
@@ -208,7 +207,8 @@ def quality_gate(settings: Settings, rendered: list[modelfile.Rendered], kv: tup
     config = label(*kv)
     for r in rendered:
         gguf = r.spec.gguf or (Path(r.spec.from_).expanduser() if r.spec.from_.endswith(".gguf") else None)
-        found = quality.verdict_for(settings.workspace, sha256(gguf), kv) if gguf and gguf.is_file() else None
+        found = (quality.verdict_for(settings.workspace, quality.model_sha256(settings.workspace, gguf), kv)
+                 if gguf and gguf.is_file() else None)
         entry: dict[str, Any] = {"model": r.spec.name, "config": config}
         if found is None:
             if not accept_unmeasured:

@@ -274,6 +274,24 @@ def record(workspace: Path, report: dict[str, Any], report_path: Path) -> Path:
     return index_path
 
 
+def model_sha256(workspace: Path, model: Path) -> str:
+    """A model file's sha256, remembered by path, size and modification time (models are gigabytes)."""
+    cache_path = workspace / "quality" / "sha256-cache.json"
+    try:
+        cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    except ValueError:
+        cache = {}
+    st = model.stat()
+    key = f"{model.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    if key not in cache:
+        cache[key] = sha256(model)
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1) + "\n")
+        tmp.replace(cache_path)
+    return str(cache[key])
+
+
 def verdict_for(workspace: Path, model_sha: str, pair: tuple[str, str]) -> dict[str, Any] | None:
     """The recorded quality verdict of this model with this K/V config, or None when unmeasured."""
     index_path = workspace / "quality" / INDEX

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from ollama_turbo.core.errors import ConfigError, UsageError
-from ollama_turbo.core.manifest import sha256
 from ollama_turbo.core.settings import Settings
 from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.fork.cache_types import BUILTIN, GIB, BlockTable, label
@@ -26,6 +25,8 @@ from ollama_turbo.prove import quality
 CANDIDATES = [("q8_0", "q8_0"), ("q8_0", "turbo4"), ("q8_0", "turbo3"), ("turbo4", "turbo4"), ("turbo3", "turbo3"),
               ("q4_0", "q4_0"), ("q8_0", "turbo2"), ("turbo2", "turbo2")]
 LOW_BIT_WEIGHTS = ("Q2", "Q3", "Q4", "IQ1", "IQ2", "IQ3", "IQ4")
+# GGUF general.file_type values of 4 bits or fewer per weight (Q4_0, Q4_1, Q2_K, Q3_K_*, Q4_K_*, IQ*)
+LOW_BIT_FILE_TYPES = {"2", "3", "10", "11", "12", "13", "14", "15", *map(str, range(16, 32))}
 
 
 @dataclass
@@ -96,7 +97,7 @@ def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: di
     geo = geometry_from_gguf(model)
     fb = ForkBehaviour.from_env(settings.kv.env)
     budget = Budget(host, h.memory_gib, geo.weights_bytes, reserve_gib)
-    model_sha = sha256(model)
+    model_sha = quality.model_sha256(settings.workspace, model)
     options = []
     for pair in CANDIDATES:
         est = memory.estimate(geo, ctx, pair[0], pair[1], fb, blocks=blocks)
@@ -122,8 +123,7 @@ def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: di
     # nothing measured passes: the field's guidance, clearly labelled
     meta = read_gguf_metadata(model)
     ftype = str(meta.get("general.file_type", ""))
-    low_bit = any(x in model.name.upper() for x in LOW_BIT_WEIGHTS) or ftype in {"2", "3", "8", "9", "10", "11", "12",
-                                                                                 "13", "14", "15"}
+    low_bit = any(x in model.name.upper() for x in LOW_BIT_WEIGHTS) or ftype in LOW_BIT_FILE_TYPES
     protect = low_bit or geo.gqa_ratio >= 6
     order = ["q8_0/turbo4", "q8_0/turbo3", "q8_0/q8_0"] if protect else ["turbo4", "q8_0/turbo4", "q8_0/q8_0"]
     fitting = [o for o in options if o.fits and o.quality != "FAIL"]
