@@ -210,3 +210,17 @@ def test_fork_llama_perplexity_turbo_quality(fork_server: Path, smollm2: Path, t
     print(f"\n[field] quality, the fork's llama-perplexity with SmolLM2 on CPU ({time.perf_counter() - t0:.0f} s):\n"
           f"{r.stdout[-4000:]}{r.stderr[-2000:]}")
     assert r.returncode == 0
+
+
+@needs_fork
+def test_verify_fork_on_the_real_fork(tmp_path: Path) -> None:
+    out = tmp_path / "verify.json"
+    t0 = time.perf_counter()
+    r = invoke("verify-fork", "--fork", FORK, "--json", str(out), env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+    print(f"\n[field] verify-fork on {FORK} (exit {r.returncode}, {time.perf_counter() - t0:.1f} s):\n{r.stdout}")
+    assert r.returncode in (0, 4, 8), r.stderr
+    import json
+
+    report = json.loads(out.read_text())
+    bench(f"field: verify-fork static {report['seconds']['static']:.2f} s (target < 2 s), "
+          f"dynamic {report['seconds'].get('dynamic', 0):.2f} s")
