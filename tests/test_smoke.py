@@ -14,7 +14,7 @@ from ollama_turbo.core import settings as config
 from ollama_turbo.prove import smoke
 from ollama_turbo.prove.ollama_api import Client
 
-from .conftest import free_port, invoke, serving
+from .conftest import bench, free_port, invoke, serving
 
 pytestmark = pytest.mark.sample
 
@@ -123,5 +123,9 @@ def test_bench_against_prestarted_ollama_servers(dist: tuple[Path, sample.World]
     t4r = report["results"][0]
     assert t4r["kv"]["logged_types"] == ["turbo4", "turbo4"] and abs(t4r["kv"]["delta"]) < 0.01
     assert t4r["perf"][1]["prompt_tokens"] > t4r["perf"][0]["prompt_tokens"]
+    # through the Ollama API the depth is calibrated from prompt_eval_count (no tokenize endpoint)
+    assert abs(t4r["perf"][1]["actual_depth"] - 64) <= 2, t4r["perf"][1]
+    bench("bench depth, sample Ollama API (calibrated from prompt_eval_count): " + "; ".join(
+        f"{r['label']} asked 64 actual {r['perf'][1]['actual_depth']}" for r in report["results"]))
     r = invoke("bench", "--url", "turbo4=http://x", "--types", "f16")
     assert r.returncode == 2 and "does not match" in r.stderr
