@@ -541,3 +541,15 @@ def test_bench_records_a_failing_type_and_keeps_what_was_measured(
     assert ok["label"] == "q8_0" and [x["actual_depth"] for x in ok["perf"]][1] >= 126
     text = bench_mod.summary(report)
     assert "turbo3         FAILED: llama-server (turbo3) exited with 1" in text and "q8_0" in text
+
+
+def test_deploy_warns_when_a_host_listens_on_every_interface(era_c_build: build.Result, tmp_path: Path) -> None:
+    from ollama_turbo.deploy import releases
+
+    s = config.parse({"workspace": str(tmp_path / "ws"), "hosts": {"lan": {
+        "ssh": "local", "os": "linux", "service": "none", "listen": f"0.0.0.0:{free_port()}",
+        "prefix": str(tmp_path / "host")}}})
+    said: list[str] = []
+    r = releases.deploy(s, s.host("lan"), era_c_build.dist, dry_run=True, say=said.append)
+    assert r.status == "dry-run" and not (tmp_path / "host/releases").exists()
+    assert any(line.startswith("WARNING: lan listens on 0.0.0.0:") and "no authentication" in line for line in said)

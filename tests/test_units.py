@@ -9,7 +9,7 @@ import pytest
 
 from ollama_turbo.core import proc, rules, sources
 from ollama_turbo.core import settings as config
-from ollama_turbo.core.errors import SourceError
+from ollama_turbo.core.errors import ConfigError, SourceError
 from ollama_turbo.deploy import services
 from ollama_turbo.sample.gitrepo import Repo
 
@@ -184,3 +184,72 @@ def test_go_mod_requirements_and_download_errors_are_parsed() -> None:
     missing = go_modules.parse_download(out)
     assert [m.module for m in missing] == ["a.example/one@v1.2.3"]
     assert "GOPROXY=off" in missing[0].error
+
+
+def test_credentials_are_redacted_from_urls_env_and_trees() -> None:
+    from ollama_turbo.core import redact
+
+    assert redact.text("cannot fetch https://me:ghp_secret@github.com/x.git: denied") == \
+        "cannot fetch https://me:***@github.com/x.git: denied"
+    assert redact.text("https://github.com/ollama/ollama.git") == "https://github.com/ollama/ollama.git"
+    assert redact.env({"HF_TOKEN": "abc", "TURBO_LAYER_ADAPTIVE": "7", "MIRROR": "https://u:p@m/x"}) == \
+        {"HF_TOKEN": "***", "TURBO_LAYER_ADAPTIVE": "7", "MIRROR": "https://u:***@m/x"}
+    assert redact.tree({"fork": {"url": "ssh://git:pw@host/f.git"}, "n": 1}) == \
+        {"fork": {"url": "ssh://git:***@host/f.git"}, "n": 1}
+
+
+def test_a_port_out_of_range_and_listening_everywhere() -> None:
+    with pytest.raises(ConfigError, match=r"hosts.box.listen.*port 99999 is not a TCP port"):
+        config.parse({"hosts": {"box": {"listen": "127.0.0.1:99999"}}})
+    s = config.parse({"hosts": {"a": {"listen": "0.0.0.0:11434"}, "b": {"listen": "10.0.0.5:11434"}}})
+    assert s.host("a").listens_everywhere and not s.host("b").listens_everywhere
+
+
+class _Dropping:
+    """A Fabric connection whose commands time out or lose the connection."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def run(self, *args: object, **kwargs: object) -> None:
+        raise self.exc
+
+    def put(self, *args: object, **kwargs: object) -> None:
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [EOFError("socket closed"), OSError(104, "Connection reset by peer")])
+def test_a_dropped_connection_is_a_transport_error_not_a_traceback(exc: Exception) -> None:
+    from ollama_turbo.deploy.transport import SSHTransport, TransportError
+
+    t = SSHTransport.__new__(SSHTransport)
+    t.name, t.conn = "mac", _Dropping(exc)
+    with pytest.raises(TransportError, match="mac: the connection failed during 'true'"):
+        t.sh("true")
+    with pytest.raises(TransportError, match="mac: the connection failed during the upload of x.bin"):
+        t.put(Path("/tmp/x.bin"), "/r/x.bin")
+
+
+def test_a_stalled_command_is_a_transport_error() -> None:
+    from invoke.exceptions import CommandTimedOut
+
+    from ollama_turbo.deploy.transport import SSHTransport, TransportError
+
+    class Result:
+        command, exited, stdout, stderr, hide = "sleep 999", -1, "", "", ()
+
+    t = SSHTransport.__new__(SSHTransport)
+    t.name, t.conn = "mac", _Dropping(CommandTimedOut(Result(), timeout=5))
+    with pytest.raises(TransportError, match="mac: no answer within 5 s"):
+        t.sh("sleep 999")
+
+
+def test_local_writes_replace_the_file_in_one_rename(tmp_path: Path) -> None:
+    from ollama_turbo.deploy.transport import LocalTransport
+
+    target = tmp_path / "cfg" / "ollama.plist"
+    LocalTransport().write(str(target), "one\n")
+    inode = target.stat().st_ino
+    LocalTransport().write(str(target), "two\n")
+    assert target.read_text() == "two\n" and target.stat().st_ino != inode  # a new file renamed over the old
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ollama.plist"]

@@ -25,7 +25,7 @@ from ollama_turbo.build import go_modules
 from ollama_turbo.build.go_rules import drop_flag_rules, era_b_rules, kv_bytes_rules
 from ollama_turbo.build.llama_server import build_tools
 from ollama_turbo.check import contract, verify_fork
-from ollama_turbo.core import manifest, proc, rules, sources, toolchain
+from ollama_turbo.core import manifest, proc, redact, rules, sources, toolchain
 from ollama_turbo.core.errors import CommandError, SourceError, ToolMissing, TurboError, UsageError
 from ollama_turbo.core.settings import Settings
 from ollama_turbo.fork import blocks
@@ -290,7 +290,7 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         "pinned": {"tag": plan.info.pin} if plan.era == "C" else {"fetch_head": plan.info.pin},
         "backend": plan.backend, "preset": plan.preset if plan.era == "C" else None,
         "kv": {"type_k": settings.kv.type_k, "type_v": settings.kv.type_v,
-               "flash_attention": settings.kv.flash_attention, "env": settings.kv.env},
+               "flash_attention": settings.kv.flash_attention, "env": redact.env(settings.kv.env)},
         "cache_types": {b.name: {"ggml_type": b.ggml_type, "block": b.block, "bytes": b.size}
                         for b in plan.all_blocks},
         "rules": [{"rule": r.name, "file": r.file, "why": r.why} for r in plan.rules],
@@ -302,7 +302,7 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         "inputs_key": plan.key, "ollama_turbo": __version__,
         "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    manifest.write(stage, data)
+    manifest.write(stage, redact.tree(data))  # the manifest travels to every host: no credentials in it
     if plan.dist.exists():
         shutil.rmtree(plan.dist)
     stage.rename(plan.dist)

@@ -116,6 +116,11 @@ class Host:
         return self.ssh in ("", "local")
 
     @property
+    def listens_everywhere(self) -> bool:
+        """Listening on every interface exposes Ollama's unauthenticated API (create, delete, pull)."""
+        return self.listen.rsplit(":", 1)[0] in ("0.0.0.0", "::", "[::]", "")
+
+    @property
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
 
@@ -276,6 +281,8 @@ class _Validator:
         if service == "systemd" and os_ != "linux":
             raise self.fail(f"{key}.service", "systemd runs only on os: linux")
         listen = self.string(m["listen"], f"{key}.listen", pattern=r"^[\w.\[\]:-]+:\d{1,5}$")
+        if not 0 < int(listen.rsplit(":", 1)[1]) < 65536:
+            raise self.fail(f"{key}.listen", f"port {listen.rsplit(':', 1)[1]} is not a TCP port (1 to 65535)")
         mem = m["memory_gib"]
         if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float))
                                 or mem <= 0):

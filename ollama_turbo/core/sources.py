@@ -13,7 +13,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ollama_turbo.core import proc
+from ollama_turbo.core import proc, redact
 from ollama_turbo.core.errors import CommandError, SourceError
 from ollama_turbo.core.settings import Source
 
@@ -130,7 +130,7 @@ def open_source(name: str, url: str, ref: str, workspace: Path, *, fetch: bool =
         elif fetch:
             proc.run(["git", "--git-dir", str(git_dir), "remote", "update", "--prune"], timeout=3600)
     except CommandError as exc:
-        raise SourceError(f"{name}: cannot fetch {url}: {exc.stderr_tail.strip().splitlines()[-1:]}",
+        raise SourceError(redact.text(f"{name}: cannot fetch {url}: {exc.stderr_tail.strip().splitlines()[-1:]}"),
                           hint="check the URL and your network, or use a local checkout") from None
     return Checkout(name, url, git_dir, ref, resolve(name, git_dir, ref, url), local=False)
 
@@ -143,7 +143,7 @@ def resolve(name: str, git_dir: Path, ref: str, url: str) -> str:
             return r.stdout.strip()
     tags = proc.run(["git", "--git-dir", str(git_dir), "tag", "--sort=-creatordate"], check=False)
     near = ", ".join(tags.stdout.split()[:8]) or "none"
-    raise SourceError(f"{name}: ref {ref!r} not found in {url} (newest tags: {near})",
+    raise SourceError(redact.text(f"{name}: ref {ref!r} not found in {url} (newest tags: {near})"),
                       hint=f"check turbo.sources.{name}.ref or the --{name}-ref flag")
 
 

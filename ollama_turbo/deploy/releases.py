@@ -120,7 +120,10 @@ def host_lock(t: Transport, layout: Layout, say: Say) -> Iterator[None]:
                    f"stat -f %m {q(layout.lock)}) ))", check=False).stdout.strip()
         if attempt == 0 and age.isdigit() and int(age) > STALE_LOCK_S:
             say(f"WARNING: breaking a stale deploy lock ({owner}, {int(age) // 60} min old)")
-            t.sh(f"rm -rf {q(layout.lock)}")
+            # rename first: of two deployers breaking the same stale lock, only one rename succeeds
+            stale = f"{layout.lock}.stale-{__import__('os').getpid()}"
+            if t.sh(f"mv {q(layout.lock)} {q(stale)}", check=False).ok:
+                t.sh(f"rm -rf {q(stale)}", check=False)
             continue
         raise DeployError(f"another deploy holds the lock on this host: {owner}",
                           hint=f"wait for it; if none is running, remove {layout.lock} on the host")
@@ -237,6 +240,10 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
                              if m.get("cache_types") else BUILTIN)
     kv = server_kv(settings, rendered)
     gate = quality_gate(settings, rendered, kv, accept_unmeasured)
+    if host.listens_everywhere:
+        say(f"WARNING: {host.name} listens on {host.listen}, every interface: Ollama's API has no authentication, so "
+            "anyone who reaches this address can create, delete and pull models (listen on 127.0.0.1 or a private "
+            "address, or put a proxy with authentication in front)")
     t = connect(host.name, host.ssh)
     try:
         layout = _layout(t, host)

@@ -67,9 +67,12 @@ class LocalTransport:
         return Path(os.path.expanduser(remote)).read_bytes().decode("utf-8", errors="replace")
 
     def write(self, remote: str, text: str) -> None:
+        """Write-temp-then-rename: a reader (launchd, systemd, the next deploy) never sees half a file."""
         p = Path(os.path.expanduser(remote))
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, p)
 
     @contextlib.contextmanager
     def forward(self, remote_port: int) -> Iterator[int]:
@@ -138,8 +141,28 @@ class SSHTransport:
                                  f"{self.conn.port}: {exc.__class__.__name__}: {exc}",
                                  hint="check turbo.hosts.<name>.ssh, your ~/.ssh/config and agent") from None
 
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """A dropped or stalled connection is a TransportError (so deploy rolls back), never a traceback."""
+        from invoke.exceptions import CommandTimedOut
+
+        try:
+            yield
+        except TurboError:
+            raise
+        except CommandTimedOut as exc:
+            raise TransportError(f"{self.name}: no answer within {exc.timeout} s during {what}",
+                                 hint="check the host and the network; the deploy was rolled back where it "
+                                      "could be") from None
+        except (OSError, EOFError, Exception) as exc:  # paramiko's errors have no base worth naming
+            raise TransportError(f"{self.name}: the connection failed during {what}: "
+                                 f"{exc.__class__.__name__}: {exc}",
+                                 hint="check the host and the network; the deploy was rolled back where it "
+                                      "could be") from None
+
     def sh(self, script: str, *, check: bool = True, timeout: float | None = 120) -> Out:
-        r = self.conn.run(script, hide=True, warn=True, in_stream=False, timeout=timeout)
+        with self._guard(f"'{script[:60]}'"):
+            r = self.conn.run(script, hide=True, warn=True, in_stream=False, timeout=timeout)
         out = Out([script], r.exited, r.stdout, r.stderr)
         if check and not out.ok:
             raise TransportError(f"{self.name}: remote command failed ({r.exited}): {script[:200]}\n"
@@ -147,22 +170,33 @@ class SSHTransport:
         return out
 
     def put(self, local: Path, remote: str) -> None:
-        self.conn.put(str(local), remote)
+        with self._guard(f"the upload of {local.name}"):
+            self.conn.put(str(local), remote)
 
     def read(self, remote: str) -> str:
-        return self.sh(f"cat {remote}", timeout=60).stdout
+        return self.sh(q("cat", remote), timeout=60).stdout
 
     def write(self, remote: str, text: str) -> None:
+        """Write-temp-then-rename on the host: launchd or systemd never loads half a file."""
         import io
 
-        self.sh(f"mkdir -p \"$(dirname {remote})\"")
-        self.conn.put(io.BytesIO(text.encode()), remote)
+        tmp = f"{remote}.tmp-{os.getpid()}"
+        self.sh(q("mkdir", "-p", os.path.dirname(remote) or "."))
+        with self._guard(f"the write of {remote}"):
+            self.conn.put(io.BytesIO(text.encode()), tmp)
+        self.sh(q("mv", "-f", tmp, remote))
 
     @contextlib.contextmanager
     def forward(self, remote_port: int) -> Iterator[int]:
         local_port = free_port()
-        with self.conn.forward_local(local_port, remote_port=remote_port, remote_host="127.0.0.1"):
-            yield local_port
+        with self._guard(f"the tunnel to port {remote_port}"):
+            tunnel = self.conn.forward_local(local_port, remote_port=remote_port, remote_host="127.0.0.1")
+            tunnel.__enter__()
+        try:
+            yield local_port  # what the caller does here keeps its own errors
+        finally:
+            with contextlib.suppress(Exception):
+                tunnel.__exit__(None, None, None)
 
     def close(self) -> None:
         self.conn.close()
