@@ -138,7 +138,7 @@ def test_dry_run_changes_nothing(fresh: dict) -> None:
                          "--specs", str(env["specs"]))
     assert code == 0, err
     assert "files to send (3): bin/ollama, lib/ollama/llama-server, tools/llama-perplexity" in out
-    assert "+    <key>OLLAMA_KV_CACHE_TYPE</key>" in out and "dry run: nothing was changed" in out
+    assert "<key>OLLAMA_KV_CACHE_TYPE</key>" in out and "dry run: nothing was changed" in out
     assert not (env["sshd"].home / ".ollama-turbo").exists()
     assert not (env["sshd"].home / "Library").exists()
 
@@ -336,16 +336,37 @@ def test_smoke_and_bench_through_the_host(fresh: dict) -> None:
     assert version(env) == v3
 
 
+def test_a_plist_with_markup_and_spaces_round_trips_through_plistlib_and_the_emulator(tmp_path: Path) -> None:
+    import importlib.util
+    import plistlib
+
+    s = config.parse({"hosts": {"mac": {"os": "darwin"}},
+                      "kv": {"env": {"TURBO_NOTE": "a & b < c > d \"quoted\" 100% with spaces"}}})
+    layout = services.Layout(home=str(tmp_path), prefix=str(tmp_path / "my models & more"), models=str(tmp_path))
+    text = services.render(s.host("mac"), layout, services.service_env(s, s.host("mac"), layout, "C"))
+    data = plistlib.loads(text.encode())
+    assert data["EnvironmentVariables"]["TURBO_NOTE"] == "a & b < c > d \"quoted\" 100% with spaces"
+    assert data["ProgramArguments"][0] == f"{tmp_path}/my models & more/current/bin/ollama"
+    path = tmp_path / "job.plist"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("emulator", HERE / "launchctl_emulator.py")
+    emulator = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(emulator)  # type: ignore[union-attr]
+    assert emulator.validate(str(path))["WorkingDirectory"] == f"{tmp_path}/my models & more"
+
+
 def test_systemd_unit_rendering(tmp_path: Path) -> None:
     s = config.parse({"hosts": {"box": {"os": "linux", "listen": "0.0.0.0:11434"}},
-                      "kv": {"type_k": "q8_0", "type_v": "turbo4", "env": {"TURBO_LAYER_ADAPTIVE": 7}}})
+                      "kv": {"type_k": "q8_0", "type_v": "turbo4",
+                             "env": {"TURBO_LAYER_ADAPTIVE": 7, "TURBO_NOTE": 'keep 100% "as is"'}}})
     host = s.host("box")
     layout = services.Layout(home=str(tmp_path), prefix=str(tmp_path / "p"), models=str(tmp_path / "m"))
     env = services.service_env(s, host, layout, "C")
     unit = services.render(host, layout, env)
     assert 'Environment="LLAMA_ARG_CACHE_TYPE_K=q8_0"' in unit and 'Environment="LLAMA_ARG_CACHE_TYPE_V=turbo4"' in unit
     assert "OLLAMA_KV_CACHE_TYPE" not in unit and 'Environment="TURBO_LAYER_ADAPTIVE=7"' in unit
-    assert f"ExecStart={tmp_path}/p/current/bin/ollama serve" in unit
+    assert f'ExecStart="{tmp_path}/p/current/bin/ollama" serve' in unit
+    assert 'Environment="TURBO_NOTE=keep 100%% \\"as is\\""' in unit
     with pytest.raises(services.ServiceError, match="one cache type for K and V"):
         services.service_env(s, host, layout, "B")
     if not shutil.which("systemd-analyze"):

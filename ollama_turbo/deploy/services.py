@@ -3,6 +3,7 @@ process with a pidfile). Rendering is pure; the managers act through a transport
 
 from __future__ import annotations
 
+import plistlib
 import re
 from dataclasses import dataclass
 
@@ -79,12 +80,34 @@ def service_env(settings: Settings, host: Host, layout: Layout, era: str,
     return env
 
 
+def launchd_plist(layout: Layout, env: list[tuple[str, str]]) -> str:
+    """The launchd job, built with plistlib: every value is escaped as XML needs (``&``, ``<``, spaces)."""
+    job = {
+        "Label": LABEL,
+        "ProgramArguments": [f"{layout.prefix}/current/bin/ollama", "serve"],
+        "EnvironmentVariables": dict(env),
+        "RunAtLoad": True,
+        "KeepAlive": True,
+        "ThrottleInterval": 5,
+        "ProcessType": "Interactive",
+        "WorkingDirectory": layout.prefix,
+        "StandardOutPath": layout.log,
+        "StandardErrorPath": layout.log,
+    }
+    return plistlib.dumps(job, sort_keys=False).decode()
+
+
+def systemd_value(value: str) -> str:
+    """A value inside a double-quoted systemd setting: backslash, quote and ``%`` (a specifier) escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+
+
 def render(host: Host, layout: Layout, env: list[tuple[str, str]]) -> str:
-    values = dict(host=host.name, prefix=layout.prefix, env=env, log=layout.log, label=LABEL)
     if host.service == "launchd":
-        return templates.render("launchd.plist.j2", **values)
+        return launchd_plist(layout, env)
     if host.service == "systemd":
-        return templates.render("systemd.service.j2", **values)
+        return templates.render("systemd.service.j2", host=host.name, prefix=layout.prefix, log=layout.log,
+                                env=[(k, systemd_value(v)) for k, v in env], quote=systemd_value)
     return "".join(f"{k}={v}\n" for k, v in env)
 
 
