@@ -553,3 +553,39 @@ def test_deploy_warns_when_a_host_listens_on_every_interface(era_c_build: build.
     r = releases.deploy(s, s.host("lan"), era_c_build.dist, dry_run=True, say=said.append)
     assert r.status == "dry-run" and not (tmp_path / "host/releases").exists()
     assert any(line.startswith("WARNING: lan listens on 0.0.0.0:") and "no authentication" in line for line in said)
+
+
+def test_deploy_refuses_a_build_for_another_platform(era_c_build: build.Result, tmp_path: Path) -> None:
+    import shutil as sh
+
+    from ollama_turbo.core import manifest as manifest_mod
+    from ollama_turbo.deploy import releases
+
+    s = _local_host(tmp_path)
+    mac = tmp_path / "dist-mac"
+    sh.copytree(era_c_build.dist, mac)
+    m = manifest_mod.read(mac) or {}
+    manifest_mod.write(mac, dict(m, platform={"os": "darwin", "arch": "arm64"}))
+    with pytest.raises(releases.DeployError, match=r"dist-mac was built on darwin; here is os: linux"):
+        releases.deploy(s, s.host("here"), mac, say=lambda line: None, accept_unmeasured=True)
+    manifest_mod.write(mac, dict(m, backend="metal"))
+    with pytest.raises(releases.DeployError, match=r"dist-mac is a metal build; here is os: linux"):
+        releases.deploy(s, s.host("here"), mac, say=lambda line: None, accept_unmeasured=True)
+    assert not (tmp_path / "host").exists()
+
+
+def test_the_newest_build_is_chosen_by_its_build_time_not_its_mtime(era_c_build: build.Result,
+                                                                    tmp_path: Path) -> None:
+    import os
+    import shutil as sh
+
+    from ollama_turbo.core import manifest as manifest_mod
+    from ollama_turbo.deploy import releases
+
+    s = config.parse({"workspace": str(tmp_path / "ws")})
+    for name, built_at in (("new", "2026-11-26T10:00:00+00:00"), ("old", "2026-11-01T10:00:00+00:00")):
+        d = tmp_path / "ws/dist" / name
+        sh.copytree(era_c_build.dist, d)
+        manifest_mod.write(d, dict(manifest_mod.read(d) or {}, built_at=built_at))
+    os.utime(tmp_path / "ws/dist/old", None)  # copied last: the newest mtime
+    assert releases.latest_dist(s).name == "new"

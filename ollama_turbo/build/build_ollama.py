@@ -289,6 +289,7 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         "fork": {"url": plan.fork.url, "ref": plan.fork.ref, "sha": plan.fork.sha},
         "pinned": {"tag": plan.info.pin} if plan.era == "C" else {"fetch_head": plan.info.pin},
         "backend": plan.backend, "preset": plan.preset if plan.era == "C" else None,
+        "platform": {"os": platform.system().lower(), "arch": platform.machine()},
         "kv": {"type_k": settings.kv.type_k, "type_v": settings.kv.type_v,
                "flash_attention": settings.kv.flash_attention, "env": redact.env(settings.kv.env)},
         "cache_types": {b.name: {"ggml_type": b.ggml_type, "block": b.block, "bytes": b.size}

@@ -50,11 +50,32 @@ def _layout(t: Transport, host: Host) -> Layout:
 
 
 def latest_dist(settings: Settings) -> Path:
-    dists = sorted((p for p in (settings.workspace / "dist").glob("*") if (p / "manifest.json").is_file()),
-                   key=lambda p: p.stat().st_mtime)
+    """The newest build by the time its manifest says it was built (a copied directory keeps its age)."""
+    dists = [(m.get("built_at", ""), p) for p in (settings.workspace / "dist").glob("*")
+             if (m := manifest_mod.read(p)) is not None]
     if not dists:
         raise UsageError(f"no build in {settings.workspace / 'dist'}", hint="run invoke build-ollama, or pass --dist")
-    return dists[-1]
+    return max(dists, key=lambda d: (d[0], d[1].name))[1]
+
+
+ARCH = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64"}
+
+
+def check_platform(m: dict[str, Any], host: Host, t: Transport, dist: Path) -> None:
+    """A build runs only where it was built for: its OS, its CPU architecture, its backend."""
+    built = m.get("platform") or {}
+    backend = m.get("backend")
+    if backend == "metal" and host.os != "darwin" or backend == "cuda" and host.os != "linux":
+        raise DeployError(f"{dist.name} is a {backend} build; {host.name} is os: {host.os}",
+                          hint=f"build with --backend {'cpu' if host.os == 'linux' else 'metal'} for this host")
+    if built.get("os") and built["os"] != host.os:
+        raise DeployError(f"{dist.name} was built on {built['os']}; {host.name} is os: {host.os}",
+                          hint="build on (or for) the host's OS")
+    if built.get("arch"):
+        arch = t.sh("uname -m", check=False).stdout.strip()
+        if arch and ARCH.get(arch, arch) != ARCH.get(built["arch"], built["arch"]):
+            raise DeployError(f"{dist.name} was built for {built['arch']}; {host.name} is {arch}",
+                              hint="build on a machine of the host's architecture")
 
 
 def load_dist(dist: Path) -> dict[str, Any]:
@@ -246,6 +267,7 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
             "address, or put a proxy with authentication in front)")
     t = connect(host.name, host.ssh)
     try:
+        check_platform(m, host, t, dist)
         layout = _layout(t, host)
         mgr = Manager(t, host, layout)
         env = service_env(settings, host, layout, era, kv=kv)
