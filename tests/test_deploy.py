@@ -383,3 +383,28 @@ def test_systemd_unit_rendering(tmp_path: Path) -> None:
 
     r = proc.run(["systemd-analyze", "verify", str(unit_file)], check=False)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_deploy_waits_out_a_bench_that_holds_the_host(fresh: dict) -> None:
+    env = fresh
+    deployed(env, 1)
+    v2 = version_of(env["dists"][1])
+    s = config.parse(yaml.safe_load(env["fleet"].read_text())["turbo"])
+    import os
+
+    from ollama_turbo.deploy import releases
+
+    os.environ.update(env["sshd"].env())
+    try:
+        _, start = releases.bench_targets(s, s.host("mac"), [("q8_0", "q8_0")], "sample")[0]
+        with start() as ep:
+            assert ep.label == "q8_0"
+            code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][2]), "--specs",
+                                 str(env["specs"]))
+            assert code == 1 and "another deploy holds the lock on this host" in err, out + err
+            assert version(env) == v2
+    finally:
+        for key in env["sshd"].env():
+            os.environ.pop(key, None)
+    plist = (env["sshd"].home / "Library/LaunchAgents" / f"{services.LABEL}.plist").read_text()
+    assert "<string>turbo4</string>" in plist and version(env) == v2  # bench restored the host's own setting

@@ -270,28 +270,33 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
         check_platform(m, host, t, dist)
         layout = _layout(t, host)
         mgr = Manager(t, host, layout)
-        env = service_env(settings, host, layout, era, kv=kv)
-        config = render(host, layout, env)
-        old_config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
-        diff = "".join(difflib.unified_diff(old_config.splitlines(True), config.splitlines(True),
-                                            mgr.config_path + " (on host)", mgr.config_path + " (new)"))
-        release = f"{layout.releases}/{version}"
-        have = remote_sums(t, release) if t.sh(f"test -d {q(release)}", check=False).ok else {}
-        partial = remote_sums(t, release + ".partial")
-        want = {k: v for k, v in m["files"].items()}
-        send = [f for f, d in want.items() if have.get(f) != d and partial.get(f) != d]
-        res = DeployResult(host.name, version, "dry-run", previous=current_release(t, layout),
-                           uploaded=send, reused=[f for f in want if f not in send], config_diff=diff, quality=gate)
-        res.commands = [f"upload {len(send)} files to {release}.partial, verify sha256, rename to {release}",
-                        f"switch {layout.current} -> releases/{version} (one rename)",
-                        f"write {mgr.config_path}", f"restart the {host.service} service",
-                        f"wait for /api/version = {version}, create models, smoke",
-                        "on failure: switch back, restart the previous release"]
+        config = render(host, layout, service_env(settings, host, layout, era, kv=kv))
+
+        def plan() -> DeployResult:
+            """What the host has and what the deploy will do; read under the lock for a real deploy."""
+            old_config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
+            diff = "".join(difflib.unified_diff(old_config.splitlines(True), config.splitlines(True),
+                                                mgr.config_path + " (on host)", mgr.config_path + " (new)"))
+            release = f"{layout.releases}/{version}"
+            have = remote_sums(t, release) if t.sh(f"test -d {q(release)}", check=False).ok else {}
+            partial = remote_sums(t, release + ".partial")
+            want = dict(m["files"])
+            send = [f for f, d in want.items() if have.get(f) != d and partial.get(f) != d]
+            res = DeployResult(host.name, version, "dry-run", previous=current_release(t, layout), uploaded=send,
+                               reused=[f for f in want if f not in send], config_diff=diff, quality=gate)
+            res.commands = [f"upload {len(send)} files to {release}.partial, verify sha256, rename to {release}",
+                            f"switch {layout.current} -> releases/{version} (one rename)",
+                            f"write {mgr.config_path}", f"restart the {host.service} service",
+                            f"wait for /api/version = {version}, create models, smoke",
+                            "on failure: switch back, restart the previous release"]
+            return res
+
         if dry_run:
+            res = plan()
             res.seconds = time.perf_counter() - t0
             return res
-        with host_lock(t, layout, say):
-            return _deploy_locked(settings, host, t, layout, mgr, m, dist, config, res, say, rendered, kv, t0)
+        with host_lock(t, layout, say):  # taken before any state is read: two deploys never interleave
+            return _deploy_locked(settings, host, t, layout, mgr, m, dist, config, plan(), say, rendered, kv, t0)
     finally:
         t.close()
 
@@ -603,22 +608,26 @@ def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], 
         @contextlib.contextmanager
         def start() -> Iterator[Any]:
             t = connect(host.name, host.ssh)
-            layout = _layout(t, host)
-            mgr = Manager(t, host, layout)
-            m = json.loads(t.read(f"{layout.current}/manifest.json"))
-            original = t.read(mgr.config_path)
             try:
-                mgr.install(render(host, layout, service_env(settings, host, layout, m["era"], kv=(k, v))))
-                mgr.restart()
-                with t.forward(host.port) as port:
-                    url = f"http://127.0.0.1:{port}"
-                    ok, why = wait_version(url, m["version"], host.health_timeout)
-                    if not ok:
-                        raise DeployError(f"{host.name} with {k}/{v}: {why}")
-                    yield Endpoint(label(k, v), k, v, url, "ollama", model, lambda: t.read(layout.log))
+                layout = _layout(t, host)
+                mgr = Manager(t, host, layout)
+                # the host's lock, held from the rewrite to the restore: a deploy cannot run in between
+                with host_lock(t, layout, print):
+                    m = json.loads(t.read(f"{layout.current}/manifest.json"))
+                    original = t.read(mgr.config_path)
+                    try:
+                        mgr.install(render(host, layout, service_env(settings, host, layout, m["era"], kv=(k, v))))
+                        mgr.restart()
+                        with t.forward(host.port) as port:
+                            url = f"http://127.0.0.1:{port}"
+                            ok, why = wait_version(url, m["version"], host.health_timeout)
+                            if not ok:
+                                raise DeployError(f"{host.name} with {k}/{v}: {why}")
+                            yield Endpoint(label(k, v), k, v, url, "ollama", model, lambda: t.read(layout.log))
+                    finally:
+                        mgr.install(original)
+                        mgr.restart()
             finally:
-                mgr.install(original)
-                mgr.restart()
                 t.close()
 
         return start
