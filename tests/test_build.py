@@ -589,3 +589,26 @@ def test_the_newest_build_is_chosen_by_its_build_time_not_its_mtime(era_c_build:
         manifest_mod.write(d, dict(manifest_mod.read(d) or {}, built_at=built_at))
     os.utime(tmp_path / "ws/dist/old", None)  # copied last: the newest mtime
     assert releases.latest_dist(s).name == "new"
+
+
+def test_a_host_listening_on_another_address_is_reached_there(
+        era_c_build: build.Result, worlds: dict[str, sample.World], tmp_path: Path) -> None:
+    """127.0.0.2 stands in for a LAN address: health, models and smoke go to the listen address."""
+    from ollama_turbo.deploy import releases
+    from ollama_turbo.deploy.services import Layout, Manager
+    from ollama_turbo.deploy.transport import LocalTransport
+
+    s = config.parse({"workspace": str(tmp_path / "ws"), "hosts": {"lan": {
+        "ssh": "local", "os": "linux", "service": "none", "listen": f"127.0.0.2:{free_port()}",
+        "prefix": str(tmp_path / "host"), "models_dir": str(tmp_path / "m"), "health_timeout": 30}}})
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "m.yaml").write_text(f"from: {worlds['clean'].model}\nnum_ctx: 2048\nhosts: [lan]\n")
+    host = s.host("lan")
+    try:
+        d = releases.deploy(s, host, era_c_build.dist, specs_dir=specs, say=lambda line: None, accept_unmeasured=True)
+        st = releases.status(s, host)
+    finally:
+        Manager(LocalTransport(), host, Layout("", str(tmp_path / "host"), "")).stop()
+    assert d.status == "deployed" and d.smoke and d.smoke["url"].startswith("http://127.0.0.2:")
+    assert st["serving"] == d.version

@@ -70,7 +70,7 @@ def env(sshd: ssh_host.SSHHost, tmp_path_factory: pytest.TempPathFactory) -> dic
     manifest.write(broken, dict(m, version=m["version"] + ".broken"))
     specs = root / "specs"
     specs.mkdir()
-    (specs / "sample.yaml").write_text(f"from: {world.model}\nnum_ctx: 4096\nhosts: [mac]\n")
+    (specs / "sample.yaml").write_text(f"from: {world.model}\nnum_ctx: 4096\nhosts: [mac, lan]\n")
     port = free_port()
     fleet = root / "fleet.yaml"
     fleet.write_text(yaml.safe_dump({"turbo": {"workspace": str(ws), "hosts": {
@@ -78,6 +78,9 @@ def env(sshd: ssh_host.SSHHost, tmp_path_factory: pytest.TempPathFactory) -> dic
                 "health_timeout": 15, "keep": 2},
         "mac2": {"ssh": sshd.alias, "os": "darwin", "service": "launchd", "listen": f"127.0.0.1:{free_port()}",
                  "prefix": "~/other", "health_timeout": 15},
+        # 127.0.0.2 stands in for a LAN address
+        "lan": {"ssh": sshd.alias, "os": "darwin", "service": "launchd", "listen": f"127.0.0.2:{free_port()}",
+                "prefix": "~/other", "health_timeout": 15},
     }}}))
     return {"root": root, "dists": dists, "broken": broken, "specs": specs, "port": port, "fleet": fleet,
             "world": world, "sshd": sshd}
@@ -408,3 +411,15 @@ def test_a_deploy_waits_out_a_bench_that_holds_the_host(fresh: dict) -> None:
             os.environ.pop(key, None)
     plist = (env["sshd"].home / "Library/LaunchAgents" / f"{services.LABEL}.plist").read_text()
     assert "<string>turbo4</string>" in plist and version(env) == v2  # bench restored the host's own setting
+
+
+def test_a_host_listening_on_a_lan_address_is_deployed_through_the_tunnel(fresh: dict) -> None:
+    env = fresh
+    fleet = yaml.safe_load(env["fleet"].read_text())
+    port = int(fleet["turbo"]["hosts"]["lan"]["listen"].rsplit(":", 1)[1])
+    v2 = version_of(env["dists"][1])
+    code, out, err = run(env, "deploy", "--host", "lan", "--dist", str(env["dists"][1]), "--specs", str(env["specs"]))
+    assert code == 0, out + err
+    assert requests.get(f"http://127.0.0.2:{port}/api/version", timeout=5).json()["version"] == v2
+    code, out, err = run(env, "status", "--host", "lan")
+    assert code == 0 and f"serving    {v2}" in out, out + err

@@ -121,6 +121,12 @@ class Host:
         return self.listen.rsplit(":", 1)[0] in ("0.0.0.0", "::", "[::]", "")
 
     @property
+    def probe_host(self) -> str:
+        """Where the host's own server is reached from the host itself: its listen address, or loopback
+        when it listens on every interface."""
+        return "127.0.0.1" if self.listens_everywhere else self.listen.rsplit(":", 1)[0]
+
+    @property
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
 

@@ -27,7 +27,7 @@ from ollama_turbo.core import poll
 from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.services import Layout, Manager, expand, render, service_env
-from ollama_turbo.deploy.transport import Transport, connect, q
+from ollama_turbo.deploy.transport import Transport, connect, q, url_host
 from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.fork.cache_types import BUILTIN, BlockTable, label
 from ollama_turbo.kv import modelfiles as modelfile
@@ -154,9 +154,10 @@ def host_lock(t: Transport, layout: Layout, say: Say) -> Iterator[None]:
         t.sh(f"rm -rf {q(layout.lock)}", check=False)
 
 
-def port_holder(t: Transport, port: int) -> str | None:
+def port_holder(t: Transport, port: int, listen_host: str = "127.0.0.1") -> str | None:
     """What listens on ``port`` on the host (None when nothing does)."""
-    probe = t.sh(f"curl -s -m 2 -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/", check=False)
+    probe = t.sh(f"curl -s -m 2 -o /dev/null -w '%{{http_code}}' {q(f'http://{url_host(listen_host)}:{port}/')}",
+                 check=False)
     if probe.stdout.strip() in ("", "000"):
         return None
     who = t.sh(f"(lsof -nP -iTCP:{port} -sTCP:LISTEN 2>/dev/null | tail -n +2; "
@@ -306,10 +307,11 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
                    kv: tuple[str, str], t0: float) -> DeployResult:
     version = m["version"]
     release = f"{layout.releases}/{version}"
-    holder = port_holder(t, host.port)
+    holder = port_holder(t, host.port, host.probe_host)
     if holder:
         current = res.previous or ""
-        served = t.sh(f"curl -s -m 2 http://127.0.0.1:{host.port}/api/version", check=False).stdout
+        served = t.sh(q("curl", "-s", "-m", "2", f"http://{url_host(host.probe_host)}:{host.port}/api/version"),
+                      check=False).stdout
         ours = bool(current) and f'"{current}"' in served and "running" in mgr.state()
         if not ours:
             raise DeployError(
@@ -332,8 +334,7 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
     try:
         mgr.install(config)
         mgr.restart()
-        with t.forward(host.port) as port:
-            url = f"http://127.0.0.1:{port}"
+        with t.forward(host.port, host.probe_host) as url:
             ok, why = wait_version(url, version, host.health_timeout)
             if not ok:
                 raise DeployError(f"{version} did not come up: {why}")
@@ -446,8 +447,8 @@ def _rollback_to(t: Transport, host: Host, layout: Layout, mgr: Manager, previou
         if old_config:
             mgr.install(old_config)
         mgr.restart()
-        with t.forward(host.port) as port:
-            ok, why = wait_version(f"http://127.0.0.1:{port}", previous, host.health_timeout)
+        with t.forward(host.port, host.probe_host) as url:
+            ok, why = wait_version(url, previous, host.health_timeout)
         say(f"[{host.name}] rolled back to {previous}: {why}")
         if not ok:
             raise DeployError(f"rollback to {previous} on {host.name} did not come up either: {why}")
@@ -501,8 +502,8 @@ def rollback(settings: Settings, host: Host, to: str | None = None, say: Say = p
             if current and current != target:
                 set_previous(t, layout, current)
             mgr.restart()
-            with t.forward(host.port) as port:
-                ok, why = wait_version(f"http://127.0.0.1:{port}", target, host.health_timeout)
+            with t.forward(host.port, host.probe_host) as url:
+                ok, why = wait_version(url, target, host.health_timeout)
             _history(t, layout, target, "rollback" if ok else "rollback-failed")
             if not ok:
                 raise DeployError(f"{host.name}: {target} did not come up: {why}\n{log_tail(t, layout)}")
@@ -522,11 +523,11 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
             with contextlib.suppress(TurboError, ValueError):
                 kv = json.loads(t.read(f"{layout.current}/manifest.json")).get("kv")
         config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
-        with t.forward(host.port) as port:
+        with t.forward(host.port, host.probe_host) as url:
 
             def version() -> str | None:
                 try:
-                    return str(requests.get(f"http://127.0.0.1:{port}/api/version", timeout=3).json().get("version"))
+                    return str(requests.get(f"{url}/api/version", timeout=3).json().get("version"))
                 except (requests.RequestException, ValueError):
                     return None
 
@@ -589,7 +590,7 @@ def host_view(settings: Settings, host: Host) -> HostView:
     t = connect(host.name, host.ssh)
     layout = _layout(t, host)
     stack = contextlib.ExitStack()
-    port = stack.enter_context(t.forward(host.port))
+    url = stack.enter_context(t.forward(host.port, host.probe_host))
     atexit.register(t.close)
     atexit.register(stack.close)
 
@@ -599,7 +600,7 @@ def host_view(settings: Settings, host: Host) -> HostView:
             return data
         return None
 
-    return HostView(f"http://127.0.0.1:{port}", lambda: t.read(layout.log), current_manifest)
+    return HostView(url, lambda: t.read(layout.log), current_manifest)
 
 
 def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], model: str) -> list[Any]:
@@ -618,8 +619,7 @@ def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], 
                     try:
                         mgr.install(render(host, layout, service_env(settings, host, layout, m["era"], kv=(k, v))))
                         mgr.restart()
-                        with t.forward(host.port) as port:
-                            url = f"http://127.0.0.1:{port}"
+                        with t.forward(host.port, host.probe_host) as url:
                             ok, why = wait_version(url, m["version"], host.health_timeout)
                             if not ok:
                                 raise DeployError(f"{host.name} with {k}/{v}: {why}")

@@ -35,8 +35,13 @@ class Transport(Protocol):
     def put(self, local: Path, remote: str) -> None: ...
     def read(self, remote: str) -> str: ...
     def write(self, remote: str, text: str) -> None: ...
-    def forward(self, remote_port: int) -> contextlib.AbstractContextManager[int]: ...
+    def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> contextlib.AbstractContextManager[str]: ...
     def close(self) -> None: ...
+
+
+def url_host(host: str) -> str:
+    """A host as a URL writes it (IPv6 in brackets)."""
+    return f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
 
 
 def q(*parts: str) -> str:
@@ -75,8 +80,9 @@ class LocalTransport:
         os.replace(tmp, p)
 
     @contextlib.contextmanager
-    def forward(self, remote_port: int) -> Iterator[int]:
-        yield remote_port
+    def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> Iterator[str]:
+        """The base URL of the server listening on ``remote_host:remote_port``."""
+        yield f"http://{url_host(remote_host)}:{remote_port}"
 
     def close(self) -> None:
         pass
@@ -187,13 +193,15 @@ class SSHTransport:
         self.sh(q("mv", "-f", tmp, remote))
 
     @contextlib.contextmanager
-    def forward(self, remote_port: int) -> Iterator[int]:
+    def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> Iterator[str]:
+        """A tunnel from a local port to ``remote_host:remote_port`` as the host sees it; yields its base URL."""
         local_port = free_port()
-        with self._guard(f"the tunnel to port {remote_port}"):
-            tunnel = self.conn.forward_local(local_port, remote_port=remote_port, remote_host="127.0.0.1")
+        with self._guard(f"the tunnel to {remote_host}:{remote_port}"):
+            tunnel = self.conn.forward_local(local_port, remote_port=remote_port,
+                                             remote_host=remote_host.strip("[]"))
             tunnel.__enter__()
         try:
-            yield local_port  # what the caller does here keeps its own errors
+            yield f"http://127.0.0.1:{local_port}"  # what the caller does here keeps its own errors
         finally:
             with contextlib.suppress(Exception):
                 tunnel.__exit__(None, None, None)
