@@ -533,6 +533,9 @@ def recommend(c, model, host, ctx="32k", bench="", manifest="", reserve_gib=4.0,
 
 @turbo_task(
     host="a host under turbo.hosts",
+    hosts="a rolling deploy to these hosts, comma-separated: the first is the canary",
+    group="a rolling deploy to the hosts of this group (turbo.groups)",
+    batch="rolling deploy: hosts per wave after the canary (default 2)",
     dist="the build to deploy (default: the newest in <workspace>/dist)",
     dry_run="print the plan (files to send, service config diff, commands) and change nothing",
     specs="Modelfile specs to create on the host after the switch (default: modelfiles/, else the examples "
@@ -541,12 +544,27 @@ def recommend(c, model, host, ctx="32k", bench="", manifest="", reserve_gib=4.0,
     json="write the result as JSON to this file",
     verbose="echo every command",
 )
-def deploy(c, host, dist="", dry_run=False, specs="", accept_unmeasured=False, json="", verbose=False):
-    """Install a build as a service on a host, switch atomically, verify, roll back on failure."""
-    from ollama_turbo.deploy import releases
+def deploy(c, host="", hosts="", group="", batch=2, dist="", dry_run=False, specs="", accept_unmeasured=False,
+           json="", verbose=False):
+    """Install a build as a service on a host (or a fleet, canary first), switch atomically, verify, roll back."""
+    from ollama_turbo.deploy import releases, rolling
 
     s = settings(c)
     d = Path(dist) if dist else releases.latest_dist(s)
+    if hosts or group:
+        if host:
+            raise UsageError("give --host, or --hosts / --group for a rolling deploy, not both")
+        names = rolling.hosts_for(s, hosts, group)
+        out = rolling.rollout(s, names, d, batch=int(batch), dry_run=dry_run, specs_dir=specs_dir(c, specs),
+                              accept_unmeasured=accept_unmeasured)
+        print(out.render())
+        write_json(json, out.to_json())
+        if not out.ok:
+            raise Exit(f"error: rolling deploy stopped at {out.stopped_at}: "
+                       + next(o.error for o in out.outcomes if o.host == out.stopped_at), code=1)
+        return
+    if not host:
+        raise UsageError("give --host H (or --hosts / --group for a rolling deploy)")
     r = releases.deploy(s, s.host(host), d, dry_run=dry_run, specs_dir=specs_dir(c, specs),
                         accept_unmeasured=accept_unmeasured)
     print(r.render(host))

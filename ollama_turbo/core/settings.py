@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "kv": {"type_k": "turbo4", "type_v": "turbo4", "flash_attention": True, "env": {}},
     "build": {"backend": "metal", "version_suffix": "turbo"},
     "hosts": {},
+    "groups": {},
 }
 
 HOST_DEFAULTS: dict[str, Any] = {
@@ -138,6 +139,7 @@ class Settings:
     kv: KV
     build: Build
     hosts: dict[str, Host]
+    groups: dict[str, list[str]] = field(default_factory=dict)  # turbo.groups: name -> hosts, for rolling deploys
 
     def kv_summary(self) -> dict[str, Any]:
         return self.kv.summary()
@@ -209,7 +211,16 @@ def parse(raw: Mapping[str, Any], origin: Origin = _no_origin, *, base: Path | N
     )
     hosts_raw = v.mapping(full["hosts"], "hosts")
     hosts = {name: v.host(name, h) for name, h in hosts_raw.items()}
-    return Settings(workspace=ws, sources=sources, kv=kv, build=build, hosts=hosts)
+    groups: dict[str, list[str]] = {}
+    for name, members in v.mapping(full["groups"], "groups").items():
+        key = f"groups.{name}"
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            raise v.fail(key, f"expected a list of host names, got {members!r}")
+        unknown = [m for m in members if m not in hosts]
+        if unknown:
+            raise v.fail(key, f"unknown host {unknown[0]!r}; configured hosts: {', '.join(sorted(hosts)) or 'none'}")
+        groups[str(name)] = list(members)
+    return Settings(workspace=ws, sources=sources, kv=kv, build=build, hosts=hosts, groups=groups)
 
 
 class _Validator:

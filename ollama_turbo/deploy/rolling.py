@@ -1,0 +1,110 @@
+"""A rolling deploy across a fleet: one canary host first, then the rest a few at a time, stopping at
+the first failure so the hosts not yet reached keep their old release."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ollama_turbo.core.errors import TurboError, UsageError
+from ollama_turbo.core.settings import Settings
+from ollama_turbo.deploy import releases
+
+Say = Callable[[str], None]
+
+
+def hosts_for(settings: Settings, hosts: str, group: str) -> list[str]:
+    """``--hosts a,b,c`` or ``--group NAME`` (turbo.groups), in the order given."""
+    if bool(hosts) == bool(group):
+        raise UsageError("give --hosts a,b,c or --group NAME")
+    if group:
+        if group not in settings.groups:
+            known = ", ".join(sorted(settings.groups)) or "none"
+            raise UsageError(f"unknown group {group!r} (turbo.groups: {known})", hint="add it under turbo.groups")
+        names = settings.groups[group]
+    else:
+        names = [h.strip() for h in hosts.split(",") if h.strip()]
+    for name in names:
+        settings.host(name)  # an unknown host is a settings error, before anything starts
+    if len(set(names)) != len(names):
+        raise UsageError(f"a host appears twice in {', '.join(names)}")
+    return names
+
+
+def waves(names: list[str], batch: int) -> list[list[str]]:
+    """The canary alone, then the others ``batch`` at a time."""
+    if batch < 1:
+        raise UsageError(f"--batch {batch} must be at least 1")
+    rest = names[1:]
+    return [names[:1], *[rest[i:i + batch] for i in range(0, len(rest), batch)]]
+
+
+@dataclass
+class HostOutcome:
+    host: str
+    wave: int
+    result: str  # deployed | failed | not reached | planned
+    version: str = ""
+    previous: str | None = None
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class Rollout:
+    outcomes: list[HostOutcome] = field(default_factory=list)
+    stopped_at: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.stopped_at is None
+
+    def render(self) -> str:
+        lines = [f"{'host':<14}{'wave':>5}  {'result':<13}{'version':<30}{'previous':<30}{'s':>6}"]
+        for o in self.outcomes:
+            lines.append(f"{o.host:<14}{o.wave:>5}  {o.result:<13}{o.version:<30}{o.previous or '-':<30}"
+                         f"{o.seconds:>6.1f}")
+        lines.append(f"stopped at {self.stopped_at}: the hosts not reached keep their release" if self.stopped_at
+                     else f"all {len(self.outcomes)} hosts deployed in {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "stopped_at": self.stopped_at, "seconds": self.seconds,
+                "hosts": [asdict(o) for o in self.outcomes]}
+
+
+def rollout(settings: Settings, names: list[str], dist: Path, *, batch: int = 2, dry_run: bool = False,
+            say: Say = print, **deploy_kw: Any) -> Rollout:
+    t0 = time.perf_counter()
+    plan = waves(names, batch)
+    r = Rollout()
+    for i, wave in enumerate(plan):
+        for name in wave:
+            r.outcomes.append(HostOutcome(name, i, "planned" if dry_run else "not reached"))
+    if dry_run:
+        say("rolling deploy order: " + " | ".join(
+            f"wave {i}{' (canary)' if i == 0 else ''}: {', '.join(w)}" for i, w in enumerate(plan)))
+        return r
+    by = {o.host: o for o in r.outcomes}
+    for i, wave in enumerate(plan):
+        say(f"wave {i}{' (canary)' if i == 0 else ''}: {', '.join(wave)}")
+        for name in wave:
+            o = by[name]
+            h0 = time.perf_counter()
+            try:
+                res = releases.deploy(settings, settings.host(name), dist, say=say, **deploy_kw)
+                o.result, o.version, o.previous = "deployed", res.version, res.previous
+            except TurboError as exc:
+                o.result, o.error = "failed", str(exc).splitlines()[0]
+                r.stopped_at = name
+            o.seconds = time.perf_counter() - h0
+            if r.stopped_at:
+                break
+        if r.stopped_at:
+            break
+    r.seconds = time.perf_counter() - t0
+    return r
