@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -55,6 +56,12 @@ def start(emulator: Path) -> SSHHost:
         pwd.getpwnam(USER)
     except KeyError:
         proc.run(["useradd", "--no-create-home", "--shell", "/bin/sh", USER])
+    # the test user exists only for this host: a server left by an interrupted run would block usermod
+    subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
+    for _ in range(50):
+        if subprocess.run(["pgrep", "-u", USER], capture_output=True).returncode != 0:
+            break
+        time.sleep(0.1)
     proc.run(["usermod", "-p", "*", "-d", str(home), USER])
     info = pwd.getpwnam(USER)
     (home / ".ssh").mkdir(parents=True)

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import difflib
 import json
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from ollama_turbo.core import poll
 from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.services import Layout, Manager, expand, render, service_env
-from ollama_turbo.deploy.transport import Transport, connect, q, url_host
+from ollama_turbo.deploy.transport import Transport, TransportError, connect, q, url_host
 from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.fork.cache_types import BUILTIN, BlockTable, label
 from ollama_turbo.kv import modelfiles as modelfile
@@ -128,9 +129,16 @@ def switch(t: Transport, layout: Layout, version: str, host: Host) -> None:
          f"else mv -T {q(tmp)} {q(layout.current)}; fi")
 
 
+def lock_owner() -> str:
+    return f"{socket.gethostname()} pid {os.getpid()} at {dt.datetime.now().isoformat(timespec='seconds')}"
+
+
 @contextlib.contextmanager
-def host_lock(t: Transport, layout: Layout, say: Say) -> Iterator[None]:
-    me = f"{socket.gethostname()} pid {__import__('os').getpid()} at {dt.datetime.now().isoformat(timespec='seconds')}"
+def host_lock(t: Transport, layout: Layout, say: Say, me: str | None = None, *,
+              recovers: bool = False) -> Iterator[None]:
+    """The host's deploy lock. With ``recovers`` a lost connection leaves it held: the caller's recovery
+    keeps it until the host is safe again, then drops it."""
+    me = me or lock_owner()
     t.sh(f"mkdir -p {q(layout.prefix)}")
     for attempt in range(2):
         r = t.sh(f"mkdir {q(layout.lock)} && printf %s {q(me)} > {q(layout.lock + '/owner')}", check=False)
@@ -142,7 +150,7 @@ def host_lock(t: Transport, layout: Layout, say: Say) -> Iterator[None]:
         if attempt == 0 and age.isdigit() and int(age) > STALE_LOCK_S:
             say(f"WARNING: breaking a stale deploy lock ({owner}, {int(age) // 60} min old)")
             # rename first: of two deployers breaking the same stale lock, only one rename succeeds
-            stale = f"{layout.lock}.stale-{__import__('os').getpid()}"
+            stale = f"{layout.lock}.stale-{os.getpid()}"
             if t.sh(f"mv {q(layout.lock)} {q(stale)}", check=False).ok:
                 t.sh(f"rm -rf {q(stale)}", check=False)
             continue
@@ -150,7 +158,16 @@ def host_lock(t: Transport, layout: Layout, say: Say) -> Iterator[None]:
                           hint=f"wait for it; if none is running, remove {layout.lock} on the host")
     try:
         yield
-    finally:
+    except TransportError:
+        if not recovers:
+            with contextlib.suppress(TransportError):
+                t.sh(f"rm -rf {q(layout.lock)}", check=False)
+        raise
+    except BaseException:
+        with contextlib.suppress(TransportError):
+            t.sh(f"rm -rf {q(layout.lock)}", check=False)
+        raise
+    with contextlib.suppress(TransportError):
         t.sh(f"rm -rf {q(layout.lock)}", check=False)
 
 
@@ -296,17 +313,88 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
             res = plan()
             res.seconds = time.perf_counter() - t0
             return res
-        with host_lock(t, layout, say):  # taken before any state is read: two deploys never interleave
-            return _deploy_locked(settings, host, t, layout, mgr, m, dist, config, plan(), say, rendered, kv, t0)
+        attempt = Attempt(lock_owner())
+        try:
+            with host_lock(t, layout, say, attempt.owner, recovers=True):  # taken before any state is read
+                return _deploy_locked(settings, host, t, layout, mgr, m, dist, config, plan(), say, rendered, kv, t0,
+                                      attempt)
+        except TransportError as exc:
+            recover(host, version, attempt, exc, say)
+            raise  # recover raises; this is for the type checker
     finally:
-        t.close()
+        with contextlib.suppress(Exception):
+            t.close()
+
+
+@dataclass
+class Attempt:
+    """What a deploy has done on the host so far: what recovery after a lost connection must undo."""
+
+    owner: str                  # the lock's owner line
+    previous: str | None = None
+    old_previous: str | None = None
+    old_config: str = ""
+    switched: bool = False
+    step: str = "connecting"
+
+
+def recover(host: Host, version: str, attempt: Attempt, exc: TransportError, say: Say) -> None:
+    """The connection was lost mid-deploy: reconnect, put the host back on a verified release, drop our lock."""
+    say(f"[{host.name}] the connection was lost during {attempt.step}; reconnecting to recover")
+    t2: Transport | None = None
+
+    def reconnect() -> Transport | None:
+        try:
+            return connect(host.name, host.ssh)
+        except TurboError:
+            return None
+
+    t2 = poll.until(reconnect, interval=1.0, timeout=max(host.health_timeout, 5))
+    if t2 is None:
+        raise DeployError(f"deploy of {version} to {host.name} lost the connection during {attempt.step} and could "
+                          f"not reconnect: {exc}",
+                          hint=f"when the host is reachable: invoke status --host {host.name}; invoke rollback "
+                               f"--host {host.name} if it is not on a release you trust; a lock left behind is "
+                               "broken after 15 minutes") from None
+    try:
+        layout = _layout(t2, host)
+        mgr = Manager(t2, host, layout)
+        # the lost session's service-manager commands may still be running on the host: let them finish first
+        t2.sh("for i in $(seq 50); do pgrep -u \"$(id -u)\" -f '[l]aunchctl |[s]ystemctl ' >/dev/null || break; "
+              "sleep 0.2; done", check=False)
+        current = current_release(t2, layout)
+        if attempt.switched and current == version and attempt.previous:
+            _rollback_to(t2, host, layout, mgr, attempt.previous, attempt.old_config, say)
+            if attempt.old_previous:
+                set_previous(t2, layout, attempt.old_previous)
+            outcome = f"rolled back to {attempt.previous}"
+        elif attempt.switched and current == version:
+            mgr.stop()
+            t2.sh(f"rm -f {q(layout.current)}", check=False)
+            outcome = "stopped (no previous release)"
+        else:
+            if current and "running" not in mgr.state():
+                mgr.restart()
+            outcome = f"left on {current or 'no release'} (nothing was switched)"
+        _history(t2, layout, version, "lost-connection")
+        owner = t2.sh(f"cat {q(layout.lock + '/owner')} 2>/dev/null", check=False).stdout.strip()
+        if owner == attempt.owner:
+            t2.sh(f"rm -rf {q(layout.lock)}", check=False)
+    finally:
+        with contextlib.suppress(Exception):
+            t2.close()
+    raise DeployError(f"deploy of {version} to {host.name} lost the connection during {attempt.step} and was "
+                      f"recovered: {outcome}: {exc}",
+                      hint=f"invoke status --host {host.name}; deploy again when the network is stable") from None
 
 
 def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout, mgr: Manager, m: dict[str, Any],
                    dist: Path, config: str, res: DeployResult, say: Say, rendered: list[modelfile.Rendered],
-                   kv: tuple[str, str], t0: float) -> DeployResult:
+                   kv: tuple[str, str], t0: float, attempt: Attempt | None = None) -> DeployResult:
+    attempt = attempt or Attempt(lock_owner())
     version = m["version"]
     release = f"{layout.releases}/{version}"
+    attempt.step = "the port check"
     holder = port_holder(t, host.port, host.probe_host)
     if holder:
         current = res.previous or ""
@@ -321,16 +409,21 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
                      "'systemctl stop ollama' / 'launchctl bootout gui/$(id -u)/com.ollama.ollama', or give "
                      f"turbo.hosts.{host.name}.listen another port")
     say(f"[{host.name}] upload {len(res.uploaded)} files ({len(res.reused)} already there) -> {release}")
+    attempt.step = "the upload"
     _upload(t, layout, dist, m, res, say)
     previous = res.previous
     if previous == version:
         previous = previous_release(t, layout)
     old_config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
     old_previous = previous_release(t, layout)
+    attempt.previous, attempt.old_previous, attempt.old_config = previous, old_previous, old_config
+    attempt.step = "the switch"
     say(f"[{host.name}] switch current -> {version}" + (f" (previous: {previous})" if previous else ""))
+    attempt.switched = True  # from here on, recovery checks where current points
     switch(t, layout, version, host)
     if previous and previous != version:
         set_previous(t, layout, previous)
+    attempt.step = "the restart and health check"
     try:
         mgr.install(config)
         mgr.restart()
@@ -347,6 +440,8 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
             res.smoke = r.to_json()
             if not r.ok:
                 raise DeployError(f"smoke failed on {host.name}: {', '.join(r.failed)}")
+    except TransportError:
+        raise  # the connection is gone: deploy() reconnects and recovers
     except (TurboError, requests.RequestException) as exc:
         tail = log_tail(t, layout)
         res.error = f"{exc}\n--- service log (last lines) ---\n{tail}"
@@ -369,12 +464,24 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
 
 
 def _upload(t: Transport, layout: Layout, dist: Path, m: dict[str, Any], res: DeployResult, say: Say) -> None:
-    release = f"{layout.releases}/{m['version']}"
-    if not res.uploaded and t.sh(f"test -d {q(release)}", check=False).ok:
-        return
+    version = m["version"]
+    release = f"{layout.releases}/{version}"
+    if t.sh(f"test -d {q(release)}", check=False).ok:
+        if not res.uploaded:  # already there, intact: only the verdicts it is deployed with are new
+            if res.quality:
+                t.write(f"{release}/quality.json", json.dumps(res.quality, indent=2) + "\n")
+            return
+        if version in (current_release(t, layout), previous_release(t, layout)):
+            raise DeployError(f"release {version} on the host is a different build than {dist} "
+                              f"({', '.join(res.uploaded[:3])} differ), and it is the host's current or "
+                              "previous release, so it is not replaced in place",
+                              hint="a build's version names its identity: rebuild (build-ollama stamps the "
+                                   "source commits, backend and platform into the version), or roll back "
+                                   "first")
+        # an older release of the same name: set it aside in one rename, never delete it while it may be read
+        t.sh(f"mv {q(release)} {q(release + '.replaced')} && rm -rf {q(release + '.replaced')}")
     partial = release + ".partial"
-    t.sh(f"mkdir -p {q(partial)} {q(layout.prefix + '/logs')} && if [ -d {q(release)} ]; then "
-         f"cp -Rp {q(release)}/. {q(partial)}/ && rm -rf {q(release)}; fi")
+    t.sh(f"mkdir -p {q(partial)} {q(layout.prefix + '/logs')}")
     current = remote_sums(t, layout.current + "/")
     for i, rel in enumerate(res.uploaded, 1):
         target = f"{partial}/{rel}"

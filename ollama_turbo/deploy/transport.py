@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import shlex
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -167,13 +168,42 @@ class SSHTransport:
                                       "could be") from None
 
     def sh(self, script: str, *, check: bool = True, timeout: float | None = 120) -> Out:
+        # TURBO_SSH_COMMAND_TIMEOUT caps every remote command (a stalled connection gives up sooner)
+        cap = float(os.environ.get("TURBO_SSH_COMMAND_TIMEOUT", "0") or 0)
+        if cap and (timeout is None or timeout > cap):
+            timeout = cap
         with self._guard(f"'{script[:60]}'"):
-            r = self.conn.run(script, hide=True, warn=True, in_stream=False, timeout=timeout)
+            r = self._run(script, timeout, f"'{script[:60]}'")
         out = Out([script], r.exited, r.stdout, r.stderr)
         if check and not out.ok:
             raise TransportError(f"{self.name}: remote command failed ({r.exited}): {script[:200]}\n"
                                  f"{proc.tail(r.stderr or r.stdout, 10)}")
         return out
+
+    def _run(self, script: str, timeout: float | None, what: str) -> Any:
+        """Run with a deadline of our own: a stalled connection never answers, so Fabric's command timeout
+        (which asks the host to close the channel) waits as long as the stall; here the connection is closed."""
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["r"] = self.conn.run(script, hide=True, warn=True, in_stream=False)
+            except BaseException as exc:  # re-raised in the caller's thread
+                box["e"] = exc
+
+        th = threading.Thread(target=work, daemon=True)
+        th.start()
+        th.join(timeout)
+        if th.is_alive():
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            th.join(5)
+            raise TransportError(f"{self.name}: no answer within {timeout:g} s during {what}",
+                                 hint="check the host and the network; the deploy was rolled back where it "
+                                      "could be")
+        if "e" in box:
+            raise box["e"]
+        return box["r"]
 
     def put(self, local: Path, remote: str) -> None:
         with self._guard(f"the upload of {local.name}"):
