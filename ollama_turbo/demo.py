@@ -83,7 +83,8 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
     port = free_port()
     s = config.parse({**raw, "hosts": {"this-machine": {
         "ssh": "local", "os": "linux", "service": "none", "listen": f"127.0.0.1:{port}", "memory_gib": 6,
-        "prefix": str(root / "host"), "models_dir": str(root / "host-models"), "health_timeout": 30}}})
+        "prefix": str((root / "host").resolve()), "models_dir": str((root / "host-models").resolve()),
+        "health_timeout": 30}}})
     say(f"6/7 deploy {b.plan.version} to this machine (127.0.0.1:{port}, a detached service under {root / 'host'})")
     from ollama_turbo.deploy import releases as deploy_mod
 

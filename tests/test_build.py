@@ -239,6 +239,27 @@ def test_metal_dry_run_on_linux_prints_the_plan_and_says_the_build_needs_macos(
     assert not (ws / "dist").exists() and not (ws / "build").exists()
 
 
+def test_a_builds_identity_names_its_backend_and_both_commits(worlds: dict[str, sample.World],
+                                                              tmp_path: Path) -> None:
+    """A CPU and a Metal build of the same sources once shared one version, one dist folder and one
+    release name on a host; the version now carries the fork commit, the backend and an identity digest."""
+    w = worlds["clean"]
+    plans = {}
+    for backend in ("cpu", "metal"):
+        out = tmp_path / f"{backend}.json"
+        r = invoke("build-ollama", "--ollama", str(w.ollama_c), "--fork", str(w.fork), "--backend", backend,
+                   "--dry-run", "--json", str(out), env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+        assert r.returncode == 0, r.stderr
+        plans[backend] = json.loads(out.read_text())
+    cpu, metal = plans["cpu"], plans["metal"]
+    assert cpu["version"] != metal["version"] and cpu["dist"] != metal["dist"]
+    assert ".cpu." in cpu["version"] and ".metal." in metal["version"]
+    assert re.fullmatch(r"0\.31\.0-turbo\+[0-9a-f]{9}\.cpu\.[0-9a-f]{6}", cpu["version"]), cpu["version"]
+    dry = invoke("build-ollama", "--ollama", str(w.ollama_c), "--fork", str(w.fork), "--backend", "cpu", "--dry-run",
+                 env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+    assert f"version  {cpu['version']} (identity " in dry.stdout and "rules)" in dry.stdout
+
+
 # --- Go modules: through the user's proxy, or a clear early stop ---------------------------
 
 

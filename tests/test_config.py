@@ -50,6 +50,8 @@ def test_hosts_get_defaults_by_os() -> None:
     ({"hosts": {"mac": {"memory_gib": -3}}}, "turbo.hosts.mac.memory_gib", "positive number"),
     ({"hosts": {"mac": {"listen": "nowhere"}}}, "turbo.hosts.mac.listen", "does not match"),
     ({"hosts": {"mac": {"sshh": "x"}}}, "turbo.hosts.mac.sshh", "unknown key"),
+    ({"hosts": {"mac": {"prefix": "relative/dir"}}}, "turbo.hosts.mac.prefix", "absolute path"),
+    ({"hosts": {"mac": {"prefix": "~/a\nrm -rf ~"}}}, "turbo.hosts.mac.prefix", "single line"),
 ])
 def test_bad_settings_name_the_key_and_the_file(raw: dict, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:

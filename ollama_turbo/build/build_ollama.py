@@ -57,6 +57,7 @@ class Options:
 @dataclass
 class Plan:
     version: str
+    identity: str  # sha256 of what makes this build differ from another (build_identity)
     era: str
     backend: str
     preset: str
@@ -82,7 +83,8 @@ class Plan:
             f"pinned   llama.cpp {self.info.pin if self.era == 'C' else 'FETCH_HEAD ' + self.info.pin[:12]} "
             "(replaced by the fork)",
             f"backend  {self.backend}" + (f" (cmake preset {self.preset})" if self.era == "C" else ""),
-            f"version  {self.version}",
+            f"version  {self.version} (identity {self.identity[:12]}: Ollama and fork commits, backend, "
+            f"preset, {build_platform()['os']}/{build_platform()['arch']}, rules)",
             f"dist     {self.dist}",
             "rules:",
             *[f"  {r.name:<28} {r.file}: {r.why}" for r in self.rules],
@@ -99,6 +101,20 @@ class Plan:
         lines += [f"  {c}" for c in self.commands]
         lines += [f"NOTE: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def build_platform() -> dict[str, str]:
+    """The OS and CPU architecture a build made here runs on."""
+    return {"os": platform.system().lower(), "arch": platform.machine()}
+
+
+def build_identity(ollama_sha: str, fork_sha: str, backend: str, preset: str, rule_list: list[rules.Rule]) -> str:
+    """What makes two builds differ, as one digest: both commits, the backend and preset, this machine's
+    OS/arch and the source rules. Two builds with the same identity are the same build."""
+    return hashlib.sha256(json.dumps({
+        "ollama": ollama_sha, "fork": fork_sha, "backend": backend, "preset": preset, "platform": build_platform(),
+        "rules": [(r.name, r.file, r.anchor, r.text) for r in rule_list],
+    }, sort_keys=True).encode()).hexdigest()
 
 
 def _check_backend(backend: str, era: str, notes: list[str] | None = None) -> str:
@@ -192,12 +208,16 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                                       hint="Ollama has moved this code; update ollama_turbo/gorules.py")
             texts[r.file] = (o_dir / r.file).read_text()
         texts[r.file] = rules.apply_rule(texts[r.file], r)
-    version = f"{info.version}-{settings.build.version_suffix}+{fork.short}"
+    # a build's identity, in the one name every later stage uses (dist folder, release, /api/version):
+    # readable parts (fork commit, backend) and a digest of everything that makes two builds differ
+    identity = build_identity(ollama.sha, fork.sha, backend, preset, rule_list)
+    version = f"{info.version}-{settings.build.version_suffix}+{fork.short}.{backend}.{identity[:6]}"
     key = hashlib.sha256(json.dumps({
         "ollama": ollama.sha, "fork": fork.sha, "backend": backend, "preset": preset, "version": version,
         "rules": [(r.name, r.file, r.anchor, r.text) for r in rule_list], "tool": __version__,
     }, sort_keys=True).encode()).hexdigest()
-    plan = Plan(version=version, era=info.era, backend=backend, preset=preset, ollama=ollama, fork=fork,
+    plan = Plan(version=version, identity=identity, era=info.era, backend=backend, preset=preset, ollama=ollama,
+                fork=fork,
                 info=info, cache_blocks=cache_blocks, all_blocks=all_blocks, dropped_flags=dropped, rules=rule_list,
                 patches=patches,
                 dist=ws / "dist" / version, key=key, notes=notes, verify=verified)
@@ -289,7 +309,7 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         "fork": {"url": plan.fork.url, "ref": plan.fork.ref, "sha": plan.fork.sha},
         "pinned": {"tag": plan.info.pin} if plan.era == "C" else {"fetch_head": plan.info.pin},
         "backend": plan.backend, "preset": plan.preset if plan.era == "C" else None,
-        "platform": {"os": platform.system().lower(), "arch": platform.machine()},
+        "platform": build_platform(), "identity": plan.identity,
         "kv": {"type_k": settings.kv.type_k, "type_v": settings.kv.type_v,
                "flash_attention": settings.kv.flash_attention, "env": redact.env(settings.kv.env)},
         "cache_types": {b.name: {"ggml_type": b.ggml_type, "block": b.block, "bytes": b.size}

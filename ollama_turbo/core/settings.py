@@ -250,6 +250,14 @@ class _Validator:
             raise self.fail(key, f"{value!r} does not match {pattern}")
         return value
 
+    def prefix(self, value: Any, key: str) -> str:
+        """A host's install prefix: absolute or under ~, one line (it is quoted into every remote command)."""
+        v = self.string(value, key)
+        if not (v == "~" or v.startswith(("~/", "/"))) or re.search(r"[\x00-\x1f\x7f]", v):
+            raise self.fail(key, f"{v!r} is not an absolute path or one under ~/ on a single line "
+                                 "(e.g. ~/.ollama-turbo)")
+        return v
+
     def scalar_str(self, value: Any, key: str) -> str:
         if isinstance(value, bool):
             return "1" if value else "0"
@@ -317,7 +325,7 @@ class _Validator:
         return Host(
             name=name, ssh=ssh, os=os_, service=service, listen=listen,
             memory_gib=None if mem is None else float(mem),
-            prefix=self.string(m["prefix"], f"{key}.prefix"),
+            prefix=self.prefix(m["prefix"], f"{key}.prefix"),
             models_dir=self.string(m["models_dir"], f"{key}.models_dir"),
             keep=keep, health_timeout=float(ht),
         )

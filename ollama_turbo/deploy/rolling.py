@@ -64,9 +64,12 @@ class Rollout:
         return self.stopped_at is None
 
     def render(self) -> str:
-        lines = [f"{'host':<14}{'wave':>5}  {'result':<13}{'version':<30}{'previous':<30}{'s':>6}"]
+        hw = max([len("host"), *(len(o.host) for o in self.outcomes)]) + 2
+        vw = max([len("version"), *(len(o.version) for o in self.outcomes),
+                  *(len(o.previous or "") for o in self.outcomes)]) + 2
+        lines = [f"{'host':<{hw}}{'wave':>4}  {'result':<13}{'version':<{vw}}{'previous':<{vw}}{'s':>6}"]
         for o in self.outcomes:
-            lines.append(f"{o.host:<14}{o.wave:>5}  {o.result:<13}{o.version:<30}{o.previous or '-':<30}"
+            lines.append(f"{o.host:<{hw}}{o.wave:>4}  {o.result:<13}{o.version:<{vw}}{o.previous or '-':<{vw}}"
                          f"{o.seconds:>6.1f}")
         lines.append(f"stopped at {self.stopped_at}: the hosts not reached keep their release" if self.stopped_at
                      else f"all {len(self.outcomes)} hosts deployed in {self.seconds:.1f} s")
