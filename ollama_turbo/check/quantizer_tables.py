@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ollama_turbo.core.errors import TurboError
+from ollama_turbo.core.rules import block_end
 
 # Where a fork keeps its own copies (globs under the tree); the backend follows from the path.
 SOURCES = ("ggml/src/*turbo*.c", "ggml/src/ggml-cpu/ops.cpp", "ggml/src/ggml-cuda/*turbo*",
@@ -95,22 +96,10 @@ def _is_signs(name: str, values: tuple[float, ...]) -> bool:
             and bool(values) and all(v in (-1.0, 1.0) for v in values))
 
 
-def _body(text: str, start: int) -> str:
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i + 1]
-    return text[start:]
-
-
 def _rotations(text: str, rel: str, backend: str, sign_names: set[str]) -> list[Rotation]:
     out = []
     for m in FUNCTION.finditer(text):
-        body = _body(text, m.end() - 1)
+        body = text[m.end() - 1:block_end(text, m.end() - 1)]
         aliases = dict(re.findall(r"\*\s*(\w+)\s*=\s*(\w+)\s*;", body))
         params = {p.split()[-1].strip("*") for p in m.group(2).split(",") if p.strip()}
         used = []

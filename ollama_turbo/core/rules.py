@@ -41,16 +41,21 @@ def function_span(text: str, name: str) -> tuple[int, int] | None:
     m = re.search(rf"^func (?:\([^)]*\)\s*)?{re.escape(name)}\(", text, re.M)
     if not m:
         return None
-    i = text.index("{", m.end())
+    return m.start(), block_end(text, text.index("{", m.end()))
+
+
+def block_end(text: str, start: int) -> int:
+    """The index just past the brace that closes the one at ``start`` (the end of text if none does);
+    for C and Go alike."""
     depth = 0
-    for j in range(i, len(text)):
+    for j in range(start, len(text)):
         if text[j] == "{":
             depth += 1
         elif text[j] == "}":
             depth -= 1
             if depth == 0:
-                return m.start(), j + 1
-    return m.start(), len(text)
+                return j + 1
+    return len(text)
 
 
 def apply_rule(text: str, rule: Rule) -> str:
