@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -331,31 +333,38 @@ def test_a_proxy_answering_404_is_named_with_the_module(
 # --- what the fork does to a cache: smoke and deploy ask fork.behaviour, not the settings --------
 
 
-def _local_host(tmp_path: Path, extra_env: dict[str, str] | None = None) -> config.Settings:
+def _local_host(tmp_path: Path, extra_env: dict[str, str] | None = None, name: str = "here",
+                listen_host: str = "127.0.0.1") -> config.Settings:
     return config.parse({"workspace": str(tmp_path / "ws"), "kv": {"type_k": "turbo4", "type_v": "turbo4",
                                                                   "env": extra_env or {}},
-                         "hosts": {"here": {"ssh": "local", "os": "linux", "service": "none",
-                                            "listen": f"127.0.0.1:{free_port()}", "memory_gib": 8,
-                                            "prefix": str(tmp_path / "host"), "models_dir": str(tmp_path / "m"),
-                                            "health_timeout": 30}}})
+                         "hosts": {name: {"ssh": "local", "os": "linux", "service": "none",
+                                          "listen": f"{listen_host}:{free_port()}", "memory_gib": 8,
+                                          "prefix": str(tmp_path / "host"), "models_dir": str(tmp_path / "m"),
+                                          "health_timeout": 30}}})
 
 
-def _deploy_gqa6(era_c_build: build.Result, world: sample.World, tmp_path: Path,
-                 extra_env: dict[str, str] | None = None) -> tuple[Any, str]:
+@contextlib.contextmanager
+def _deployed_here(s: config.Settings, name: str, dist: Path, model: Path, tmp_path: Path) -> Iterator[Any]:
+    """Deploy ``dist`` with one model to the local host ``name``; its server is stopped afterwards."""
     from ollama_turbo.deploy import releases
     from ollama_turbo.deploy.services import Layout, Manager
     from ollama_turbo.deploy.transport import LocalTransport
 
-    s = _local_host(tmp_path, extra_env)
     specs = tmp_path / "specs"
     specs.mkdir()
-    (specs / "gqa6.yaml").write_text(f"from: {world.model_gqa6}\nnum_ctx: 2048\nhosts: [here]\n")
-    host = s.host("here")
+    (specs / f"{model.stem}.yaml").write_text(f"from: {model}\nnum_ctx: 2048\nhosts: [{name}]\n")
+    host = s.host(name)
     try:
-        d = releases.deploy(s, host, era_c_build.dist, specs_dir=specs, say=lambda line: None, accept_unmeasured=True)
-        log = (tmp_path / "host" / "logs" / "ollama.log").read_bytes()
+        yield releases.deploy(s, host, dist, specs_dir=specs, say=lambda line: None, accept_unmeasured=True)
     finally:
         Manager(LocalTransport(), host, Layout("", str(tmp_path / "host"), "")).stop()
+
+
+def _deploy_gqa6(era_c_build: build.Result, world: sample.World, tmp_path: Path,
+                 extra_env: dict[str, str] | None = None) -> tuple[Any, str]:
+    with _deployed_here(_local_host(tmp_path, extra_env), "here", era_c_build.dist, world.model_gqa6,
+                        tmp_path) as d:
+        log = (tmp_path / "host" / "logs" / "ollama.log").read_bytes()
     return d, log.decode("utf-8", errors="replace")
 
 
@@ -616,20 +625,9 @@ def test_a_host_listening_on_another_address_is_reached_there(
         era_c_build: build.Result, worlds: dict[str, sample.World], tmp_path: Path) -> None:
     """127.0.0.2 stands in for a LAN address: health, models and smoke go to the listen address."""
     from ollama_turbo.deploy import releases
-    from ollama_turbo.deploy.services import Layout, Manager
-    from ollama_turbo.deploy.transport import LocalTransport
 
-    s = config.parse({"workspace": str(tmp_path / "ws"), "hosts": {"lan": {
-        "ssh": "local", "os": "linux", "service": "none", "listen": f"127.0.0.2:{free_port()}",
-        "prefix": str(tmp_path / "host"), "models_dir": str(tmp_path / "m"), "health_timeout": 30}}})
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    (specs / "m.yaml").write_text(f"from: {worlds['clean'].model}\nnum_ctx: 2048\nhosts: [lan]\n")
-    host = s.host("lan")
-    try:
-        d = releases.deploy(s, host, era_c_build.dist, specs_dir=specs, say=lambda line: None, accept_unmeasured=True)
-        st = releases.status(s, host)
-    finally:
-        Manager(LocalTransport(), host, Layout("", str(tmp_path / "host"), "")).stop()
+    s = _local_host(tmp_path, name="lan", listen_host="127.0.0.2")
+    with _deployed_here(s, "lan", era_c_build.dist, worlds["clean"].model, tmp_path) as d:
+        st = releases.status(s, s.host("lan"))
     assert d.status == "deployed" and d.smoke and d.smoke["url"].startswith("http://127.0.0.2:")
     assert st["serving"] == d.version
