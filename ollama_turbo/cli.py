@@ -11,7 +11,7 @@ from __future__ import annotations
 import json as jsonlib
 import os
 from collections.abc import Callable, Sequence
-from functools import wraps
+from functools import partial, wraps
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,16 @@ def block_table(c: Any, manifest: str = "", fork: str = "", fork_ref: str = "") 
 def write_json(path: str, payload: Any) -> None:
     if path:
         Path(path).write_text(jsonlib.dumps(payload, indent=2, default=str) + "\n")
+
+
+def print_checklist(render: Callable[..., str], payload: Any, code: int, json: str, markdown: str) -> None:
+    """A checklist's text on stdout, its JSON and Markdown where asked, and its exit code."""
+    print(render(), end="")
+    write_json(json, payload)
+    if markdown:
+        Path(markdown).write_text(render(markdown=True))
+    if code:
+        raise Exit(code=code)
 
 
 @turbo_task(dest="empty directory to write the four repositories into",
@@ -266,12 +276,7 @@ def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", ta
                                     s.workspace)
     report = apicheck.check(s, ollama=ollama_co, fork=fork_co, upstream_url=upstream or None,
                             target=target, suppressions=supp)
-    print(apicheck.render(report), end="")
-    write_json(json, report.to_json())
-    if markdown:
-        Path(markdown).write_text(apicheck.render(report, markdown=True))
-    if report.exit_code():
-        raise Exit(code=report.exit_code())
+    print_checklist(partial(apicheck.render, report), report.to_json(), report.exit_code(), json, markdown)
 
 
 @turbo_task(
@@ -287,12 +292,7 @@ def verify_fork(c, fork="", fork_ref="", json="", markdown="", static_only=False
 
     s = settings(c)
     report = verify.verify_checkout(s, fork or s.sources.fork.url, fork_ref, dynamic=not static_only)
-    print(report.render(), end="")
-    write_json(json, report.to_json())
-    if markdown:
-        Path(markdown).write_text(report.render(markdown=True))
-    if report.exit_code():
-        raise Exit(code=report.exit_code())
+    print_checklist(report.render, report.to_json(), report.exit_code(), json, markdown)
 
 
 @turbo_task(
