@@ -253,3 +253,18 @@ def test_local_writes_replace_the_file_in_one_rename(tmp_path: Path) -> None:
     LocalTransport().write(str(target), "two\n")
     assert target.read_text() == "two\n" and target.stat().st_ino != inode  # a new file renamed over the old
     assert sorted(p.name for p in target.parent.iterdir()) == ["ollama.plist"]
+
+
+def test_the_command_deadline_caps_every_remote_command_and_rejects_a_bad_value(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ollama_turbo.core.errors import UsageError
+    from ollama_turbo.deploy.transport import command_deadline
+
+    monkeypatch.delenv("TURBO_SSH_COMMAND_TIMEOUT", raising=False)
+    assert command_deadline(120) == 120 and command_deadline(None) is None
+    monkeypatch.setenv("TURBO_SSH_COMMAND_TIMEOUT", "4")
+    assert command_deadline(120) == 4 and command_deadline(None) == 4 and command_deadline(2) == 2
+    for bad in ("soon", "0", "-3"):
+        monkeypatch.setenv("TURBO_SSH_COMMAND_TIMEOUT", bad)
+        with pytest.raises(UsageError, match=f"TURBO_SSH_COMMAND_TIMEOUT='{bad}' is not a positive number"):
+            command_deadline(120)

@@ -212,10 +212,9 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     # readable parts (fork commit, backend) and a digest of everything that makes two builds differ
     identity = build_identity(ollama.sha, fork.sha, backend, preset, rule_list)
     version = f"{info.version}-{settings.build.version_suffix}+{fork.short}.{backend}.{identity[:6]}"
-    key = hashlib.sha256(json.dumps({
-        "ollama": ollama.sha, "fork": fork.sha, "backend": backend, "preset": preset, "version": version,
-        "rules": [(r.name, r.file, r.anchor, r.text) for r in rule_list], "tool": __version__,
-    }, sort_keys=True).encode()).hexdigest()
+    # the up-to-date check: the build's identity, its version stamp and the tool that builds it
+    key = hashlib.sha256(json.dumps({"identity": identity, "version": version, "tool": __version__},
+                                    sort_keys=True).encode()).hexdigest()
     plan = Plan(version=version, identity=identity, era=info.era, backend=backend, preset=preset, ollama=ollama,
                 fork=fork,
                 info=info, cache_blocks=cache_blocks, all_blocks=all_blocks, dropped_flags=dropped, rules=rule_list,

@@ -156,19 +156,16 @@ def host_lock(t: Transport, layout: Layout, say: Say, me: str | None = None, *,
             continue
         raise DeployError(f"another deploy holds the lock on this host: {owner}",
                           hint=f"wait for it; if none is running, remove {layout.lock} on the host")
+    keep = False
     try:
         yield
     except TransportError:
-        if not recovers:
+        keep = recovers
+        raise
+    finally:
+        if not keep:
             with contextlib.suppress(TransportError):
                 t.sh(f"rm -rf {q(layout.lock)}", check=False)
-        raise
-    except BaseException:
-        with contextlib.suppress(TransportError):
-            t.sh(f"rm -rf {q(layout.lock)}", check=False)
-        raise
-    with contextlib.suppress(TransportError):
-        t.sh(f"rm -rf {q(layout.lock)}", check=False)
 
 
 def port_holder(t: Transport, port: int, listen_host: str = "127.0.0.1") -> str | None:
@@ -390,8 +387,7 @@ def recover(host: Host, version: str, attempt: Attempt, exc: TransportError, say
 
 def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout, mgr: Manager, m: dict[str, Any],
                    dist: Path, config: str, res: DeployResult, say: Say, rendered: list[modelfile.Rendered],
-                   kv: tuple[str, str], t0: float, attempt: Attempt | None = None) -> DeployResult:
-    attempt = attempt or Attempt(lock_owner())
+                   kv: tuple[str, str], t0: float, attempt: Attempt) -> DeployResult:
     version = m["version"]
     release = f"{layout.releases}/{version}"
     attempt.step = "the port check"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ollama_turbo.core import proc
-from ollama_turbo.core.errors import TurboError
+from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.core.ports import free_port
 
 
@@ -27,6 +27,24 @@ class TransportError(TurboError):
 
 
 Out = proc.Result
+
+
+NETWORK_HINT = "check the host and the network; the deploy was rolled back where it could be"
+
+
+def command_deadline(timeout: float | None) -> float | None:
+    """A remote command's deadline: its own, capped by TURBO_SSH_COMMAND_TIMEOUT (seconds) where set."""
+    raw = os.environ.get("TURBO_SSH_COMMAND_TIMEOUT", "")
+    if not raw:
+        return timeout
+    try:
+        cap = float(raw)
+    except ValueError:
+        cap = 0.0
+    if not cap > 0:
+        raise UsageError(f"TURBO_SSH_COMMAND_TIMEOUT={raw!r} is not a positive number of seconds",
+                         hint="unset it, or give one such as TURBO_SSH_COMMAND_TIMEOUT=30")
+    return cap if timeout is None else min(timeout, cap)
 
 
 class Transport(Protocol):
@@ -157,23 +175,17 @@ class SSHTransport:
             yield
         except TurboError:
             raise
-        except CommandTimedOut as exc:
+        except CommandTimedOut as exc:  # a command timeout from the user's Fabric configuration
             raise TransportError(f"{self.name}: no answer within {exc.timeout} s during {what}",
-                                 hint="check the host and the network; the deploy was rolled back where it "
-                                      "could be") from None
+                                 hint=NETWORK_HINT) from None
         except (OSError, EOFError, Exception) as exc:  # paramiko's errors have no base worth naming
             raise TransportError(f"{self.name}: the connection failed during {what}: "
-                                 f"{exc.__class__.__name__}: {exc}",
-                                 hint="check the host and the network; the deploy was rolled back where it "
-                                      "could be") from None
+                                 f"{exc.__class__.__name__}: {exc}", hint=NETWORK_HINT) from None
 
     def sh(self, script: str, *, check: bool = True, timeout: float | None = 120) -> Out:
-        # TURBO_SSH_COMMAND_TIMEOUT caps every remote command (a stalled connection gives up sooner)
-        cap = float(os.environ.get("TURBO_SSH_COMMAND_TIMEOUT", "0") or 0)
-        if cap and (timeout is None or timeout > cap):
-            timeout = cap
-        with self._guard(f"'{script[:60]}'"):
-            r = self._run(script, timeout, f"'{script[:60]}'")
+        what = f"'{script[:60]}'"
+        with self._guard(what):
+            r = self._run(script, command_deadline(timeout), what)
         out = Out([script], r.exited, r.stdout, r.stderr)
         if check and not out.ok:
             raise TransportError(f"{self.name}: remote command failed ({r.exited}): {script[:200]}\n"
@@ -198,9 +210,7 @@ class SSHTransport:
             with contextlib.suppress(Exception):
                 self.conn.close()
             th.join(5)
-            raise TransportError(f"{self.name}: no answer within {timeout:g} s during {what}",
-                                 hint="check the host and the network; the deploy was rolled back where it "
-                                      "could be")
+            raise TransportError(f"{self.name}: no answer within {timeout:g} s during {what}", hint=NETWORK_HINT)
         if "e" in box:
             raise box["e"]
         return box["r"]
