@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -21,9 +22,10 @@ from typing import Any
 
 from ollama_turbo import __version__
 from ollama_turbo.build import era_c as build_era_c
-from ollama_turbo.build import go_modules
+from ollama_turbo.build import go_modules, go_rules
 from ollama_turbo.build.go_rules import drop_flag_rules, era_b_rules, kv_bytes_rules
 from ollama_turbo.build.llama_server import build_tools
+from ollama_turbo.build.llama_server import publish as llama_publish
 from ollama_turbo.check import contract, verify_fork
 from ollama_turbo.core import manifest, proc, redact, rules, sources, toolchain
 from ollama_turbo.core.errors import CommandError, SourceError, ToolMissing, TurboError, UsageError
@@ -74,6 +76,10 @@ class Plan:
     commands: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what a dry run could not check here
     verify: dict[str, Any] = field(default_factory=dict)  # verify-fork's static verdict, recorded in the manifest
+    outcomes: list[go_rules.Outcome] = field(default_factory=list)  # every Go rule: applied (file:line) or not needed
+    per_model_kv: dict[str, Any] = field(default_factory=dict)  # PARAMETER kv_cache_type: supported, allowed types
+    patch_results: list[dict[str, str]] = field(default_factory=list)  # era C: each compat patch on the fork
+    adaptations: list[dict[str, str]] = field(default_factory=list)  # CMake defines for the fork, each with why
 
     def render(self) -> str:
         lines = [
@@ -86,8 +92,8 @@ class Plan:
             f"version  {self.version} (identity {self.identity[:12]}: Ollama and fork commits, backend, "
             f"preset, {build_platform()['os']}/{build_platform()['arch']}, rules)",
             f"dist     {self.dist}",
-            "rules:",
-            *[f"  {r.name:<28} {r.file}: {r.why}" for r in self.rules],
+            "Go rules:",
+            *go_rules.render_outcomes(self.outcomes),
             "patches applied by Ollama's own mechanism:" if self.patches else "patches: none",
             *[f"  {p}" for p in self.patches],
         ]
@@ -97,6 +103,7 @@ class Plan:
         if self.dropped_flags:
             lines.append(f"WARNING: dropping {', '.join(self.dropped_flags)} from Ollama's llama-server argv "
                          "(the fork does not define them)")
+        lines += [f"adapted: {a['define']}: {a['why']}" for a in self.adaptations]
         lines.append("commands:")
         lines += [f"  {c}" for c in self.commands]
         lines += [f"NOTE: {n}" for n in self.notes]
@@ -108,12 +115,13 @@ def build_platform() -> dict[str, str]:
     return {"os": platform.system().lower(), "arch": platform.machine()}
 
 
-def build_identity(ollama_sha: str, fork_sha: str, backend: str, preset: str, rule_list: list[rules.Rule]) -> str:
+def build_identity(ollama_sha: str, fork_sha: str, backend: str, preset: str, rule_list: list[rules.Rule],
+                   defines: list[str] | None = None) -> str:
     """What makes two builds differ, as one digest: both commits, the backend and preset, this machine's
     OS/arch and the source rules. Two builds with the same identity are the same build."""
     return hashlib.sha256(json.dumps({
         "ollama": ollama_sha, "fork": fork_sha, "backend": backend, "preset": preset, "platform": build_platform(),
-        "rules": [(r.name, r.file, r.anchor, r.text) for r in rule_list],
+        "rules": [(r.name, r.file, r.anchor, r.text) for r in rule_list], "defines": defines or [],
     }, sort_keys=True).encode()).hexdigest()
 
 
@@ -159,6 +167,48 @@ def _verify(f_dir: Path, fork: sources.Checkout, opts: Options) -> dict[str, Any
     return summary
 
 
+def _grep(co: sources.Checkout) -> go_rules.Grep:
+    """A search of Ollama's Go code (tests left out) at the commit being built."""
+    return lambda pattern: co.grep(pattern, "*.go", ":!*_test.go")
+
+
+def _enclosing(co: sources.Checkout) -> Callable[[str, int], str | None]:
+    """The name of the Go function that holds line ``n`` of ``file``."""
+    texts: dict[str, list[str]] = {}
+
+    def find(file: str, n: int) -> str | None:
+        lines = texts.setdefault(file, co.read(file).splitlines())
+        for line in reversed(lines[:n]):
+            m = re.match(r"func (?:\([^)]*\)\s*)?(\w+)\(", line)
+            if m:
+                return m.group(1)
+        return None
+
+    return find
+
+
+def _check_compat(ollama: sources.Checkout, fork: sources.Checkout, patches: list[str],
+                  probe: Path) -> list[dict[str, str]]:
+    """Era C: Ollama's compat patches tried on the fork's files (a scratch copy), so a conflict stops the build
+    (and names itself in a dry run) before any Go or CMake work."""
+    o_dir = ollama.export(probe / "compat-ollama", ["llama/compat"])
+    files = [o_dir / p for p in patches]
+    targets = sorted({t for f in files for t in contract.patch_targets(f.read_text(errors="replace"))})
+    tree = fork.export(probe / "compat-fork", targets)
+    results = contract.try_compat_patches(files, tree, o_dir)
+    bad = [r for r in results if r.status not in ("applied", "already-applied")]
+    if bad:
+        r = bad[0]
+        detail = "; ".join(line.strip() for line in r.detail.splitlines() if line.strip())[:300]
+        raise BuildError(
+            f"Ollama {ollama.ref}'s compat patch {r.patch} does not apply to the fork {fork.ref} ({fork.short}): "
+            f"{r.status} in {', '.join(r.files)}" + (f"; the fork lacks {', '.join(r.missing)}" if r.missing else "")
+            + (f" ({detail})" if detail else ""),
+            hint="use an Ollama release whose pin the fork is based on (invoke api-check --scan-ollama), "
+                 "or rebase the fork; nothing was built or downloaded, your checkouts are untouched")
+    return [{"patch": r.patch, "status": r.status} for r in results]
+
+
 def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     ws = settings.workspace
     ollama_url, fork_url = opts.ollama or settings.sources.ollama.url, opts.fork or settings.sources.fork.url
@@ -190,27 +240,47 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     all_blocks = list(blocks.derive(f_dir, fork_types).values())  # recorded: plans for this build use them
     cache_blocks = [b for b in all_blocks if b.name in new]
     dropped: list[str] = []
+    patch_results: list[dict[str, str]] = []
+    adaptations: list[dict[str, str]] = []
+    grep = _grep(ollama)
+    skipped: list[go_rules.Outcome] = []
+    per_model: dict[str, Any] = {"supported": False, "param": go_rules.PER_MODEL_PARAM}
     if info.era == sources.ERA_C:
         flags = contract.server_flags((o_dir / "llm/llama_server.go").read_text())
         have = fork_sources.fork_flags(arg_cpp)
         dropped = [f.name for f in flags if f.always and f.name not in have]
-        rule_list = kv_bytes_rules(cache_blocks) + drop_flag_rules(dropped)
+        needed, why_not = go_rules.kv_bytes_needed(grep, _enclosing(ollama))
+        rule_list = kv_bytes_rules(cache_blocks) if needed else []
+        skipped += [go_rules.Outcome(r.name, r.file, "not needed", None, why_not)
+                    for r in ([] if needed else kv_bytes_rules(cache_blocks))]
+        skipped += go_rules.allowlists_not_needed(grep, cache_blocks)
+        rule_list += drop_flag_rules(dropped) + go_rules.per_model_rules(fork_types)
+        per_model = {"supported": True, "param": go_rules.PER_MODEL_PARAM, "allowed": fork_types}
         patches = sorted(str(p.relative_to(o_dir)) for p in (o_dir / "llama/compat").rglob("*.patch"))
+        patch_results = _check_compat(ollama, fork, patches, probe)
+        if fork.exists("tools/server/CMakeLists.txt"):
+            adaptations = build_era_c.fork_cmake_adaptations(fork.read("tools/server/CMakeLists.txt"))
     else:
         rule_list = kv_bytes_rules(cache_blocks) + era_b_rules(cache_blocks)
+        per_model["why_not"] = ("era B runs llama.cpp inside Ollama through cgo, with one cache type per process; "
+                                "a cache type per model needs an era C Ollama (v0.30.0 or later)")
         patches = sorted(str(p.relative_to(o_dir)) for p in (o_dir / "llama/patches").glob("*.patch"))
-    # every rule must apply now, so a moved anchor is found before anything is built
+    # every rule must apply now, so a moved anchor is found before anything is built; where it applies is
+    # recorded (file:line of the anchor in Ollama's own source)
     texts: dict[str, str] = {}
+    applied: list[go_rules.Outcome] = []
     for r in rule_list:
         if r.file not in texts:
-            if not (o_dir / r.file).is_file():
+            if not ollama.exists(r.file):
                 raise rules.RuleError(f"{r.file}: rule {r.name}: file not found in Ollama {ollama.ref}",
-                                      hint="Ollama has moved this code; update ollama_turbo/gorules.py")
-            texts[r.file] = (o_dir / r.file).read_text()
+                                      hint="Ollama has moved this code; update ollama_turbo/build/go_rules.py. "
+                                           "Nothing was built")
+            texts[r.file] = ollama.read(r.file)
+        applied.append(go_rules.Outcome(r.name, r.file, "applied", rules.anchor_line(texts[r.file], r), r.why))
         texts[r.file] = rules.apply_rule(texts[r.file], r)
     # a build's identity, in the one name every later stage uses (dist folder, release, /api/version):
     # readable parts (fork commit, backend) and a digest of everything that makes two builds differ
-    identity = build_identity(ollama.sha, fork.sha, backend, preset, rule_list)
+    identity = build_identity(ollama.sha, fork.sha, backend, preset, rule_list, [a["define"] for a in adaptations])
     version = f"{info.version}-{settings.build.version_suffix}+{fork.short}.{backend}.{identity[:6]}"
     # the up-to-date check: the build's identity, its version stamp and the tool that builds it
     key = hashlib.sha256(json.dumps({"identity": identity, "version": version, "tool": __version__},
@@ -219,12 +289,15 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                 fork=fork,
                 info=info, cache_blocks=cache_blocks, all_blocks=all_blocks, dropped_flags=dropped, rules=rule_list,
                 patches=patches,
-                dist=ws / "dist" / version, key=key, notes=notes, verify=verified)
+                dist=ws / "dist" / version, key=key, notes=notes, verify=verified,
+                outcomes=applied + skipped, per_model_kv=per_model, patch_results=patch_results,
+                adaptations=adaptations)
     ld = build_era_c.ldflags(version)
     if info.era == sources.ERA_C:
         plan.commands = [
             "go mod download (through GOPROXY, vendor/ or the module cache; before any CMake work)",
-            f"cmake -S llama/server -B <build> --preset {preset} -DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP=<fork copy>",
+            f"cmake -S llama/server -B <build> --preset {preset} -DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP=<fork copy>"
+            + "".join(f" {a['define']}" for a in adaptations),
             "cmake --build <build> --target llama-server", "cmake --install <build> --component llama-server",
             f'go build -trimpath -ldflags "{ld}" -o bin/ollama .']
     else:
@@ -262,8 +335,9 @@ class Result:
         p = self.plan
         payload = self.manifest if self.status != "dry-run" else {
             "version": p.version, "era": p.era, "backend": p.backend, "dist": str(self.dist),
-            "rules": [vars(x) for x in p.rules], "patches": p.patches,
-            "dropped_flags": p.dropped_flags, "commands": p.commands, "notes": p.notes}
+            "rules": [o.to_json() for o in p.outcomes], "per_model_kv": p.per_model_kv, "patches": p.patches,
+            "dropped_flags": p.dropped_flags, "adaptations": p.adaptations, "commands": p.commands,
+            "notes": p.notes}
         return {"status": self.status, "dist": str(self.dist), **payload}
 
 
@@ -313,9 +387,11 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
                "flash_attention": settings.kv.flash_attention, "env": redact.env(settings.kv.env)},
         "cache_types": {b.name: {"ggml_type": b.ggml_type, "block": b.block, "bytes": b.size}
                         for b in plan.all_blocks},
-        "rules": [{"rule": r.name, "file": r.file, "why": r.why} for r in plan.rules],
+        "rules": [o.to_json() for o in plan.outcomes],
+        "per_model_kv": plan.per_model_kv,
         "patches": patch_results,
         "dropped_flags": plan.dropped_flags,
+        "adaptations": plan.adaptations,
         "verify_fork": plan.verify,
         "toolchain": tools,
         "build_flags": {"ldflags": build_era_c.ldflags(plan.version), **extra},
@@ -370,30 +446,11 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
     step("copy the fork to a scratch source tree", clone_fork)
     step(f"apply {len(plan.rules)} Go rules", lambda: rules.apply_rules(ollama_dir, plan.rules))
 
-    def check_patches() -> None:
-        patches = [ollama_dir / p for p in plan.patches]
-        targets = sorted({t for p in patches for t in contract.patch_targets(p.read_text(errors="replace"))})
-        probe = work / "compat-check"
-        for t in targets:
-            if (fork_dir / t).is_file():
-                (probe / t).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(fork_dir / t, probe / t)
-        probe.mkdir(parents=True, exist_ok=True)
-        results = contract.try_compat_patches(patches, probe, ollama_dir)
-        patch_results.extend({"patch": r.patch, "status": r.status} for r in results)
-        bad = [r for r in results if r.status not in ("applied", "already-applied")]
-        if bad:
-            r = bad[0]
-            raise BuildError(
-                f"Ollama's compat patch {r.patch} does not apply to the fork ({', '.join(r.files)})"
-                + (f"; the fork lacks {', '.join(r.missing)}" if r.missing else ""),
-                hint="use an Ollama release whose pin the fork is based on (invoke api-check --scan-ollama), "
-                     "or rebase the fork; your checkouts are untouched")
-
-    step(f"check {len(plan.patches)} compat patches against the fork", check_patches)
+    patch_results.extend(plan.patch_results)  # checked against the fork by the plan, before Go or CMake ran
     cache_key = hashlib.sha256("\0".join([
         plan.fork.sha, manifest.tree_hash(ollama_dir, ["llama/server", "llama/compat"]), plan.preset,
-        str(toolchain.cmake_version()), "tools: llama-perplexity"]).encode()).hexdigest()[:16]
+        str(toolchain.cmake_version()), "tools: llama-perplexity", *[a["define"] for a in plan.adaptations]
+    ]).encode()).hexdigest()[:16]
     cached = settings.workspace / "cache" / "llama-server" / cache_key
     tools: dict[str, str] = {}  # llama-perplexity: built from the same fork and flags, for invoke quality
     if not (cached / "lib").is_dir():
@@ -402,6 +459,7 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
             shutil.rmtree(tmp, ignore_errors=True)
             try:
                 build_era_c.build_llama_server(ollama_dir, work / "cmake-build", tmp, preset=plan.preset,
+                                               defines=tuple(a["define"] for a in plan.adaptations),
                                                source_dir=fork_dir, log=log)
                 tools.update(build_tools(work / "cmake-build", tmp / "tools", log=log))
                 (tmp / "tools.json").write_text(json.dumps(tools))
@@ -410,7 +468,7 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
                     raise BuildError(f"a compat patch failed at configure time:\n{exc.stderr_tail}",
                                      hint=f"full log: {log}") from None
                 raise
-            tmp.rename(cached)
+            llama_publish(tmp, cached, done=cached / "lib")
 
         step(f"build llama-server (cmake preset {plan.preset}; cached by source hash)", cmake)
     else:

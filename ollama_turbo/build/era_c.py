@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ollama_turbo.build.llama_server import cmake_build
@@ -17,8 +18,8 @@ def ldflags(version: str) -> str:
 
 
 def build_llama_server(ollama: Path, build_dir: Path, prefix: Path, *, preset: str,
-                       source_dir: Path | None, log: Path) -> Path:
-    configure: list[str | Path] = ["--preset", preset]
+                       source_dir: Path | None, log: Path, defines: tuple[str, ...] = ()) -> Path:
+    configure: list[str | Path] = ["--preset", preset, *defines]
     if source_dir is not None:
         configure.append(f"-DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP={source_dir}")
     cmake_build(ollama / "llama/server", build_dir, configure, log=log, min_cmake="3.24")
@@ -35,4 +36,20 @@ def go_build(ollama: Path, out: Path, *, version: str, log: Path, force: bool = 
         argv.insert(2, "-a")
     argv.append(".")
     proc.run(argv, cwd=ollama, extra_env=toolchain.go_env(extra_env), log=log)
+    return out
+
+
+def fork_cmake_adaptations(server_cmakelists: str) -> list[dict[str, str]]:
+    """CMake switches the fork names differently from the llama.cpp Ollama pins, set the way Ollama wants them.
+
+    Ollama turns the web UI off (``LLAMA_BUILD_UI``/``LLAMA_BUILD_HTML`` OFF, ``--no-webui``); a fork from before
+    upstream renamed it has ``LLAMA_BUILD_WEBUI`` (default ON), whose assets (``tools/server/public/bundle.js``)
+    a checkout need not have.
+    """
+    out = []
+    if re.search(r"option\(\s*LLAMA_BUILD_WEBUI\b", server_cmakelists):
+        out.append({"define": "-DLLAMA_BUILD_WEBUI=OFF",
+                    "why": "the fork's tools/server/CMakeLists.txt names its web-UI switch LLAMA_BUILD_WEBUI (ON by "
+                           "default); Ollama builds llama-server without the web UI (it sets LLAMA_BUILD_UI OFF and "
+                           "passes --no-webui), so it is turned off under the fork's name"})
     return out

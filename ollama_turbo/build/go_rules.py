@@ -11,6 +11,9 @@ engine's ``kvCacheTypeFromStr``), so Ollama stops silently falling back to f16.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from ollama_turbo.core.rules import Rule
 from ollama_turbo.fork.blocks import Block
@@ -64,3 +67,138 @@ def era_b_rules(blocks: list[Block]) -> list[Rule]:
             text=f'\tcase "{b.name}":\n\t\treturn ml.{n} // {MARK}\n',
             expect=rf"return ml\.{n}\b", why=f"the Go engine's cache type for {b.name}"))
     return rules
+
+
+PER_MODEL_PARAM = "kv_cache_type"  # the name Ollama's own open proposal uses for a per-model cache type
+
+
+def _go_list(names: list[str]) -> str:
+    return ", ".join(f'"{n}"' for n in names)
+
+
+def per_model_rules(allowed: list[str]) -> list[Rule]:
+    """Era C: ``PARAMETER kv_cache_type <type>`` or ``<k>/<v>`` per model.
+
+    Validated at ``ollama create`` against ``allowed`` (the cache types this build's llama-server
+    accepts); at load time the model's own type overrides ``OLLAMA_KV_CACHE_TYPE``; the runner
+    passes K and V separately, so a host-wide ``OLLAMA_KV_CACHE_TYPE=q8_0/turbo4`` works too.
+    """
+    check = (
+        f"// turboKvCacheTypeCheck validates PARAMETER {PER_MODEL_PARAM} ({MARK}): a cache type this build's\n"
+        "// llama-server accepts, or a K/V pair written k/v.\n"
+        "func turboKvCacheTypeCheck(value any) error {\n"
+        "\tif value == nil {\n\t\treturn nil\n\t}\n"
+        f"\tallowed := []string{{{_go_list(allowed)}}}\n"
+        "\ts, ok := value.(string)\n"
+        "\tif !ok {\n"
+        f'\t\treturn fmt.Errorf("{PER_MODEL_PARAM} must be a string such as turbo4 or q8_0/turbo4, not %v", value)\n'
+        "\t}\n"
+        '\tk, v, split := strings.Cut(strings.ToLower(strings.TrimSpace(s)), "/")\n'
+        "\tif !split {\n\t\tv = k\n\t}\n"
+        "\tfor _, t := range []string{k, v} {\n"
+        '\t\tif t == "" {\n'
+        f'\t\t\treturn fmt.Errorf("{PER_MODEL_PARAM} %q: K and V must both be named, e.g. q8_0/turbo4", s)\n'
+        "\t\t}\n"
+        "\t\tif !slices.Contains(allowed, t) {\n"
+        f'\t\t\treturn fmt.Errorf("{PER_MODEL_PARAM} %q: %q is not a cache type this build\'s llama-server accepts '
+        '(allowed: %s; K/V split as k/v, e.g. q8_0/turbo4)", s, t, strings.Join(allowed, ", "))\n'
+        "\t\t}\n"
+        "\t}\n"
+        "\treturn nil\n"
+        "}\n\n")
+    return [
+        Rule(name="per-model-kv-option", file="api/types.go", anchor=r"^type Runner struct \{\s*$",
+             action="insert_after",
+             text=f'\tKvCacheType string `json:"{PER_MODEL_PARAM},omitempty"` // {MARK}: a cache type per model\n',
+             expect=rf'json:"{PER_MODEL_PARAM},omitempty"',
+             why=f"PARAMETER {PER_MODEL_PARAM} is a runner option of the model (and reloads its runner when it "
+                 "changes)"),
+        Rule(name="per-model-kv-check", file="server/create.go", anchor=r"^func setParameters\(",
+             action="insert_before", text=check, expect=r"^func turboKvCacheTypeCheck\(",
+             why=f"ollama create refuses a {PER_MODEL_PARAM} this build's llama-server does not accept, naming "
+                 "the allowed ones"),
+        Rule(name="per-model-kv-create", file="server/create.go", function="setParameters",
+             anchor=r"^func setParameters\([^\n]*\{\s*$", action="insert_after",
+             text=f'\tif err := turboKvCacheTypeCheck(p["{PER_MODEL_PARAM}"]); err != nil {{ // {MARK}\n'
+                  "\t\treturn nil, err\n\t}\n",
+             expect=r"turboKvCacheTypeCheck\(p\[",
+             why="the check runs on the parameters of every ollama create"),
+        Rule(name="per-model-kv-load", file="llm/server.go", function="NewLlamaServer",
+             anchor=r"^\s*kvct := strings\.ToLower\(envconfig\.KvCacheType\(\)\)\s*$", action="insert_after",
+             text=f"\tif opts.KvCacheType != \"\" {{ // {MARK}: the model's own {PER_MODEL_PARAM} wins\n"
+                  "\t\tkvct = strings.ToLower(opts.KvCacheType)\n\t}\n",
+             expect=r"kvct = strings\.ToLower\(opts\.KvCacheType\)",
+             why=f"a model's {PER_MODEL_PARAM} overrides the host-wide OLLAMA_KV_CACHE_TYPE for its runner"),
+        Rule(name="per-model-kv-split", file="llm/llama_server.go",
+             anchor=r'^(\s*)params = append\(params, "--cache-type-k", (\w+)\.kvCacheType, "--cache-type-v", '
+                    r'\2\.kvCacheType\)\s*$',
+             action="replace",
+             text=f'\\1typeK, typeV, split := strings.Cut(\\2.kvCacheType, "/") // {MARK}: K/V split\n'
+                  "\\1if !split {\n\\1\ttypeV = typeK\n\\1}\n"
+                  '\\1params = append(params, "--cache-type-k", typeK, "--cache-type-v", typeV)',
+             expect=r'"--cache-type-k", typeK, "--cache-type-v", typeV',
+             why="k/v runs llama-server with --cache-type-k k --cache-type-v v (one name: both)"),
+    ]
+
+
+Grep = Callable[[str], list[tuple[str, int, str]]]  # extended regex -> (file, line, text) in Ollama's Go code
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one Go rule did to this Ollama: applied (anchor at file:line), not needed (why), or failed."""
+
+    rule: str
+    file: str
+    status: str  # applied | not needed
+    line: int | None
+    why: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "file": self.file, "status": self.status, "line": self.line, "why": self.why}
+
+    def render(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"  {self.rule:<28} {self.status:<10} {where}: {self.why}"
+
+
+def _callers(grep: Grep, name: str) -> list[tuple[str, int, str]]:
+    return [hit for hit in grep(rf"\b{name}\(") if not re.match(rf"\s*func\b.*\b{name}\(", hit[2])]
+
+
+def kv_bytes_needed(grep: Grep, enclosing: Callable[[str, int], str | None]) -> tuple[bool, str]:
+    """Does anything that runs use ``kvCacheBytesPerElement``? (era C v0.30+: only ``GraphSize``, which nothing
+    calls: Ollama sizes memory from llama-server's log instead)."""
+    users = {enclosing(f, n) for f, n, _ in _callers(grep, "kvCacheBytesPerElement")}
+    users.discard(None)
+    live = [u for u in users if u and _callers(grep, u)]
+    if live or not users:
+        return True, ""
+    return False, (f"kvCacheBytesPerElement is used only by {', '.join(sorted(u for u in users if u))}, which "
+                   "nothing calls in this version (Ollama sizes memory from llama-server's log)")
+
+
+def allowlists_not_needed(grep: Grep, blocks: list[Block]) -> list[Outcome]:
+    """Era C: the era B allowlist rules, each with the evidence why this Ollama does not need it."""
+    passes = grep(r"envconfig\.KvCacheType\(\)")
+    where = next(((f, n) for f, n, _ in passes if f.startswith("llm/")), passes[0][:2] if passes else ("", 0))
+    unchecked = (f"{where[0]}:{where[1]} passes OLLAMA_KV_CACHE_TYPE to llama-server unchecked" if where[0]
+                 else "this Ollama passes the cache type to llama-server")
+    supports = "SupportsKVCacheType has no caller" if not _callers(grep, "SupportsKVCacheType") else \
+        "SupportsKVCacheType is not on the llama-server path"
+    return [Outcome(r.name, r.file, "not needed", None,
+                    f"{unchecked}; {supports}; the fork's own list decides (era B allowlist)")
+            for r in era_b_rules(blocks)]
+
+
+def render_outcomes(outcomes: list[Outcome]) -> list[str]:
+    """Applied rules one a line (with file:line); rules not needed grouped by their reason."""
+    lines = [o.render() for o in outcomes if o.status != "not needed"]
+    reasons: dict[str, list[Outcome]] = {}
+    for o in outcomes:
+        if o.status == "not needed":
+            reasons.setdefault(o.why, []).append(o)
+    for why, group in reasons.items():
+        files = sorted({o.file for o in group})
+        lines.append(f"  not needed ({len(group)}): {', '.join(o.rule for o in group)} ({', '.join(files)}): {why}")
+    return lines

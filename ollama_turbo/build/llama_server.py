@@ -39,8 +39,18 @@ def cmake_build(src: Path, build_dir: Path, configure: list[str | Path], *, log:
     carries the generator, preset and flags.
     """
     toolchain.require_cmake(min_cmake)
-    proc.run(["cmake", "-S", src, "-B", build_dir, *configure], log=log)
-    proc.run(["cmake", "--build", build_dir, "--target", *targets, "-j", toolchain.jobs()], log=log)
+    launcher, env = compiler_cache(build_dir.parent)
+    proc.run(["cmake", "-S", src, "-B", build_dir, *configure, *launcher], log=log, extra_env=env)
+    proc.run(["cmake", "--build", build_dir, "--target", *targets, "-j", toolchain.jobs()], log=log, extra_env=env)
+
+
+def compiler_cache(base: Path) -> tuple[list[str], dict[str, str]]:
+    """ccache as the compiler launcher where it is installed, with paths under ``base`` hashed as relative ones:
+    a rebuild from another scratch copy, or of a fork commit that changed a few files, compiles only those."""
+    if not shutil.which("ccache") or os.environ.get("TURBO_NO_CCACHE"):
+        return [], {}
+    return (["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"],
+            {"CCACHE_BASEDIR": str(base.resolve()), "CCACHE_NOHASHDIR": "1"})
 
 
 TOOLS = ("llama-perplexity",)  # built from the same sources and flags as llama-server, for invoke quality
@@ -53,7 +63,8 @@ def build_tools(build_dir: Path, dest: Path, *, log: Path) -> dict[str, str]:
     """
     outcome = {}
     for tool in TOOLS:
-        r = proc.run(["cmake", "--build", build_dir, "--target", tool, "-j", toolchain.jobs()], check=False, log=log)
+        r = proc.run(["cmake", "--build", build_dir, "--target", tool, "-j", toolchain.jobs()], check=False, log=log,
+                     extra_env=compiler_cache(build_dir.parent)[1])
         found = [p for p in build_dir.rglob(tool) if p.is_file() and os.access(p, os.X_OK)] if r.ok else []
         if found:
             dest.mkdir(parents=True, exist_ok=True)
@@ -86,15 +97,27 @@ def build(src: Path, cache: Path, *, backend: str = "cpu", log: Path | None = No
     if binary.is_file():
         return binary
     work = cache / f".build-{key}-{os.getpid()}"
+    tmp = cache / f".out-{key}-{os.getpid()}"
     log = log or (cache / f"llama-server-{backend}-{key}.log")
     generator: list[str | Path] = ["-G", "Ninja"] if shutil.which("ninja") else []
     try:
         cmake_build(src, work, [*generator, *COMMON_FLAGS, *BACKEND_FLAGS[backend]], log=log, min_cmake="3.14")
-        tmp = cache / f".out-{key}-{os.getpid()}"
         (tmp / "bin").mkdir(parents=True, exist_ok=True)
         shutil.copy2(work / "bin" / "llama-server", tmp / "bin" / "llama-server")
         build_tools(work, tmp / "bin", log=log)
-        tmp.rename(out)
+        publish(tmp, out, done=binary)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return binary
+
+
+def publish(tmp: Path, out: Path, *, done: Path) -> None:
+    """Move a finished build from ``tmp`` to ``out`` in one rename. Another process that published the same
+    build first wins (``done`` exists): this one's copy is dropped, not an error."""
+    try:
+        tmp.rename(out)
+    except OSError:
+        if not done.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)

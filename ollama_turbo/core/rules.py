@@ -25,7 +25,7 @@ class Rule:
     name: str
     file: str
     anchor: str            # regex, MULTILINE
-    action: str            # insert_after | replace | delete_line
+    action: str            # insert_after | insert_before | replace | delete_line
     text: str = ""         # inserted text, or the replacement (may use \\1 groups)
     function: str | None = None  # restrict the search to this Go function's body
     expect: str | None = None    # regex that must match exactly once afterwards
@@ -58,13 +58,14 @@ def block_end(text: str, start: int) -> int:
     return len(text)
 
 
-def apply_rule(text: str, rule: Rule) -> str:
+def _anchor(text: str, rule: Rule) -> tuple[int, int, re.Match[str]]:
+    """(region start, region end, the one anchor match in it) or a RuleError naming what moved."""
     lo, hi = 0, len(text)
     if rule.function:
         span = function_span(text, rule.function)
         if span is None:
             raise RuleError(f"{rule.file}: rule {rule.name}: function {rule.function} not found",
-                            hint="Ollama has moved this code; update the rule in ollama_turbo/gorules.py")
+                            hint="Ollama has moved this code; update the rule in ollama_turbo/build/go_rules.py")
         lo, hi = span
     region = text[lo:hi]
     matches = list(re.finditer(rule.anchor, region, re.M))
@@ -73,12 +74,27 @@ def apply_rule(text: str, rule: Rule) -> str:
         raise RuleError(
             f"{rule.file}: rule {rule.name}: anchor {rule.anchor!r} {what}"
             + (f" in func {rule.function}" if rule.function else "") + "; expected exactly one",
-            hint="Ollama has moved this code; update the rule in ollama_turbo/gorules.py")
-    m = matches[0]
+            hint="Ollama has moved this code; update the rule in ollama_turbo/build/go_rules.py")
+    return lo, hi, matches[0]
+
+
+def anchor_line(text: str, rule: Rule) -> int:
+    """The 1-based line of ``text`` where ``rule``'s anchor is (the evidence that it applies there)."""
+    lo, _, m = _anchor(text, rule)
+    lead = len(m.group(0)) - len(m.group(0).lstrip())  # an anchor may start with the line break before it
+    return text.count("\n", 0, lo + m.start() + lead) + 1
+
+
+def apply_rule(text: str, rule: Rule) -> str:
+    lo, hi, m = _anchor(text, rule)
+    region = text[lo:hi]
     if rule.action == "insert_after":
         end = region.find("\n", m.end())
         end = len(region) if end < 0 else end + 1
         region = region[:end] + rule.text + region[end:]
+    elif rule.action == "insert_before":
+        start = region.rfind("\n", 0, m.start()) + 1
+        region = region[:start] + rule.text + region[start:]
     elif rule.action == "replace":
         region = region[: m.start()] + m.expand(rule.text) + region[m.end():]
     elif rule.action == "delete_line":
@@ -109,7 +125,7 @@ def apply_rules(root: Path, rules: list[Rule]) -> list[Applied]:
             p = root / r.file
             if not p.is_file():
                 raise RuleError(f"{r.file}: rule {r.name}: file not found in {root}",
-                                hint="Ollama has moved this code; update the rule in ollama_turbo/gorules.py")
+                                hint="Ollama has moved this code; update the rule in ollama_turbo/build/go_rules.py")
             texts[r.file] = p.read_text()
         texts[r.file] = apply_rule(texts[r.file], r)
     for rel, text in texts.items():

@@ -51,6 +51,16 @@ class Checkout:
             raise SourceError(f"{self.name}: {path} not found at {self.ref} ({self.short}) in {self.url}")
         return r.stdout
 
+    def grep(self, pattern: str, *globs: str) -> list[tuple[str, int, str]]:
+        """(file, line, text) of every line matching the extended regex ``pattern`` at this commit."""
+        r = self.git("grep", "-n", "-E", "-e", pattern, self.sha, "--", *globs, check=False)
+        out = []
+        for line in r.stdout.splitlines():
+            parts = line.split(":", 3)  # <sha>:<file>:<line>:<text>
+            if len(parts) == 4 and parts[2].isdigit():
+                out.append((parts[1], int(parts[2]), parts[3]))
+        return out
+
     def export(self, dest: Path, paths: list[str] | None = None) -> Path:
         """Write the tree (or some paths of it) at this commit into ``dest`` (cached by sha)."""
         marker = dest / ".turbo-export"
