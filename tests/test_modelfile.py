@@ -50,7 +50,7 @@ def test_auto_context_uses_the_host_budget_and_kv_type(tmp_path: Path) -> None:
     assert qwen.num_ctx == (int(3.5 * 1024**3) - recurrent) // per_token // 1024 * 1024 == 137216
     assert "recurrent state (150 MiB)" in qwen.text
     assert (qwen.type_k, qwen.type_v) == ("q8_0", "turbo4")
-    assert "LLAMA_ARG_CACHE_TYPE_K=q8_0 LLAMA_ARG_CACHE_TYPE_V=turbo4" in qwen.text
+    assert "PARAMETER kv_cache_type q8_0/turbo4\n" in qwen.text and qwen.per_model
     assert 'PARAMETER stop "<|im_end|>"' in qwen.text
 
 
@@ -87,8 +87,12 @@ def test_bad_specs_name_the_file_and_key(tmp_path: Path, body: str, key: str, wo
 def test_two_specs_needing_different_kv_types_on_one_host(tmp_path: Path) -> None:
     a = modelfile.load_spec(spec(tmp_path, "a", "from: a\nkv: q8_0\nhosts: [macbook]\n"))
     b = modelfile.load_spec(spec(tmp_path, "b", "from: b\nkv: turbo3\nhosts: [macbook]\n"))
+    # a build without per-model cache types runs one type per host: the two cannot share one
     with pytest.raises(ConfigError, match="a.yaml needs q8_0/q8_0 and b.yaml needs turbo3/turbo3"):
-        modelfile.render_all(fleet(), [a, b], tmp_path / "out")
+        modelfile.render_all(fleet(), [a, b], tmp_path / "out", per_model=False)
+    # a build with them gives each model its own
+    both = modelfile.render_all(fleet(), [a, b], tmp_path / "out")
+    assert [r.kv_param for r in both] == ["q8_0", "turbo3"]
     # on different hosts they are fine
     c = modelfile.load_spec(spec(tmp_path, "c", "from: b\nkv: turbo3\nhosts: [predator]\n"))
     assert len(modelfile.render_all(fleet(), [a, c], tmp_path / "out")) == 2

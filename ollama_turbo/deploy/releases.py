@@ -32,9 +32,9 @@ from ollama_turbo.deploy.transport import Transport, TransportError, connect, q,
 from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.fork.cache_types import BUILTIN, BlockTable, label
 from ollama_turbo.kv import modelfiles as modelfile
-from ollama_turbo.prove import quality, smoke
+from ollama_turbo.prove import loaded, quality, smoke
 from ollama_turbo.prove.client import Endpoint
-from ollama_turbo.prove.ollama_api import Client
+from ollama_turbo.prove.ollama_api import ApiError, Client
 from ollama_turbo.prove.server_log import kv_lines, model_shape
 
 Say = Callable[[str], None]
@@ -218,6 +218,8 @@ class DeployResult:
     commands: list[str] = field(default_factory=list)
     smoke: dict[str, Any] | None = None
     models: list[str] = field(default_factory=list)
+    model_kv: dict[str, str] = field(default_factory=dict)  # each model's K/V and whether it is its own or the host's
+    smokes: dict[str, dict[str, Any]] = field(default_factory=dict)  # every model's smoke, by name
     error: str = ""
     seconds: float = 0.0
     quality: list[dict[str, Any]] = field(default_factory=list)  # the quality verdict of each model served
@@ -227,24 +229,27 @@ class DeployResult:
 
     def render(self, host: str) -> str:
         if self.status != "dry-run":
+            models = ", ".join(f"{m} ({self.model_kv[m]})" if m in self.model_kv else m for m in self.models)
             return (f"deployed {self.version} to {host} in {self.seconds:.1f} s (previous: {self.previous or 'none'}); "
-                    f"models: {', '.join(self.models) or 'none'}; smoke ok")
+                    f"models: {models or 'none'}; smoke ok")
         lines = [f"plan for {host}: {self.version} (current: {self.previous or 'none'})",
                  f"files to send ({len(self.uploaded)}): " + (", ".join(self.uploaded) or "none"),
                  f"already on the host: {', '.join(self.reused) or 'none'}",
+                 *[f"model {m}: KV {kv}" for m, kv in self.model_kv.items()],
                  self.config_diff or "service config unchanged",
                  *[f"  {cmd}" for cmd in self.commands],
                  "dry run: nothing was changed"]
         return "\n".join(lines)
 
 
-def quality_gate(settings: Settings, rendered: list[modelfile.Rendered], kv: tuple[str, str],
+def quality_gate(settings: Settings, rendered: list[modelfile.Rendered],
                  accept_unmeasured: bool) -> list[dict[str, Any]]:
-    """Each served model's recorded quality verdict with the server's K/V pair; a failed one, or an
-    unmeasured one without ``accept_unmeasured``, stops the deploy before the host is touched."""
+    """Each served model's recorded quality verdict with the K/V pair it will run (its own, or the host's); a
+    failed one, or an unmeasured one without ``accept_unmeasured``, stops the deploy before the host is touched."""
     out = []
-    config = label(*kv)
     for r in rendered:
+        kv = (r.type_k, r.type_v)
+        config = label(*kv)
         gguf = r.spec.gguf or (Path(r.spec.from_).expanduser() if r.spec.from_.endswith(".gguf") else None)
         found = (quality.verdict_for(settings.workspace, quality.model_sha256(settings.workspace, gguf), kv)
                  if gguf and gguf.is_file() else None)
@@ -272,10 +277,11 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
     t0 = time.perf_counter()
     m = load_dist(dist)
     version, era = m["version"], m["era"]
-    rendered = render_models(settings, host, specs_dir, BlockTable.from_manifest(m, str(dist / "manifest.json"))
-                             if m.get("cache_types") else BUILTIN)
+    rendered = render_models(settings, host, specs_dir, m, dist)
     kv = server_kv(settings, rendered)
-    gate = quality_gate(settings, rendered, kv, accept_unmeasured)
+    gate = quality_gate(settings, rendered, accept_unmeasured)
+    model_kv = {r.spec.name: label(r.type_k, r.type_v) + (" own" if r.per_model else " host default")
+                for r in rendered}
     if host.listens_everywhere:
         say(f"WARNING: {host.name} listens on {host.listen}, every interface: Ollama's API has no authentication, so "
             "anyone who reaches this address can create, delete and pull models (listen on 127.0.0.1 or a private "
@@ -298,7 +304,8 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
             want = dict(m["files"])
             send = [f for f, d in want.items() if have.get(f) != d and partial.get(f) != d]
             res = DeployResult(host.name, version, "dry-run", previous=current_release(t, layout), uploaded=send,
-                               reused=[f for f in want if f not in send], config_diff=diff, quality=gate)
+                               reused=[f for f in want if f not in send], config_diff=diff, quality=gate,
+                               model_kv=model_kv)
             res.commands = [f"upload {len(send)} files to {release}.partial, verify sha256, rename to {release}",
                             f"switch {layout.current} -> releases/{version} (one rename)",
                             f"write {mgr.config_path}", f"restart the {host.service} service",
@@ -428,14 +435,21 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
             if not ok:
                 raise DeployError(f"{version} did not come up: {why}")
             res.models = _models(host, url, rendered, say)
-            r = smoke.smoke_ollama(url, model=res.models[0] if res.models else None, log=lambda: t.read(layout.log),
-                                   expect=smoke.Expect(version=version, type_k=kv[0], type_v=kv[1], era=m["era"],
-                                                       fork=ForkBehaviour.from_env(settings.kv.env)))
-            if not res.models:
-                r.checks = [c for c in r.checks if c.name in ("reachable", "version")]
-            res.smoke = r.to_json()
-            if not r.ok:
-                raise DeployError(f"smoke failed on {host.name}: {', '.join(r.failed)}")
+            # every model is proven with the cache it runs: its own kv_cache_type, or the host's default
+            for name, (type_k, type_v) in ([(r.spec.name, (r.type_k, r.type_v)) for r in rendered]
+                                           or [("", kv)]):
+                r = smoke.smoke_ollama(url, model=name or None, log=lambda: t.read(layout.log),
+                                       expect=smoke.Expect(version=version, type_k=type_k, type_v=type_v,
+                                                           era=m["era"], fork=ForkBehaviour.from_env(settings.kv.env)))
+                if not name:
+                    r.checks = [c for c in r.checks if c.name in ("reachable", "version")]
+                res.smoke = res.smoke or r.to_json()
+                if name:
+                    res.smokes[name] = r.to_json()
+                if not r.ok:
+                    raise DeployError(f"smoke failed on {host.name}" + (f" for {name}" if name else "")
+                                      + f": {', '.join(r.failed)}: "
+                                      + "; ".join(c.evidence for c in r.checks if c.ok is False)[:600])
     except TransportError:
         raise  # the connection is gone: deploy() reconnects and recovers
     except (TurboError, requests.RequestException) as exc:
@@ -506,21 +520,28 @@ def _upload(t: Transport, layout: Layout, dist: Path, m: dict[str, Any], res: De
 
 
 def server_kv(settings: Settings, rendered: list[modelfile.Rendered]) -> tuple[str, str]:
-    """The K/V pair the host's server is configured with: the one its Modelfiles were rendered for
-    (:func:`ollama_turbo.kv.modelfiles.host_kv`: what its specs ask for, else the settings)."""
-    return (rendered[0].type_k, rendered[0].type_v) if rendered else (settings.kv.type_k, settings.kv.type_v)
+    """The K/V pair the host's server is configured with (its default): what the Modelfiles without their own
+    ``kv_cache_type`` were rendered for (:func:`ollama_turbo.kv.modelfiles.render_all`), else the settings."""
+    shared = [r for r in rendered if not r.per_model]
+    return (shared[0].type_k, shared[0].type_v) if shared else (settings.kv.type_k, settings.kv.type_v)
 
 
-def render_models(settings: Settings, host: Host, specs_dir: Path | None,
-                  blocks: BlockTable = BUILTIN) -> list[modelfile.Rendered]:
-    """The host's Modelfiles, rendered before anything on the host changes (bad specs stop here), sized
-    with the block formats of the build being deployed."""
+def render_models(settings: Settings, host: Host, specs_dir: Path | None, m: dict[str, Any] | None = None,
+                  dist: Path | None = None) -> list[modelfile.Rendered]:
+    """The host's Modelfiles, rendered before anything on the host changes (bad specs stop here), for the build
+    being deployed: its block formats, and a cache type per model where it takes ``PARAMETER kv_cache_type``
+    (a spec's ``kv`` for a build without that must agree with every other model on the host)."""
     if specs_dir is None or not specs_dir.is_dir():
         return []
     specs = [s for s in modelfile.load_specs(specs_dir) if host.name in s.hosts]
     if not specs:
         return []
-    return modelfile.render_all(settings, specs, settings.workspace / "modelfiles", host=host.name, blocks=blocks)
+    blocks = BlockTable.from_manifest(m, str((dist or Path(".")) / "manifest.json")) if m and m.get(
+        "cache_types") else BUILTIN
+    per_model, why_not = modelfile.per_model_support(m)
+    allowed = (m.get("per_model_kv") or {}).get("allowed") if m else None
+    return modelfile.render_all(settings, specs, settings.workspace / "modelfiles", host=host.name, blocks=blocks,
+                                per_model=per_model, why_not=why_not, allowed=allowed)
 
 
 def _models(host: Host, url: str, rendered: list[modelfile.Rendered], say: Say) -> list[str]:
@@ -531,6 +552,8 @@ def _models(host: Host, url: str, rendered: list[modelfile.Rendered], say: Say) 
         params: dict[str, Any] = dict(s.parameters)
         if r.num_ctx:
             params["num_ctx"] = r.num_ctx
+        if r.kv_param:
+            params["kv_cache_type"] = r.kv_param  # the model's own cache (a build with per-model cache types)
         local = Path(s.from_).expanduser()
         if s.from_.endswith(".gguf") and local.is_file():
             client.create(s.name, gguf=local, parameters=params, template=s.template or None,
@@ -538,7 +561,8 @@ def _models(host: Host, url: str, rendered: list[modelfile.Rendered], say: Say) 
         else:
             client.create(s.name, from_=s.from_, parameters=params, template=s.template or None,
                           system=s.system or None)
-        say(f"[{host.name}] model {s.name} created (num_ctx {r.num_ctx or 'default'})")
+        say(f"[{host.name}] model {s.name} created (num_ctx {r.num_ctx or 'default'}"
+            + (f", kv_cache_type {r.kv_param})" if r.kv_param else ")"))
         names.append(s.name)
     return names
 
@@ -635,14 +659,21 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
                     return None
 
             served = poll.until(version, interval=0.1, tries=20)  # the tunnel takes a moment to accept
-        env_kv = {k: v for k, v in config_env(config, host.service).items()
-                  if k in ("OLLAMA_KV_CACHE_TYPE", "LLAMA_ARG_CACHE_TYPE_K", "LLAMA_ARG_CACHE_TYPE_V")}
-        log = t.sh(f"tail -n 5000 {q(layout.log)} 2>/dev/null", check=False).stdout
+            env_kv = {k: v for k, v in config_env(config, host.service).items()
+                      if k in ("OLLAMA_KV_CACHE_TYPE", "LLAMA_ARG_CACHE_TYPE_K", "LLAMA_ARG_CACHE_TYPE_V")}
+            log = t.sh(f"tail -n 20000 {q(layout.log)} 2>/dev/null", check=False).stdout
+            default_k = env_kv.get("LLAMA_ARG_CACHE_TYPE_K") or env_kv.get("OLLAMA_KV_CACHE_TYPE") or "f16"
+            default_v = env_kv.get("LLAMA_ARG_CACHE_TYPE_V") or env_kv.get("OLLAMA_KV_CACHE_TYPE") or "f16"
+            models: list[dict[str, Any]] = []
+            if served:
+                with contextlib.suppress(ApiError, requests.RequestException):
+                    models = [x.to_json() for x in loaded.loaded_models(Client(url, timeout=10), log,
+                                                                         (default_k, default_v))]
         return {"host": host.name, "service": host.service, "state": mgr.state(), "current": current,
                 "serving": served, "previous": previous_release(t, layout),
                 "releases": releases(t, layout), "kv_cache": env_kv or kv,
                 "kv_running": kv_running(log, env_kv, ForkBehaviour.from_env(settings.kv.env)),
-                "prefix": layout.prefix}
+                "loaded": models, "prefix": layout.prefix}
     finally:
         t.close()
 

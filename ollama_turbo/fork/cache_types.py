@@ -99,7 +99,9 @@ BUILTIN = BlockTable(CACHE_TYPES, "the built-in table (the fork as of 2026-05-04
 
 def parse_pair(spec: str) -> tuple[str, str]:
     """``turbo4`` -> (turbo4, turbo4); ``q8_0/turbo4`` -> (q8_0, turbo4)."""
-    k, _, v = spec.strip().partition("/")
+    k, slash, v = spec.strip().partition("/")
+    if slash and not (k.strip() and v.strip()):
+        raise UsageError(f"{spec.strip()!r}: K and V must both be named, e.g. q8_0/turbo4 (or one name for both)")
     k, v = k.strip().lower(), (v or k).strip().lower()
     cache_type(k), cache_type(v)
     return k, v

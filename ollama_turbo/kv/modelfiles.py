@@ -6,7 +6,8 @@ A spec::
     gguf: ~/models/qwen.gguf     # optional: read the geometry for num_ctx: auto from here
     geometry: {layers: 64, kv_heads: 4, head_dim: 256, heads: 24, weights_gib: 16.5}  # or this
     num_ctx: auto                # or a number
-    kv: q8_0/turbo4              # optional: the server-wide cache this model needs
+    kv: q8_0/turbo4              # optional: this model's cache (PARAMETER kv_cache_type in a build
+                                 # with per-model cache types; else the host's one server-wide type)
     parameters: {temperature: 0.7, stop: ["<|im_end|>"]}
     system: ...
     template: ...
@@ -72,6 +73,12 @@ class Rendered:
     num_ctx: int | None
     type_k: str
     type_v: str
+    per_model: bool = False  # the cache is the model's own (PARAMETER kv_cache_type), not the host's
+
+    @property
+    def kv_param(self) -> str | None:
+        """The ``PARAMETER kv_cache_type`` value this Modelfile carries (None: it runs the host's default)."""
+        return cache_types.label(self.type_k, self.type_v) if self.per_model else None
 
 
 def _err(spec: Path, key: str, message: str, hint: str | None = None) -> ConfigError:
@@ -143,17 +150,32 @@ def load_specs(directory: Path) -> list[Spec]:
     return [load_spec(p) for p in sorted(directory.glob("*.yaml"))]
 
 
-def host_kv(specs: Sequence[Spec], host: str, default: tuple[str, str]) -> tuple[str, str]:
-    """The one server-wide KV type for ``host``: what its specs ask for, else the settings."""
+def host_kv(specs: Sequence[Spec], host: str, default: tuple[str, str], *,
+            why_one: str = "Ollama has one KV cache type per server") -> tuple[str, str]:
+    """The one server-wide KV type for ``host`` on a build without per-model cache types: what its specs ask
+    for, else the settings."""
     wanted = {s.kv: s for s in specs if host in s.hosts and s.kv}
     if len(wanted) > 1:
         (a, sa), (b, sb) = list(wanted.items())[:2]
         raise ConfigError(
-            f"host {host} runs one KV cache type for every model, but {sa.path.name} needs "
+            f"host {host} runs one KV cache type for every model ({why_one}), but {sa.path.name} needs "
             f"{'/'.join(a)} and {sb.path.name} needs {'/'.join(b)}",
             key=f"{sb.name}.kv", source=str(sb.path), prefix="",
-            hint="give both specs the same kv, or put them on different hosts")
+            hint="deploy a build with per-model cache types (an era C build by this version of ollama-turbo), "
+                 "give both specs the same kv, or put them on different hosts")
     return next(iter(wanted)) if wanted else default
+
+
+def per_model_support(manifest: dict[str, Any] | None) -> tuple[bool, str]:
+    """Can the build take ``PARAMETER kv_cache_type``? (True with no build given: what a build makes now.)"""
+    if manifest is None:
+        return True, ""
+    pm = manifest.get("per_model_kv") or {}
+    if pm.get("supported"):
+        return True, ""
+    why = pm.get("why_not") or (f"build {manifest.get('version', '?')} was made without per-model cache types "
+                                "(a plain Ollama, or a build by an older ollama-turbo)")
+    return False, why
 
 
 def spec_metadata(g: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +227,8 @@ def _value(key: str, v: Any) -> str:
 
 
 def render_one(spec: Spec, host: Host, settings: Settings, type_k: str, type_v: str, *,
-               reserve_gib: float = DEFAULT_RESERVE_GIB, blocks: BlockTable = BUILTIN) -> tuple[str, int | None]:
+               reserve_gib: float = DEFAULT_RESERVE_GIB, blocks: BlockTable = BUILTIN,
+               per_model: bool = False) -> tuple[str, int | None]:
     num_ctx: int | None = None
     reason = ""
     if spec.num_ctx == "auto":
@@ -239,6 +262,8 @@ def render_one(spec: Spec, host: Host, settings: Settings, type_k: str, type_v: 
         fork_note = effective(type_k, type_v, n_layer=geo.n_layer, gqa_ratio=geo.gqa_ratio,
                               fb=ForkBehaviour.from_env(settings.kv.env)).explain()
     params: list[tuple[str, str]] = []
+    if per_model:
+        params.append(("kv_cache_type", cache_types.label(type_k, type_v)))
     if num_ctx:
         params.append(("num_ctx", str(num_ctx)))
     for key, value in spec.parameters.items():
@@ -246,30 +271,44 @@ def render_one(spec: Spec, host: Host, settings: Settings, type_k: str, type_v: 
             params.append((key, _value(key, v)))
     text = templates.render(
         "Modelfile.j2", name=spec.name, host=host.name, spec_path=f"modelfiles/{spec.path.name}",
-        type_k=type_k, type_v=type_v, kv_env=kv_env_text(type_k, type_v), num_ctx=num_ctx,
+        type_k=type_k, type_v=type_v, kv_env=kv_env_text(type_k, type_v), per_model=per_model, num_ctx=num_ctx,
         num_ctx_reason=reason, fork_note=fork_note, from_=spec.from_, parameters=params, template=spec.template,
         system=spec.system)
     return text, num_ctx
 
 
 def render_all(settings: Settings, specs: Sequence[Spec], out: Path, *, host: str | None = None,
-               blocks: BlockTable = BUILTIN,
-               reserve_gib: float = DEFAULT_RESERVE_GIB) -> list[Rendered]:
+               blocks: BlockTable = BUILTIN, reserve_gib: float = DEFAULT_RESERVE_GIB,
+               per_model: bool = True, why_not: str = "", allowed: Sequence[str] | None = None) -> list[Rendered]:
+    """Every host's Modelfiles. With ``per_model`` (a build that takes PARAMETER kv_cache_type) a spec's ``kv`` is
+    its own and the rest run the host's default (``turbo.kv``); without it the host runs one type for all."""
     for s in specs:
         for name in s.hosts:
             if name not in settings.hosts:
                 raise ConfigError(f"unknown host {name!r}", key=f"{s.name}.hosts", source=str(s.path),
                                   prefix="", hint="add it under turbo.hosts in invoke.yaml or fix the spec")
+    if per_model and allowed is not None:
+        for s in specs:
+            for t in dict.fromkeys(s.kv or ()):
+                if t not in allowed:
+                    raise ConfigError(f"cache type {t!r} is not one this build's llama-server accepts "
+                                      f"(allowed: {', '.join(allowed)})", key=f"{s.name}.kv", source=str(s.path),
+                                      prefix="", hint="pick an allowed type, or deploy a build of a fork that has it")
     hosts = [settings.host(host)] if host else [settings.hosts[h] for h in sorted(settings.hosts)]
     results = []
     for h in hosts:
-        type_k, type_v = host_kv(specs, h.name, (settings.kv.type_k, settings.kv.type_v))
+        default = (settings.kv.type_k, settings.kv.type_v)
+        if not per_model:
+            default = host_kv(specs, h.name, default, why_one=why_not or "Ollama has one KV cache type per server")
         for s in specs:
             if h.name not in s.hosts:
                 continue
-            text, num_ctx = render_one(s, h, settings, type_k, type_v, reserve_gib=reserve_gib, blocks=blocks)
+            own = per_model and s.kv is not None
+            type_k, type_v = s.kv if own and s.kv else default
+            text, num_ctx = render_one(s, h, settings, type_k, type_v, reserve_gib=reserve_gib, blocks=blocks,
+                                       per_model=own)
             results.append(Rendered(s, h.name, out / h.name / f"{s.name}.Modelfile", text, num_ctx,
-                                    type_k, type_v))
+                                    type_k, type_v, per_model=own))
     for r in results:
         r.path.parent.mkdir(parents=True, exist_ok=True)
         r.path.write_text(r.text, encoding="utf-8")

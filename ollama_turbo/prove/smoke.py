@@ -44,6 +44,7 @@ class Expect:
     era: str | None = None  # B or C (from the manifest); None: tell from the log
     fork: ForkBehaviour = field(default_factory=ForkBehaviour)  # from turbo.kv.env
     shape: tuple[int, float] | None = None  # (layers, query heads per KV head); None: read it from the server
+    model_path: str | None = None  # the model's file on the server: its own llama-server's lines are read
 
 
 @dataclass
@@ -101,14 +102,45 @@ class _Run:
         return ok
 
 
+def is_start_line(line: str) -> bool:
+    """Is this the line where Ollama logs a llama-server's command line?"""
+    return "starting llama server" in line or "starting llama-server" in line or (
+        "llama-server" in line and "--model" in line)
+
+
+def model_section(log: str, model_path: str, argv_types: tuple[str, str] | None = None) -> str | None:
+    """The part of ``log`` that a llama-server started for ``model_path`` wrote (from its command line to the next
+    llama-server's), so one model's cache is read when several share a host; None if it never started.
+
+    Two models made from one GGUF share its file: with ``argv_types`` the last server for the file started with
+    those types (``--cache-type-k/-v``) is the one, else the last server for the file."""
+    lines = log.splitlines()
+    starts = [i for i, ln in enumerate(lines) if is_start_line(ln)]
+    mine = [i for i in starts if model_path in lines[i]]
+    if argv_types:
+        k, v = argv_types
+        typed = [i for i in mine if f"--cache-type-k {k} " in lines[i] + " " and f"--cache-type-v {v}" in lines[i]]
+        mine = typed or mine
+    if not mine:
+        return None
+    nxt = next((i for i in starts if i > mine[-1]), len(lines))
+    return "\n".join(lines[mine[-1]:nxt])
+
+
 def cache_type_from_log(log: str, type_k: str, type_v: str, era: str | None,
-                        fork: ForkBehaviour | None = None, shape: tuple[int, float] | None = None) -> tuple[bool, str]:
+                        fork: ForkBehaviour | None = None, shape: tuple[int, float] | None = None,
+                        model_path: str | None = None) -> tuple[bool, str]:
     """Does the service log show the server running ``type_k``/``type_v`` as the fork runs them for this model?
 
     The command line must carry the configured types; the KV cache line must show what the fork
     makes of them for the model (:func:`ollama_turbo.fork.behaviour.effective`), e.g. q8_0 K for
     symmetric turbo on a model with >= 6 query heads per KV head.
     """
+    if model_path:
+        section = model_section(log, model_path, (type_k, type_v))
+        if section is None:
+            return False, f"no llama-server command line for {model_path} in the log"
+        log = section
     shape = shape or model_shape(log)
     eff = effective(type_k, type_v, n_layer=shape[0], gqa_ratio=shape[1], fb=fork or ForkBehaviour()) if shape \
         else None
@@ -116,8 +148,7 @@ def cache_type_from_log(log: str, type_k: str, type_v: str, era: str | None,
     evidence = []
     ok = True
     if era == "C":
-        starts = [ln for ln in log.splitlines() if "starting llama server" in ln or "llama-server" in ln
-                  and "--model" in ln]
+        starts = [ln for ln in log.splitlines() if is_start_line(ln)]
         if not starts:
             return False, "no llama-server command line in the log"
         argv = starts[-1]
@@ -192,6 +223,9 @@ def smoke_ollama(url: str, *, model: str | None, expect: Expect, log: LogReader 
             with contextlib.suppress(TurboError):
                 g = geometry_from_metadata(shown["model_info"], source=r.model)
                 expect.shape = (g.n_layer, g.gqa_ratio)
+        found = re.search(r"^FROM (/\S+)", str(shown.get("modelfile", "")), re.M)
+        if found and expect.model_path is None:
+            expect.model_path = found.group(1)
         fmt = details.get("format")
         return fmt == "gguf", f"details.format = {fmt!r}" + ("" if fmt == "gguf" else
                                                              " (only GGUF models use the KV cache type)")
@@ -251,7 +285,8 @@ def _cache_check(check: _Run, expect: Expect, log: LogReader | None) -> None:
             return None, "no expected cache type"
         if log is None:
             return None, "no service log to read (pass --log FILE or --host)"
-        return cache_type_from_log(log(), expect.type_k, expect.type_v, expect.era, expect.fork, expect.shape)
+        return cache_type_from_log(log(), expect.type_k, expect.type_v, expect.era, expect.fork, expect.shape,
+                                   expect.model_path)
 
     check("cache type", cache)
 

@@ -117,11 +117,18 @@ func llamaServerPath() (string, error) {{
 	return "", fmt.Errorf("llama-server not found; looked in %s", strings.Join(candidates, ", "))
 }}
 
+// llamaServerLaunchConfig is what one model's llama-server is started with.
+type llamaServerLaunchConfig struct {{
+	modelPath   string
+	numCtx      int
+	kvCacheType string
+}}
+
 // serverArgs is the llama-server command line for one model.
-func serverArgs(modelPath string, numCtx, port int) []string {{
+func serverArgs(launch llamaServerLaunchConfig, port int) []string {{
 	params := []string{{
-		"--model", modelPath,
-		"--ctx-size", strconv.Itoa(numCtx),
+		"--model", launch.modelPath,
+		"--ctx-size", strconv.Itoa(launch.numCtx),
 		"--batch-size", "512",
 		"--n-gpu-layers", "999",
 		"--threads", strconv.Itoa(runtime.NumCPU()),
@@ -133,8 +140,8 @@ func serverArgs(modelPath string, numCtx, port int) []string {{
 	if envconfig.FlashAttention() {{
 		params = append(params, "--flash-attn", "on")
 	}}
-	if kv := envconfig.KvCacheType(); kv != "" {{
-		params = append(params, "--cache-type-k", kv, "--cache-type-v", kv)
+	if launch.kvCacheType != "" {{
+		params = append(params, "--cache-type-k", launch.kvCacheType, "--cache-type-v", launch.kvCacheType)
 	}}
 	if os.Getenv("OLLAMA_NO_MMAP") == "1" {{
 		params = append(params, "--no-mmap")
@@ -187,8 +194,8 @@ func freePort() (int, error) {{
 	return l.Addr().(*net.TCPAddr).Port, nil
 }}
 
-// NewServer starts llama-server for modelPath and waits until it is healthy.
-func NewServer(modelPath string, f *ggml.GGML, numCtx int) (Server, error) {{
+// newLlamaServerRunner starts llama-server for one model and waits until it is healthy.
+func newLlamaServerRunner(launch llamaServerLaunchConfig, f *ggml.GGML) (Server, error) {{
 	exe, err := llamaServerPath()
 	if err != nil {{
 		return nil, err
@@ -197,7 +204,7 @@ func NewServer(modelPath string, f *ggml.GGML, numCtx int) (Server, error) {{
 	if err != nil {{
 		return nil, err
 	}}
-	cmd := exec.Command(exe, serverArgs(modelPath, numCtx, port)...)
+	cmd := exec.Command(exe, serverArgs(launch, port)...)
 	tail := &tailWriter{{}}
 	cmd.Stdout = tail
 	cmd.Stderr = tail
@@ -207,7 +214,7 @@ func NewServer(modelPath string, f *ggml.GGML, numCtx int) (Server, error) {{
 		return nil, fmt.Errorf("unable to start llama-server: %w", err)
 	}}
 	s := &llamaServer{{cmd: cmd, port: port, done: make(chan error, 1),
-		kvBytes: f.KVCacheSize(numCtx, envconfig.KvCacheType())}}
+		kvBytes: f.KVCacheSize(launch.numCtx, launch.kvCacheType)}}
 	go func() {{ s.done <- cmd.Wait() }}()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {{
@@ -305,6 +312,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/ollama/ollama/api"
 	"github.com/ollama/ollama/envconfig"
 	"github.com/ollama/ollama/fs/ggml"
 	"github.com/ollama/ollama/llama"
@@ -317,7 +325,8 @@ type inProcess struct {
 }
 
 // NewServer loads the model in this process through the vendored llama.cpp.
-func NewServer(modelPath string, f *ggml.GGML, numCtx int) (Server, error) {
+func NewServer(modelPath string, f *ggml.GGML, opts api.Options) (Server, error) {
+	numCtx := opts.NumCtx
 	kv := envconfig.KvCacheType()
 	fa := envconfig.FlashAttention()
 	if kv != "" && !f.SupportsKVCacheType(kv) {
@@ -593,4 +602,27 @@ func kvCacheTypeFromStr(s string) ml.DType {
 
 // CacheType is the cache type the Go engine would use.
 func CacheType(s string) ml.DType { return kvCacheTypeFromStr(s) }
+"""
+
+
+LLM_SERVER_C_GO = """package llm
+
+import (
+	"strings"
+
+	"github.com/ollama/ollama/api"
+	"github.com/ollama/ollama/envconfig"
+	"github.com/ollama/ollama/fs/ggml"
+)
+
+// NewServer runs the model in a llama-server subprocess.
+func NewServer(modelPath string, f *ggml.GGML, opts api.Options) (Server, error) {
+	return NewLlamaServer(modelPath, f, opts)
+}
+
+// NewLlamaServer starts the model's llama-server with the host's one cache type.
+func NewLlamaServer(modelPath string, f *ggml.GGML, opts api.Options) (Server, error) {
+	kvct := strings.ToLower(envconfig.KvCacheType())
+	return newLlamaServerRunner(llamaServerLaunchConfig{modelPath: modelPath, numCtx: opts.NumCtx, kvCacheType: kvct}, f)
+}
 """

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ollama/ollama/api"
 	"github.com/ollama/ollama/envconfig"
 	"github.com/ollama/ollama/fs/ggml"
 	"github.com/ollama/ollama/llm"
@@ -33,6 +34,7 @@ type loaded struct {
 	model     *Model
 	runner    llm.Server
 	numCtx    int
+	runnerOpt api.Runner
 	sizeVRAM  uint64
 	expiresAt time.Time
 }
@@ -188,18 +190,12 @@ type generateRequest struct {
 	Options map[string]any `json:"options"`
 }
 
-func intOption(opts map[string]any, key string, def int) int {
-	if v, ok := opts[key].(float64); ok {
-		return int(v)
-	}
-	return def
-}
-
-func (s *Server) load(m *Model, numCtx int) (*loaded, time.Duration, error) {
+func (s *Server) load(m *Model, opts api.Options) (*loaded, time.Duration, error) {
+	numCtx := opts.NumCtx
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	key := m.Name.String()
-	if l, ok := s.loaded[key]; ok && l.numCtx == numCtx && l.model.Digest == m.Digest {
+	if l, ok := s.loaded[key]; ok && l.runnerOpt == opts.Runner && l.model.Digest == m.Digest {
 		l.expiresAt = time.Now().Add(5 * time.Minute)
 		return l, 0, nil
 	}
@@ -212,11 +208,11 @@ func (s *Server) load(m *Model, numCtx int) (*loaded, time.Duration, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("%s: %w", m.Name, err)
 	}
-	runner, err := llm.NewServer(m.ModelPath, f, numCtx)
+	runner, err := llm.NewServer(m.ModelPath, f, opts)
 	if err != nil {
 		return nil, 0, err
 	}
-	l := &loaded{model: m, runner: runner, numCtx: numCtx, expiresAt: time.Now().Add(5 * time.Minute),
+	l := &loaded{model: m, runner: runner, numCtx: numCtx, runnerOpt: opts.Runner, expiresAt: time.Now().Add(5 * time.Minute),
 		sizeVRAM: uint64(f.FileSize) + runner.KVCacheBytes()}
 	s.loaded[key] = l
 	return l, time.Since(start), nil
@@ -250,8 +246,18 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
 	for k, v := range req.Options {
 		opts[k] = v
 	}
-	numCtx := intOption(opts, "num_ctx", envconfig.ContextLength())
-	l, loadDuration, err := s.load(m, numCtx)
+	options, err := api.FromMap(opts)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if options.NumCtx == 0 {
+		options.NumCtx = envconfig.ContextLength()
+	}
+	if options.NumPredict == 0 {
+		options.NumPredict = 32
+	}
+	l, loadDuration, err := s.load(m, options)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
@@ -274,7 +280,7 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
 	}
 	var full strings.Builder
 	var final llm.Completion
-	err = l.runner.Completion(r.Context(), prompt, llm.Options{NumPredict: intOption(opts, "num_predict", 32)}, func(c llm.Completion) {
+	err = l.runner.Completion(r.Context(), prompt, llm.Options{NumPredict: options.NumPredict}, func(c llm.Completion) {
 		if c.Done {
 			final = c
 			return
@@ -416,8 +422,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "model file is not a GGUF model: "+err.Error())
 		return
 	}
-	for k, v := range req.Parameters {
-		params[k] = v
+	params, err = setParameters(params, req.Parameters)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
 	}
 	if req.Template != nil {
 		template = *req.Template
@@ -506,5 +514,63 @@ func fileTypeName(v any) string {
 		return fmt.Sprintf("file_type_%d", n)
 	}
 	return "unknown"
+}
+"""
+
+
+API_TYPES_GO = """package api
+
+import "encoding/json"
+
+// Runner holds the options that start a model's runner: a change reloads the model.
+type Runner struct {
+	NumCtx int `json:"num_ctx,omitempty"`
+}
+
+// Options of a request: the runner's and the sampler's.
+type Options struct {
+	Runner
+	NumPredict  int     `json:"num_predict,omitempty"`
+	Temperature float32 `json:"temperature,omitempty"`
+}
+
+// FromMap reads options from a Modelfile's parameters and a request's options.
+func FromMap(m map[string]any) (Options, error) {
+	var o Options
+	b, err := json.Marshal(m)
+	if err != nil {
+		return o, err
+	}
+	err = json.Unmarshal(b, &o)
+	return o, err
+}
+"""
+
+CREATE_GO = """package server
+
+import (
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+)
+
+// setParameters merges a model's new parameters over those it was created from.
+func setParameters(existing map[string]any, p map[string]any) (map[string]any, error) {
+	if p == nil {
+		p = map[string]any{}
+	}
+	for k, v := range existing {
+		if _, ok := p[k]; !ok {
+			p[k] = v
+		}
+	}
+	keys := make([]string, 0, len(p))
+	for k := range p {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	slog.Info("model parameters", "keys", strings.Join(keys, ","), "count", fmt.Sprint(len(keys)))
+	return p, nil
 }
 """

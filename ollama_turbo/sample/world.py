@@ -234,6 +234,8 @@ def _ollama_common(world: World) -> dict[str, str]:
         "fs/ggml/gguf.go": go_common.GGUF_GO,
         "server/store.go": go_common.STORE_GO,
         "server/routes.go": go_routes.ROUTES_GO,
+        "server/create.go": go_routes.CREATE_GO,
+        "api/types.go": go_routes.API_TYPES_GO,
         "llm/types.go": go_llm.LLM_TYPES_GO,
     }
 
@@ -254,6 +256,7 @@ def _ollama_c(world: World, tmp: Path) -> None:
             "llama/compat/apply-patch.cmake": obf.APPLY_PATCH_CMAKE,
             "llama/compat/0001-server-report-ollama-compat.patch": _compat_patch(world, tmp, tag),
             "llm/llama_server.go": go_llm.llama_server_go(int(tag[1:])),
+            "llm/server.go": go_llm.LLM_SERVER_C_GO,
             "fs/ggml/ggml.go": go_llm.fs_ggml_go("c"),
         })
         repo.write(files)
