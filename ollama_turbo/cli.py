@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json as jsonlib
 import os
+import re
 from collections.abc import Callable, Sequence
 from functools import partial, wraps
 from pathlib import Path
 from typing import Any
 
 from invoke.collection import Collection
-from invoke.exceptions import Exit
+from invoke.exceptions import Exit, ParseError
 from invoke.program import Program
 from invoke.tasks import Task, task
 
@@ -54,11 +55,51 @@ class TurboTask(Task[Any]):
 
 
 def preflight(project_dir: Path, argv: Sequence[str]) -> None:
-    """Check the settings files invoke is about to read; a problem ends the run with its exit code."""
+    """Check the settings files invoke is about to read; a problem ends the run with its exit code.
+    Also makes invoke's own parse errors (unknown flag or task, a missing value) usage errors of ours."""
+    adopt_parse_errors(Program)
     try:
         settings_files.preflight(project_dir, argv)
     except TurboError as err:
         raise Exit(f"error: {err}", code=err.exit_code) from None
+
+
+def parse_error_message(text: str) -> str:
+    """invoke's parse error as ours: what was wrong, and the next step (exit 2, like every usage error)."""
+    m = re.match(r"No idea what '([^']*)' is!", text)
+    if m and m.group(1).startswith("-"):
+        what, step = f"unknown flag {m.group(1)}", "run with --help TASK for the task's flags"
+    elif m:
+        what, step = f"no task or flag named {m.group(1)!r}", "run with --list for the tasks"
+    elif m := re.match(r"Flag <Argument: ([\w-]+)[^>]*> needed value", text):
+        flag = "--" + m.group(1).replace("_", "-")
+        what, step = f"{flag} needs a value", f"give it one: {flag} VALUE (see --help TASK)"
+    elif m := re.match(r"(?:invalid literal for (int)\(\)[^:]*|could not convert string to (float)): '(.*)'", text):
+        kind = "a whole number" if m.group(1) else "a number"
+        what, step = f"{m.group(3)!r} is not {kind}", "give the flag a number (see --help TASK for each flag)"
+    elif m := re.match(r"'([^']+)' did not receive required positional arguments: (.*)", text):
+        flags = ", ".join("--" + a.strip(" '").replace("_", "-") for a in m.group(2).split(","))
+        what, step = f"{m.group(1)} needs {flags}", f"run with --help {m.group(1)} for what each flag takes"
+    else:
+        what, step = text.rstrip(".!"), "run with --help TASK for the task's flags, or --list for the tasks"
+    return f"error: {what}\n  next step: {step}"
+
+
+def adopt_parse_errors(cls: type[Program]) -> None:
+    """Route ``cls``'s parse errors through :func:`parse_error_message`, once."""
+    if getattr(cls, "_turbo_parse_errors", False):
+        return
+    for name in ("parse_core", "parse_tasks", "parse_cleanup"):
+        original = getattr(cls, name)
+
+        def wrapped(self: Program, *args: Any, _original: Callable[..., Any] = original, **kwargs: Any) -> Any:
+            try:
+                return _original(self, *args, **kwargs)
+            except (ParseError, ValueError) as exc:  # ValueError: a flag's int() of a word
+                raise Exit(parse_error_message(str(exc)), code=2) from None
+
+        setattr(cls, name, wraps(original)(wrapped))
+    cls._turbo_parse_errors = True  # type: ignore[attr-defined]
 
 
 class TurboProgram(Program):
@@ -223,7 +264,8 @@ def plan(c, model="", layers=0, kv_heads=0, head_dim=0, heads=0, weights_gib=0.0
             specs="directory of <name>.yaml specs (default: modelfiles/, else the examples shipped with "
                   "ollama-turbo)",
             reserve_gib="memory kept for OS, runtime and compute buffers (default 4)",
-            manifest="size with the block formats this build recorded (its manifest.json or dist directory)")
+            manifest="render for this build (its manifest.json or dist directory): its block formats, and "
+                     "whether it takes PARAMETER kv_cache_type (without: a build by this version, which does)")
 def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
     """Render Modelfiles from modelfiles/*.yaml, num_ctx sized for each host's KV cache."""
     from ollama_turbo.kv import modelfiles as modelfile
@@ -231,14 +273,19 @@ def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
     s = settings(c)
     spec_list = modelfile.load_specs(specs_dir(c, specs))
     out_dir = Path(out) if out else s.workspace / "modelfiles"
+    m = manifest_mod.load(Path(manifest)) if manifest else None
+    per_model, why_not = modelfile.per_model_support(m)
+    allowed = (m.get("per_model_kv") or {}).get("allowed") if m else None
     rendered = modelfile.render_all(s, spec_list, out_dir, host=host or None, reserve_gib=float(reserve_gib),
-                                    blocks=block_table(c, manifest))
+                                    blocks=block_table(c, manifest), per_model=per_model, why_not=why_not,
+                                    allowed=allowed)
     if not rendered:
         print("no spec targets " + (f"host {host}" if host else "any configured host")
               + " (add host names under 'hosts:' in the specs)")
     for r in rendered:
         ctx = f"num_ctx {r.num_ctx:,}" if r.num_ctx else "num_ctx from the model"
-        print(f"{r.host:<12} {r.spec.name:<24} {ctx:<22} KV {r.type_k}/{r.type_v}  -> {r.path}")
+        kv = f"KV {r.type_k}/{r.type_v}" + (" (model)" if r.per_model else " (host)")
+        print(f"{r.host:<12} {r.spec.name:<24} {ctx:<22} {kv:<26} -> {r.path}")
 
 
 @turbo_task(
@@ -597,6 +644,9 @@ def status(c, host, json=""):
                 "prefix"):
         value = st[key]
         print(f"{key:<10} {', '.join(value) if isinstance(value, list) else value}")
+    for i, m in enumerate(st.get("loaded") or []):
+        print(f"{'loaded' if i == 0 else '':<10} {m['name']}: ctx {m['context_length']:,}, K/V {m['configured']} "
+              f"({'its own kv_cache_type' if m['source'] == 'model' else 'host default'}); running {m['running']}")
     write_json(json, st)
 
 

@@ -54,6 +54,9 @@ def check_file(path: Path) -> None:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: not valid YAML: {problem}",
                           hint=f"fix the syntax in {path}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
+                          hint=f"save {path} as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"cannot read settings file {path}: {exc}") from None
     if data is not None and not isinstance(data, Mapping):
@@ -62,9 +65,53 @@ def check_file(path: Path) -> None:
         raise ConfigError("expected a mapping", key="turbo", source=str(path))
 
 
-def preflight(project_dir: Path, argv: Sequence[str]) -> None:
+def preflight(project_dir: Path, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> None:
     for f in config_files(project_dir, argv):
         check_file(f)
+    check_environment(os.environ if environ is None else environ)
+
+
+ENV_PREFIX = "INVOKE_TURBO_"
+BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False,
+                 "0": False}
+
+
+def _leaves(tree: Mapping[str, Any], path: tuple[str, ...] = ()) -> dict[str, tuple[tuple[str, ...], Any]]:
+    """``INVOKE_TURBO_<PATH>`` -> (path, default) for every setting the environment can set."""
+    out: dict[str, tuple[tuple[str, ...], Any]] = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_leaves(v, (*path, k)))
+        else:
+            out[ENV_PREFIX + "_".join((*path, k)).upper()] = ((*path, k), v)
+    return out
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """``INVOKE_TURBO_*`` variables: each must name a setting, and a yes/no setting must say yes or no
+    (invoke itself reads any non-empty word, ``false`` included, as true)."""
+    known = _leaves(config.DEFAULTS)
+    for name in sorted(n for n in environ if n.startswith(ENV_PREFIX)):
+        if name not in known:
+            close = [k for k in known if k.startswith(name.rsplit("_", 1)[0])][:3] or sorted(known)[:4]
+            raise ConfigError(f"unknown setting in the environment: {name}",
+                              hint=f"settings are named like {', '.join(close)} (see invoke settings-show); "
+                                   f"unset {name}")
+        default = known[name][1]
+        if isinstance(default, bool) and environ[name].strip().lower() not in BOOLEAN_WORDS:
+            raise ConfigError(f"{name}={environ[name]!r} is not a yes/no value",
+                              hint="use true/false, yes/no, on/off or 1/0")
+
+
+def environment_booleans(environ: Mapping[str, str]) -> dict[tuple[str, ...], bool]:
+    """The yes/no settings the environment sets, read as words (see :func:`check_environment`)."""
+    out = {}
+    for name, (path, default) in _leaves(config.DEFAULTS).items():
+        if isinstance(default, bool) and name in environ:
+            word = environ[name].strip().lower()
+            if word in BOOLEAN_WORDS:
+                out[path] = BOOLEAN_WORDS[word]
+    return out
 
 
 def plain(value: Any) -> Any:
@@ -119,4 +166,9 @@ def given_in(cfg: Any) -> Callable[[str], bool]:
 
 def settings(cfg: Any, project_dir: Path) -> config.Settings:
     raw = plain(cfg.get("turbo", {})) or {}
+    for path, value in environment_booleans(os.environ).items():  # the word, not invoke's truthiness
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
     return config.parse(raw, origin_of(cfg), base=project_dir, given=given_in(cfg))
