@@ -38,6 +38,7 @@ SOURCE_HELP = {
     "fork_ref": "fork ref (default: turbo.sources.fork.ref)",
 }
 PACKAGED_SPECS = Path(__file__).resolve().parent / "examples" / "modelfiles"
+PACKAGED_FLEET = Path(__file__).resolve().parent / "examples" / "fleet.yaml"
 
 
 class TurboTask(Task[Any]):
@@ -120,11 +121,38 @@ def entry(fn: Callable[..., Any]) -> Callable[..., Any]:
         if kwargs.get("verbose"):
             proc.set_verbose(True)
         try:
+            for flag, kind in OUTPUT_FLAGS.items():  # before any work: a result that cannot be written is no result
+                if isinstance(kwargs.get(flag), str) and kwargs[flag]:
+                    check_output(kwargs[flag], flag, kind)
             return fn(c, *args, **kwargs)
         except TurboError as err:
             raise Exit(f"error: {err}", code=err.exit_code) from None
 
     return wrapper
+
+
+OUTPUT_FLAGS = {"json": "file", "markdown": "file", "out": "dir", "dest": "dir"}
+
+
+def check_output(value: str, flag: str, kind: str) -> None:
+    """``--flag value`` names a file or folder this run can write: its folder exists (or is made) and is writable."""
+    path = Path(value).expanduser()
+    folder = path if kind == "dir" else path.parent
+    name = "--" + flag.replace("_", "-")
+    if kind == "file" and path.is_dir():
+        raise UsageError(f"{name} {value}: is a folder, not a file", hint=f"give {name} a file name")
+    blocker = next((a for a in [folder, *folder.parents] if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"{name} {value}: {blocker} is a file, not a folder",
+                         hint=f"give {name} a path in a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{name} {value}: cannot make the folder {folder}: {exc.strerror or exc}",
+                         hint=f"give {name} a path in a writable folder") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{name} {value}: the folder {folder} is not writable",
+                         hint=f"give {name} a path in a writable folder")
 
 
 def turbo_task(**help: str) -> Callable[[Callable[..., Any]], TurboTask]:
@@ -203,7 +231,9 @@ def sample(c, dest, scenario="clean", verbose=False):
 def demo(c, verbose=False, cache_type="turbo4", keep_running=False):
     """Run the whole job offline on the embedded sample world."""
     from ollama_turbo import demo as demo_mod
+    from ollama_turbo.fork.cache_types import parse_pair
 
+    parse_pair(cache_type)  # checked before step 1, not after a build
     s = settings(c)
     r = demo_mod.run(s.workspace, say=print, cache_type=cache_type, keep_running=keep_running)
     print()
@@ -271,7 +301,15 @@ def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
     from ollama_turbo.kv import modelfiles as modelfile
 
     s = settings(c)
-    spec_list = modelfile.load_specs(specs_dir(c, specs))
+    directory = specs_dir(c, specs)
+    if directory == PACKAGED_SPECS and not s.hosts:
+        import yaml
+
+        print(f"no hosts configured: the bundled example specs are rendered for the example fleet "
+              f"({PACKAGED_FLEET}; your own hosts go under turbo.hosts in invoke.yaml)")
+        fleet = yaml.safe_load(PACKAGED_FLEET.read_text(encoding="utf-8"))["turbo"]
+        s = config.parse({**fleet, "workspace": str(s.workspace)})
+    spec_list = modelfile.load_specs(directory)
     out_dir = Path(out) if out else s.workspace / "modelfiles"
     m = manifest_mod.load(Path(manifest)) if manifest else None
     per_model, why_not = modelfile.per_model_support(m)
@@ -303,7 +341,11 @@ def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", ta
     """Can this fork replace the llama.cpp that this Ollama pins? Exit 0 ok, 4 review, 8 incompatible."""
     from ollama_turbo.check import apicheck
     from ollama_turbo.core import sources
+    from ollama_turbo.core.capi import TARGETS
 
+    if target not in TARGETS:
+        raise UsageError(f"--target {target}: not a target api-check lays out records for",
+                         hint=f"one of: {', '.join(TARGETS)}")
     s = settings(c)
     supp = apicheck.load_apiignore(Path(apiignore) if apiignore else project_dir(c) / ".apiignore")
     fork_url, ollama_url = fork or s.sources.fork.url, ollama or s.sources.ollama.url
@@ -475,9 +517,15 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
                                      llama_server=llama_server, gguf=gguf, ctx=int(ctx), opts=opts,
                                      logs_dir=out_dir / "logs", extra_env=s.kv.env)
         provenance.update({"server": llama_server} if llama_server else {"url": url})
+    if url and api == "ollama" and not model:
+        raise UsageError("--url with the Ollama API needs --model (the model to measure)",
+                         hint="name one the server has (ollama list), e.g. --model smollm2")
     report = bench_mod.run(targets, opts, out_dir, provenance)
     print(bench_mod.summary(report))
     print(out_dir)
+    if not bench_mod.measured_anything(report):
+        raise TurboError(f"bench measured nothing: every cache type failed (see {out_dir / 'bench.json'})",
+                         hint="check the server, host or --llama-server named in the errors above")
 
 
 @turbo_task(
@@ -650,10 +698,39 @@ def status(c, host, json=""):
     write_json(json, st)
 
 
+@turbo_task(record="the record's JSON (default: docs/compatibility.json in the project); the Markdown is "
+                   "written beside it",
+            add="a JSON file of facts from a field run (an object, or a list of them) to merge in first")
+def compat_record(c, record="", add=""):
+    """Write docs/compatibility.md from the field record (Ollama ref x fork commit x backend)."""
+    from ollama_turbo.prove import compat
+
+    path = Path(record) if record else project_dir(c) / "docs" / "compatibility.json"
+    rows = compat.load(path)
+    if add:
+        try:
+            facts = jsonlib.loads(Path(add).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read facts from {add}: {exc}", hint="pass a JSON file of field facts") from None
+        for f in facts if isinstance(facts, list) else [facts]:
+            if not isinstance(f, dict):
+                raise UsageError(f"{add}: each fact must be a JSON object")
+            rows = compat.merge(rows, f)
+    if not rows:
+        raise UsageError(f"{path} has no rows", hint="run the field tier (tests/field) to record some")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(jsonlib.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        path.with_suffix(".md").write_text(compat.render(rows), encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path.with_suffix('.md')}: {exc}", hint="pick a writable --record") from None
+    print(f"{len(rows)} rows -> {path.with_suffix('.md')}")
+
+
 def namespace(project: Path | None = None) -> Collection:
     """The task collection; ``project`` is where settings and specs are read (default: the current directory)."""
     ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check, verify_fork, build_ollama, smoke, bench,
-                    quality, recommend, deploy, rollback, status)
+                    quality, recommend, deploy, rollback, status, compat_record)
     ns.configure({"turbo": config.DEFAULTS, "ollama_turbo": {"project_dir": str(project) if project else ""}})
     return ns
 
@@ -663,4 +740,8 @@ program = TurboProgram(namespace=namespace(), name="ollama-turbo", binary="ollam
 
 
 def main() -> None:
-    program.run()
+    try:
+        program.run()
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as a Unix tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        raise SystemExit(1) from None

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from .errors import UsageError
 
+MAX_TOKENS = 16 * 1024 * 1024  # no model trains on more; a bigger number is a typo
 
-def parse_sizes(text: str, *, option: str, minimum: int = 1) -> list[int]:
-    """``8k, 32768`` -> [8192, 32768]; ``k`` multiplies by 1024. Each must be >= ``minimum``."""
+
+def parse_sizes(text: str, *, option: str, minimum: int = 1, maximum: int = MAX_TOKENS) -> list[int]:
+    """``8k, 32768`` -> [8192, 32768]; ``k`` multiplies by 1024. Each must be in [``minimum``, ``maximum``]."""
     out = []
     for part in [p for p in text.replace(" ", "").split(",") if p]:
         mult = 1024 if part.lower().endswith("k") else 1
@@ -16,5 +18,8 @@ def parse_sizes(text: str, *, option: str, minimum: int = 1) -> list[int]:
             raise UsageError(f"{option}: {part!r} is not a number (e.g. 8192,32k)") from None
         if n < minimum:
             raise UsageError(f"{option}: {part!r} must be at least {minimum}")
+        if n > maximum:
+            raise UsageError(f"{option}: {part!r} is more than {maximum:,} tokens", hint=f"give {option} at most "
+                             f"{maximum // 1024}k")
         out.append(n)
     return out

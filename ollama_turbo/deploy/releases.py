@@ -80,9 +80,14 @@ def check_platform(m: dict[str, Any], host: Host, t: Transport, dist: Path) -> N
 
 
 def load_dist(dist: Path) -> dict[str, Any]:
-    m = manifest_mod.read(dist)
-    if m is None:
-        raise UsageError(f"{dist} has no manifest.json: not a build of invoke build-ollama")
+    if not (dist / manifest_mod.NAME).is_file():
+        raise UsageError(f"{dist} has no manifest.json: not a build of invoke build-ollama",
+                         hint="build one with invoke build-ollama, or pass --dist <workspace>/dist/<version>")
+    m = manifest_mod.load(dist)  # a manifest that is not JSON says so, with the parser's words
+    missing = [k for k in ("version", "era", "files") if not isinstance(m, dict) or k not in m]
+    if missing:
+        raise UsageError(f"{dist / manifest_mod.NAME}: not a build manifest (no {', '.join(missing)})",
+                         hint="rebuild with invoke build-ollama")
     bad = manifest_mod.verify(dist, m)
     if bad:
         raise DeployError(f"{dist}: files differ from the manifest: {', '.join(bad[:5])}",
@@ -723,13 +728,17 @@ def host_view(settings: Settings, host: Host) -> HostView:
     """An open view of a host for smoke: a tunnelled URL, its service log, its deployed manifest."""
     t = connect(host.name, host.ssh)
     layout = _layout(t, host)
+    if current_release(t, layout) is None:
+        t.close()
+        raise DeployError(f"{host.name} has no current release under {layout.prefix}: nothing was deployed there",
+                          hint=f"invoke deploy --host {host.name}; or point --url at a running server")
     stack = contextlib.ExitStack()
     url = stack.enter_context(t.forward(host.port, host.probe_host))
     atexit.register(t.close)
     atexit.register(stack.close)
 
     def current_manifest() -> dict[str, Any] | None:
-        with contextlib.suppress(TurboError, ValueError):
+        with contextlib.suppress(TurboError, ValueError, OSError):
             data: dict[str, Any] = json.loads(t.read(f"{layout.current}/manifest.json"))
             return data
         return None

@@ -90,7 +90,8 @@ def cache_type(name: str) -> CacheType:
     try:
         return CACHE_TYPES[name.lower()]
     except KeyError:
-        raise UsageError(f"unknown cache type {name!r}; known: {', '.join(CACHE_TYPES)}") from None
+        raise UsageError(f"unknown cache type {name!r}; known: {', '.join(CACHE_TYPES)}",
+                         hint="name one of them, or K/V as k/v (e.g. q8_0/turbo4)") from None
 
 
 BUILTIN = BlockTable(CACHE_TYPES, "the built-in table (the fork as of 2026-05-04: turbo4 68 bytes per 128 values); "
@@ -101,7 +102,8 @@ def parse_pair(spec: str) -> tuple[str, str]:
     """``turbo4`` -> (turbo4, turbo4); ``q8_0/turbo4`` -> (q8_0, turbo4)."""
     k, slash, v = spec.strip().partition("/")
     if slash and not (k.strip() and v.strip()):
-        raise UsageError(f"{spec.strip()!r}: K and V must both be named, e.g. q8_0/turbo4 (or one name for both)")
+        raise UsageError(f"{spec.strip()!r}: K and V must both be named", hint="write k/v, e.g. q8_0/turbo4, or "
+                         "one name for both")
     k, v = k.strip().lower(), (v or k).strip().lower()
     cache_type(k), cache_type(v)
     return k, v

@@ -107,6 +107,9 @@ class Plan:
         if any(r.capped_by_model for r in self.rows):
             lines.append(f"* capped at the model's trained context ({g.n_ctx_train:,})")
         lines.append("")
+        lines.append("in a Modelfile (a build with per-model cache types): "
+                     + "; ".join(f"PARAMETER kv_cache_type {r.label}" for r in self.rows))
+        lines.append("")
         lines.append("arithmetic (per token, all layers):")
         for r in self.rows:
             lines.append(f"  {r.label}: {r.arithmetic}")

@@ -51,11 +51,18 @@ class Options:
         opts = cls(depths=parse_sizes(depths, option="--depths", minimum=0) or [0], reps=reps, n_predict=n_predict,
                    ab_predict=ab_predict,
                    niah_lengths=parse_sizes(niah_lengths, option="--niah-lengths") if niah_lengths else [])
+        for flag, value in (("--reps", reps), ("--n-predict", n_predict)):
+            if value < 1:
+                raise UsageError(f"{flag} {value}: must be 1 or more", hint=f"e.g. {flag} 3")
         if niah_lengths:
             try:
                 opts.niah_depths = [float(x) for x in niah_depths.split(",") if x.strip()]
             except ValueError:
                 raise UsageError(f"--niah-depths {niah_depths!r}: give fractions such as 0.1,0.5,0.9") from None
+            bad = [d for d in opts.niah_depths if not 0 < d < 1]
+            if bad:
+                raise UsageError(f"--niah-depths {niah_depths!r}: {bad[0]} is not a fraction between 0 and 1",
+                                 hint="give fractions such as 0.1,0.5,0.9")
         else:
             opts.niah_depths = []
         if gguf:
@@ -69,6 +76,11 @@ def default_out(workspace: Path) -> Path:
 
 def _measured(r: dict[str, Any]) -> list[dict[str, Any]]:
     return [x for x in r.get("perf", []) if "decode_tps" in x]
+
+
+def measured_anything(report: dict[str, Any]) -> bool:
+    """Did any cache type measure decode at some depth? (a bench that measured nothing has not succeeded)"""
+    return any(_measured(r) for r in report["results"])
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -56,8 +56,11 @@ class Recommendation:
             return []
         k, _, v = self.choice.partition("/")
         v = v or k
-        return ["# invoke.yaml", "turbo:", "  kv:", f"    type_k: {k}", f"    type_v: {v}", "",
-                "# or in the model's spec (modelfiles/<name>.yaml), for this host:", f"kv: {self.choice}"]
+        return ["# this model's own cache, in its Modelfile (a build with per-model cache types):",
+                f"PARAMETER kv_cache_type {self.choice}", "",
+                "# or in the model's spec (modelfiles/<name>.yaml), which renders that line:", f"kv: {self.choice}",
+                "", "# or for every model on the host without its own (invoke.yaml):", "turbo:", "  kv:",
+                f"    type_k: {k}", f"    type_v: {v}"]
 
     def render(self) -> str:
         out = [f"recommend: {self.model} on {self.host} at {self.ctx:,} tokens", "",
