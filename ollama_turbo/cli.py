@@ -126,6 +126,8 @@ def entry(fn: Callable[..., Any]) -> Callable[..., Any]:
                     check_output(kwargs[flag], flag, kind)
             return fn(c, *args, **kwargs)
         except TurboError as err:
+            if isinstance(err, UsageError) and not err.hint:  # every usage error says what to do next
+                err.hint = f"see --help {fn.__name__.replace('_', '-')} for what each flag takes"
             raise Exit(f"error: {err}", code=err.exit_code) from None
 
     return wrapper
@@ -645,11 +647,11 @@ def deploy(c, host="", hosts="", group="", batch=2, dist="", dry_run=False, spec
     from ollama_turbo.deploy import releases, rolling
 
     s = settings(c)
-    d = Path(dist) if dist else releases.latest_dist(s)
     if hosts or group:
         if host:
             raise UsageError("give --host, or --hosts / --group for a rolling deploy, not both")
         names = rolling.hosts_for(s, hosts, group)
+        d = Path(dist) if dist else releases.latest_dist(s)
         out = rolling.rollout(s, names, d, batch=int(batch), dry_run=dry_run, specs_dir=specs_dir(c, specs),
                               accept_unmeasured=accept_unmeasured)
         print(out.render())
@@ -660,7 +662,9 @@ def deploy(c, host="", hosts="", group="", batch=2, dist="", dry_run=False, spec
         return
     if not host:
         raise UsageError("give --host H (or --hosts / --group for a rolling deploy)")
-    r = releases.deploy(s, s.host(host), d, dry_run=dry_run, specs_dir=specs_dir(c, specs),
+    target = s.host(host)  # an unknown host is named before anything else is looked at
+    d = Path(dist) if dist else releases.latest_dist(s)
+    r = releases.deploy(s, target, d, dry_run=dry_run, specs_dir=specs_dir(c, specs),
                         accept_unmeasured=accept_unmeasured)
     print(r.render(host))
     write_json(json, r.to_json())

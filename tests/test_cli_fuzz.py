@@ -1,0 +1,166 @@
+"""The CLI's promise under any input: one clear error, the right exit code, never a traceback.
+
+Every task's flags are driven with random words, numbers and paths (hypothesis), in process, with every
+source pointed at a folder that does not exist and no host configured, so nothing slow or networked can start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ollama_turbo import cli
+
+from .conftest import bench
+
+EXIT_CODES = {0, 1, 2, 4, 8, 12}
+# tasks that would do long work when their input happens to be fine; they are fuzzed through the other tasks'
+# shared parsers and named cases below
+SKIP = {"demo", "sample"}
+TASKS = {name: [a.name for a in t.get_arguments()] for name, t in cli.namespace().tasks.items() if name not in SKIP}
+STATS = {"cases": 0, "seconds": 0.0}
+
+
+@contextlib.contextmanager
+def isolated(tmp: Path) -> Iterator[None]:
+    """Sources that do not exist, a workspace of its own, and the project folder a fresh one."""
+    env = {"INVOKE_TURBO_WORKSPACE": str(tmp / "ws"),
+           "INVOKE_TURBO_SOURCES_OLLAMA_URL": str(tmp / "no-ollama"),
+           "INVOKE_TURBO_SOURCES_FORK_URL": str(tmp / "no-fork"),
+           "INVOKE_TURBO_SOURCES_UPSTREAM_URL": str(tmp / "no-upstream")}
+    old = {k: os.environ.get(k) for k in env}
+    cwd = os.getcwd()
+    os.environ.update(env)
+    os.chdir(tmp)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    """The ``ollama-turbo`` program in this process: exit code, stdout, stderr. An exception that escapes is
+    what a user would see as a traceback, so it is not caught here."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    program = cli.TurboProgram(namespace=cli.namespace(), name="ollama-turbo", binary="ollama-turbo",
+                               binary_names=["ollama-turbo"], version="test")
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            program.run(["ollama-turbo", *argv])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, out.getvalue(), err.getvalue()
+
+
+def check(argv: list[str]) -> tuple[int, str]:
+    t0 = time.perf_counter()
+    code, out, err = run(argv)
+    STATS["cases"] += 1
+    STATS["seconds"] += time.perf_counter() - t0
+    assert "Traceback" not in out + err, (argv, err)
+    assert code in EXIT_CODES, (argv, code, err)
+    if code == 2:
+        assert "error: " in err and "next step: " in err, (argv, err)
+    return code, err
+
+
+WORDS = st.sampled_from(["x", "abc", "-1", "0", "2.5", "1e309", "99999999999999999999", "nan", "", " ", "turbo9",
+                         "q8_0/", "/turbo4", "q8_0/turbo4", "k/v/w", "é", "8k", "0x10", "--", "true", "none"])
+PATHS = st.sampled_from(["/proc/nope/x.json", "/nonexistent/dir/file", "/etc/passwd", "/", ".", "rel/out.json",
+                         "/dev/null", "a\tb"])
+NUMBERS = st.one_of(st.integers(-10**12, 10**12).map(str), st.floats(allow_nan=True).map(str))
+VALUES = st.one_of(WORDS, PATHS, NUMBERS)
+
+
+@st.composite
+def command(draw: st.DrawFn) -> list[str]:
+    task = draw(st.sampled_from(sorted(TASKS)))
+    flags = draw(st.lists(st.sampled_from(TASKS[task]), max_size=4, unique=True)) if TASKS[task] else []
+    argv = [task]
+    for f in flags:
+        argv += ["--" + f.replace("_", "-"), draw(VALUES)]
+    if draw(st.booleans()):
+        argv.append(draw(st.sampled_from(["--frobnicate", "extra", "-z"])))
+    return argv
+
+
+@settings(max_examples=int(os.environ.get("TURBO_FUZZ_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(argv=command())
+def test_random_flags_never_end_in_a_traceback(argv: list[str], tmp_path: Path) -> None:
+    with isolated(tmp_path):
+        check(argv)
+
+
+@pytest.mark.parametrize(("argv", "code", "says"), [
+    (["plan", "--layers", "x"], 2, "'x' is not a whole number"),
+    (["plan", "--weights-gib", "abc"], 2, "'abc' is not a number"),
+    (["bench", "--reps", "x"], 2, "'x' is not a whole number"),
+    (["smoke", "--min-decode-ratio", "abc"], 2, "'abc' is not a number"),
+    (["plan", "--frobnicate"], 2, "unknown flag --frobnicate"),
+    (["frobnicate"], 2, "no task or flag named 'frobnicate'"),
+    (["quality"], 2, "quality needs --model"),
+    (["plan", "--layers", "4", "--kv-heads", "2", "--head-dim", "64", "--json", "/proc/nope/x.json"], 2,
+     "cannot make the folder"),
+    (["plan", "--layers", "4", "--kv-heads", "2", "--head-dim", "64", "--ctx", "99999999999999999999"], 2,
+     "is more than 16,777,216 tokens"),
+    (["api-check", "--target", "sparc-sun-solaris"], 2, "not a target"),
+    (["bench", "--reps", "0", "--url", "f16=http://127.0.0.1:9", "--model", "m"], 2, "--reps 0: must be 1 or more"),
+    (["bench", "--niah-depths", "2.5", "--url", "f16=http://127.0.0.1:9", "--model", "m"], 2, "not a fraction"),
+    (["bench", "--url", "f16=http://127.0.0.1:9"], 2, "needs --model"),
+    (["demo", "--cache-type", "turbo9"], 2, "unknown cache type 'turbo9'"),
+    (["deploy", "--host", "ghost"], 2, "ghost"),
+    (["smoke", "--host", "ghost"], 2, "ghost"),
+])
+def test_named_bad_inputs(argv: list[str], code: int, says: str, tmp_path: Path) -> None:
+    with isolated(tmp_path):
+        got, err = check(argv)
+    assert got == code and says in err, (argv, got, err)
+
+
+def test_a_bench_that_measured_nothing_fails(tmp_path: Path) -> None:
+    with isolated(tmp_path):
+        got, err = check(["bench", "--url", "f16=http://127.0.0.1:9", "--model", "m", "--depths", "0", "--reps", "1",
+                          "--niah-lengths", "", "--ab-predict", "0", "--out", str(tmp_path / "b")])
+    assert got == 1 and "bench measured nothing" in err
+
+
+@pytest.mark.parametrize(("value", "ok"), [("false", True), ("off", True), ("0", True), ("yes", True),
+                                           ("sometimes", False)])
+def test_yes_no_settings_are_read_as_words(value: str, ok: bool, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INVOKE_TURBO_KV_FLASH_ATTENTION", value)
+    with isolated(tmp_path):
+        code, out, err = run(["settings-show", "--key", "kv.flash_attention"])
+    if ok:
+        assert code == 0 and out.strip() == ("true" if value == "yes" else "false")
+    else:
+        assert code == 2 and "is not a yes/no value" in err
+
+
+def test_an_unknown_setting_in_the_environment_stops_every_task(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INVOKE_TURBO_KV_TYPEK", "q8_0")
+    with isolated(tmp_path):
+        code, _, err = run(["settings-show"])
+    assert code == 2 and "unknown setting in the environment: INVOKE_TURBO_KV_TYPEK" in err
+
+
+def test_zz_print_fuzz_rate() -> None:
+    if STATS["cases"]:
+        bench(f"CLI fuzz: {STATS['cases']} cases in {STATS['seconds']:.1f} s "
+              f"({STATS['cases'] / max(STATS['seconds'], 1e-9):.0f} cases/s)")
