@@ -562,11 +562,13 @@ def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo
     if manifest:
         m = manifest_mod.load(Path(manifest))
         dist = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
-        binary = dist / "tools" / "llama-perplexity"
+        flags = m.get("build_flags") or {}
+        rel = (flags.get("tool_paths") or {}).get("llama-perplexity", "tools/llama-perplexity")
+        binary = dist / rel
         provenance = manifest_mod.summary(m)
         if not binary.is_file():
-            why = (m.get("build_flags") or {}).get("tools", {}).get("llama-perplexity", "not recorded")
-            raise quality_mod.QualityError(f"the build {m.get('version')} has no tools/llama-perplexity ({why})",
+            why = (flags.get("tools") or {}).get("llama-perplexity", "not recorded")
+            raise quality_mod.QualityError(f"the build {m.get('version')} has no {rel} ({why})",
                                            hint="rebuild with invoke build-ollama --force, or pass "
                                                 "--llama-perplexity BIN")
     else:
@@ -682,7 +684,7 @@ def rollback(c, host, to="", dry_run=False, json=""):
     if dry_run:
         print(f"would switch {host} from {r['from']} to {r['to']} and restart it; dry run: nothing was changed")
     else:
-        print(f"{host} now serves {r['to']} (was {r['from']})")
+        print(f"{host} now serves {r['to']} (was {r['from']}); downtime {r['downtime_s']:.2f} s")
     write_json(json, r)
 
 

@@ -96,7 +96,7 @@ def test_manifest_records_provenance_and_checksums(era_c_build: build.Result) ->
     assert m["patches"] == [{"patch": "llama/compat/0001-server-report-ollama-compat.patch", "status": "applied"}]
     assert set(m["toolchain"]) >= {"go", "cmake", "cc", "git"}
     assert "-X=github.com/ollama/ollama/version.Version=" in m["build_flags"]["ldflags"]
-    assert set(m["files"]) == {"bin/ollama", "lib/ollama/llama-server", "tools/llama-perplexity"}
+    assert set(m["files"]) == {"bin/ollama", "lib/ollama/llama-server", "lib/ollama/llama-perplexity"}
     assert m["build_flags"]["tools"] == {"llama-perplexity": "built"}
     for rel, digest in m["files"].items():
         assert manifest.sha256(era_c_build.dist / rel) == digest

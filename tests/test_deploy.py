@@ -148,7 +148,7 @@ def test_dry_run_changes_nothing(fresh: dict) -> None:
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][0]), "--dry-run",
                          "--specs", str(env["specs"]))
     assert code == 0, err
-    assert "files to send (3): bin/ollama, lib/ollama/llama-server, tools/llama-perplexity" in out
+    assert "files to send (3): bin/ollama, lib/ollama/llama-perplexity, lib/ollama/llama-server" in out
     assert "<key>OLLAMA_KV_CACHE_TYPE</key>" in out and "dry run: nothing was changed" in out
     assert not (env["sshd"].home / ".ollama-turbo").exists()
     assert not (env["sshd"].home / "Library").exists()
@@ -232,7 +232,7 @@ def test_interrupted_upload_is_resumed(fresh: dict) -> None:
     for p in [partial, *partial.rglob("*")]:
         shutil.chown(p, "turbotest", "turbotest")
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(v3_dist), "--dry-run")
-    assert "files to send (2): lib/ollama/llama-server, tools/llama-perplexity" in out
+    assert "files to send (2): lib/ollama/llama-perplexity, lib/ollama/llama-server" in out
     assert "already on the host: bin/ollama" in out
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(v3_dist), "--specs", str(env["specs"]))
     assert code == 0, out + err
@@ -631,15 +631,15 @@ def test_a_different_build_under_the_current_releases_name_is_refused(fresh: dic
     v1 = version_of(env["dists"][0])
     other = tmp_path / v1
     shutil.copytree(env["dists"][0], other, symlinks=True)
-    tool = other / "tools/llama-perplexity"
+    tool = other / "lib/ollama/llama-perplexity"
     tool.write_bytes(tool.read_bytes() + b"\0")
     m = json.loads((other / "manifest.json").read_text())
-    m["files"]["tools/llama-perplexity"] = hashlib.sha256(tool.read_bytes()).hexdigest()
+    m["files"]["lib/ollama/llama-perplexity"] = hashlib.sha256(tool.read_bytes()).hexdigest()
     (other / "manifest.json").write_text(json.dumps(m, indent=2))
     live = env["sshd"].home / f".ollama-turbo/releases/{v1}"
     before = {p.name: p.stat().st_ino for p in live.rglob("*")}
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(other), "--specs", str(env["specs"]))
     assert code == 1 and f"release {v1} on the host is a different build" in err, out + err
-    assert "tools/llama-perplexity" in err and "Traceback" not in err
+    assert "lib/ollama/llama-perplexity" in err and "Traceback" not in err
     assert {p.name: p.stat().st_ino for p in live.rglob("*")} == before
     _serves(env, v1)

@@ -26,7 +26,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[sample.World, Path,
     ws = root / "ws"
     r = build.run(config.parse({"workspace": str(ws), "build": {"backend": "cpu"}}),
                   build.Options(ollama=str(world.ollama_c), fork=str(world.fork)), say=lambda x: None)
-    assert (r.dist / "tools/llama-perplexity").is_file(), r.manifest.get("build_flags")
+    assert (r.dist / "lib/ollama/llama-perplexity").is_file(), r.manifest.get("build_flags")
     return world, r.dist, ws
 
 

@@ -35,7 +35,8 @@ from ollama_turbo.fork import sources as fork_sources
 
 Say = Callable[[str], None]
 PROBE_PATHS = ["go.mod", "fs/ggml/ggml.go", "llm/llama_server.go", "llama/llama.go", "ml/backend.go",
-               "runner/ollamarunner/cache.go", "llama/patches", "llama/compat", "Makefile.sync"]
+               "runner/ollamarunner/cache.go", "llama/patches", "llama/compat", "Makefile.sync",
+               "llama/server/CMakeLists.txt"]
 
 
 class BuildError(TurboError):
@@ -293,12 +294,14 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                 outcomes=applied + skipped, per_model_kv=per_model, patch_results=patch_results,
                 adaptations=adaptations)
     ld = build_era_c.ldflags(version)
+    server_cmake = o_dir / "llama/server/CMakeLists.txt"
+    targets = build_era_c.install_targets(server_cmake.read_text(errors="replace")) if server_cmake.is_file() else ()
     if info.era == sources.ERA_C:
         plan.commands = [
             "go mod download (through GOPROXY, vendor/ or the module cache; before any CMake work)",
             f"cmake -S llama/server -B <build> --preset {preset} -DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP=<fork copy>"
             + "".join(f" {a['define']}" for a in adaptations),
-            "cmake --build <build> --target llama-server", "cmake --install <build> --component llama-server",
+            f"cmake --build <build> --target {' '.join(targets)}", "cmake --install <build> --component llama-server",
             f'go build -trimpath -ldflags "{ld}" -o bin/ollama .']
     else:
         plan.commands = [
@@ -449,10 +452,12 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
     patch_results.extend(plan.patch_results)  # checked against the fork by the plan, before Go or CMake ran
     cache_key = hashlib.sha256("\0".join([
         plan.fork.sha, manifest.tree_hash(ollama_dir, ["llama/server", "llama/compat"]), plan.preset,
-        str(toolchain.cmake_version()), "tools: llama-perplexity", *[a["define"] for a in plan.adaptations]
+        str(toolchain.cmake_version()), "tools: llama-perplexity", *[a["define"] for a in plan.adaptations],
+        *build_era_c.install_targets((ollama_dir / "llama/server/CMakeLists.txt").read_text(errors="replace"))
     ]).encode()).hexdigest()[:16]
     cached = settings.workspace / "cache" / "llama-server" / cache_key
     tools: dict[str, str] = {}  # llama-perplexity: built from the same fork and flags, for invoke quality
+    tool_paths: dict[str, str] = {}  # where each tool is in the dist (recorded: invoke quality reads it)
     if not (cached / "lib").is_dir():
         def cmake() -> None:
             tmp = cached.parent / f".{cache_key}-{os.getpid()}"
@@ -474,15 +479,17 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
     else:
         step(f"llama-server unchanged: reuse {cached}", lambda: None)
     shutil.copytree(cached / "lib", stage / "lib")
-    if (cached / "tools").is_dir():
-        shutil.copytree(cached / "tools", stage / "tools")
+    # the tools sit beside llama-server: they link the same shared libraries, found through $ORIGIN
+    for tool in (cached / "tools").glob("*") if (cached / "tools").is_dir() else []:
+        shutil.copy2(tool, stage / "lib" / "ollama" / tool.name)
+        tool_paths[tool.name] = f"lib/ollama/{tool.name}"
     if (cached / "tools.json").is_file():
         tools.update(json.loads((cached / "tools.json").read_text()))
     step(f"go build ollama {plan.version}",
          lambda: build_era_c.go_build(ollama_dir, stage / "bin" / "ollama", version=plan.version, log=log,
                                       extra_env=go_env))
     return {"cmake_preset": plan.preset, "fetchcontent_source_dir": "scratch copy of the fork",
-            "llama_server_cache_key": cache_key, "tools": tools}
+            "llama_server_cache_key": cache_key, "tools": tools, "tool_paths": tool_paths}
 
 
 def _build_b(plan: Plan, work: Path, ollama_dir: Path, stage: Path, log: Path, step: _Steps,

@@ -225,6 +225,7 @@ class DeployResult:
     models: list[str] = field(default_factory=list)
     model_kv: dict[str, str] = field(default_factory=dict)  # each model's K/V and whether it is its own or the host's
     smokes: dict[str, dict[str, Any]] = field(default_factory=dict)  # every model's smoke, by name
+    downtime_s: float | None = None  # restart to the new release answering /api/version
     error: str = ""
     seconds: float = 0.0
     quality: list[dict[str, Any]] = field(default_factory=list)  # the quality verdict of each model served
@@ -235,8 +236,9 @@ class DeployResult:
     def render(self, host: str) -> str:
         if self.status != "dry-run":
             models = ", ".join(f"{m} ({self.model_kv[m]})" if m in self.model_kv else m for m in self.models)
-            return (f"deployed {self.version} to {host} in {self.seconds:.1f} s (previous: {self.previous or 'none'}); "
-                    f"models: {models or 'none'}; smoke ok")
+            down = f", downtime {self.downtime_s:.2f} s" if self.downtime_s is not None else ""
+            return (f"deployed {self.version} to {host} in {self.seconds:.1f} s{down} (previous: "
+                    f"{self.previous or 'none'}); models: {models or 'none'}; smoke ok")
         lines = [f"plan for {host}: {self.version} (current: {self.previous or 'none'})",
                  f"files to send ({len(self.uploaded)}): " + (", ".join(self.uploaded) or "none"),
                  f"already on the host: {', '.join(self.reused) or 'none'}",
@@ -434,11 +436,14 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
     attempt.step = "the restart and health check"
     try:
         mgr.install(config)
+        t_restart = time.perf_counter()
         mgr.restart()
         with t.forward(host.port, host.probe_host) as url:
             ok, why = wait_version(url, version, host.health_timeout)
             if not ok:
                 raise DeployError(f"{version} did not come up: {why}")
+            # at most this long without an answering server: from the restart to the new release's /api/version
+            res.downtime_s = round(time.perf_counter() - t_restart, 2)
             res.models = _models(host, url, rendered, say)
             # every model is proven with the cache it runs: its own kv_cache_type, or the host's default
             for name, (type_k, type_v) in ([(r.spec.name, (r.type_k, r.type_v)) for r in rendered]
@@ -493,8 +498,9 @@ def _upload(t: Transport, layout: Layout, dist: Path, m: dict[str, Any], res: De
                               hint="a build's version names its identity: rebuild (build-ollama stamps the "
                                    "source commits, backend and platform into the version), or roll back "
                                    "first")
-        # an older release of the same name: set it aside in one rename, never delete it while it may be read
-        t.sh(f"mv {q(release)} {q(release + '.replaced')} && rm -rf {q(release + '.replaced')}")
+        # an older build of the same name, not in use: it becomes the partial upload in one rename, so its files
+        # that are still right stay (they were counted as already there) and the rest are sent over them
+        t.sh(f"rm -rf {q(release + '.partial')} && mv {q(release)} {q(release + '.partial')}")
     partial = release + ".partial"
     t.sh(f"mkdir -p {q(partial)} {q(layout.prefix + '/logs')}")
     current = remote_sums(t, layout.current + "/")
@@ -515,6 +521,9 @@ def _upload(t: Transport, layout: Layout, dist: Path, m: dict[str, Any], res: De
             t.sh(f"chmod 755 {q(target)}")
     t.put(dist / "manifest.json", f"{partial}/manifest.json")
     got = remote_sums(t, partial)
+    extra = [f for f in got if f not in m["files"] and f not in ("manifest.json", "quality.json")]
+    if extra:  # left by an older build of the same name
+        t.sh("cd " + q(partial) + " && rm -f " + " ".join(q(f) for f in extra))
     bad = [f for f, d in m["files"].items() if got.get(f) != d]
     if bad:
         raise DeployError(f"uploaded files do not match the manifest: {', '.join(bad)}",
@@ -633,13 +642,15 @@ def rollback(settings: Settings, host: Host, to: str | None = None, say: Say = p
             switch(t, layout, target, host)
             if current and current != target:
                 set_previous(t, layout, current)
+            t_restart = time.perf_counter()
             mgr.restart()
             with t.forward(host.port, host.probe_host) as url:
                 ok, why = wait_version(url, target, host.health_timeout)
+            downtime = round(time.perf_counter() - t_restart, 2)
             _history(t, layout, target, "rollback" if ok else "rollback-failed")
             if not ok:
                 raise DeployError(f"{host.name}: {target} did not come up: {why}\n{log_tail(t, layout)}")
-            return {"host": host.name, "from": current, "to": target, "status": "rolled-back"}
+            return {"host": host.name, "from": current, "to": target, "status": "rolled-back", "downtime_s": downtime}
     finally:
         t.close()
 

@@ -253,8 +253,9 @@ def smoke_ollama(url: str, *, model: str | None, expect: Expect, log: LogReader 
         if m is None:
             return False, f"{r.model} not loaded ({[x['name'] for x in models]})"
         r.metrics["context_length"] = float(m.get("context_length", 0))
-        return m.get("context_length", 0) > 0 and m.get("size_vram", 0) > 0, \
-            f"context_length={m.get('context_length')} size_vram={m.get('size_vram')}"
+        # size is the model in memory; size_vram the part on a GPU (0 on a CPU-only host)
+        return m.get("context_length", 0) > 0 and (m.get("size", 0) or m.get("size_vram", 0)) > 0, \
+            f"context_length={m.get('context_length')} size={m.get('size')} size_vram={m.get('size_vram')}"
 
     check("ps", ps)
     _cache_check(check, expect, log)
