@@ -500,8 +500,14 @@ def _build_b(plan: Plan, work: Path, ollama_dir: Path, stage: Path, log: Path, s
         try:
             proc.run([*make, "clean", "apply-patches", "sync"], cwd=ollama_dir, extra_env=toolchain.go_env(go_env),
                      log=log)
-        except CommandError:
+        except CommandError as exc:
             vendor = ollama_dir / "llama" / "vendor"
+            if not proc.run(["git", "-C", str(vendor), "rev-parse", "--verify", "-q", "HEAD"], check=False).ok or \
+                    "unable to checkout" in exc.stderr_tail:
+                raise BuildError(f"Makefile.sync could not check out the fork {plan.fork.short} into llama/vendor, "
+                                 f"before any of Ollama's patches was tried:\n{exc.stderr_tail.strip()[-1200:]}",
+                                 hint=f"is {plan.fork.url} a complete clone (git fsck; a snapshot without large "
+                                      f"files cannot be checked out)? full log: {log}") from None
             done = {p.name[1:-2] for p in (ollama_dir / "llama/patches").glob(".*.patched")}
             failing = next((p for p in plan.patches if Path(p).name not in done), "a patch")
             files = proc.run(["git", "-C", str(vendor), "diff", "--name-only", "--diff-filter=U"],
