@@ -422,8 +422,8 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
     attempt.step = "the upload"
     _upload(t, layout, dist, m, res, say)
     previous = res.previous
-    if previous == version:
-        previous = previous_release(t, layout)
+    if previous == version:  # a redeploy of the current release: its previous stays the previous
+        previous = res.previous = previous_release(t, layout)
     old_config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
     old_previous = previous_release(t, layout)
     attempt.previous, attempt.old_previous, attempt.old_config = previous, old_previous, old_config

@@ -93,7 +93,8 @@ def host(builds: dict[str, Any], smollm2: Path, tmp_path_factory: pytest.TempPat
     port = free_port()
     fleet = root / "fleet.yaml"
     fleet.write_text(yaml.safe_dump({"turbo": {
-        "workspace": str(WS), "kv": {"type_k": "turbo4", "type_v": "turbo4", "env": {"OLLAMA_MAX_LOADED_MODELS": "2"}},
+        # the K/V pair is left to the defaults (turbo4) and INVOKE_TURBO_KV_*: a -f file outranks the environment
+        "workspace": str(WS), "kv": {"env": {"OLLAMA_MAX_LOADED_MODELS": "2"}},
         "hosts": {"here": {"ssh": "local", "os": "linux", "service": "none", "listen": f"127.0.0.1:{port}",
                            "memory_gib": 8, "prefix": str(root / "host"), "models_dir": str(root / "models"),
                            "health_timeout": 180}}}}))
