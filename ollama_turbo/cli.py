@@ -562,13 +562,11 @@ def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo
     if manifest:
         m = manifest_mod.load(Path(manifest))
         dist = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
-        flags = m.get("build_flags") or {}
-        rel = (flags.get("tool_paths") or {}).get("llama-perplexity", "tools/llama-perplexity")
-        binary = dist / rel
+        binary = manifest_mod.tool_path(dist, m, "llama-perplexity")
         provenance = manifest_mod.summary(m)
         if not binary.is_file():
-            why = (flags.get("tools") or {}).get("llama-perplexity", "not recorded")
-            raise quality_mod.QualityError(f"the build {m.get('version')} has no {rel} ({why})",
+            why = ((m.get("build_flags") or {}).get("tools") or {}).get("llama-perplexity", "not recorded")
+            raise quality_mod.QualityError(f"the build {m.get('version')} has no {binary.relative_to(dist)} ({why})",
                                            hint="rebuild with invoke build-ollama --force, or pass "
                                                 "--llama-perplexity BIN")
     else:

@@ -15,8 +15,8 @@ from typing import Any
 from ollama_turbo import sample
 from ollama_turbo.build import build_ollama as build
 from ollama_turbo.check import apicheck
+from ollama_turbo.core import manifest, sources
 from ollama_turbo.core import settings as config
-from ollama_turbo.core import sources
 from ollama_turbo.core.ports import free_port
 from ollama_turbo.kv import geometry, plan
 from ollama_turbo.prove import smoke
@@ -39,8 +39,13 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
     import shutil
 
     root = workspace / "demo"
-    if root.exists():
-        shutil.rmtree(root)
+    # a fresh demo each time, but the llama-server build cache is kept: the sample world is made the same way
+    # every time (fixed commit dates), so a warm run compiles nothing
+    for old in [*(root.iterdir() if root.is_dir() else []), *((root / "ws").iterdir() if (root / "ws").is_dir()
+                                                               else [])]:
+        if old.name in ("ws", "cache"):
+            continue
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     say(f"1/7 sample world -> {root / 'world'}")
     world = sample.generate(root / "world")
     raw: dict[str, Any] = {
@@ -70,7 +75,7 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
     say(f"5/7 quality: {cache_type} against the f16 cache on {world.model.name} (the build's llama-perplexity)")
     from ollama_turbo.prove import quality as quality_mod
 
-    q = quality_mod.run(b.dist / "tools" / "llama-perplexity", world.model,
+    q = quality_mod.run(manifest.tool_path(b.dist, b.manifest, "llama-perplexity"), world.model,
                         quality_mod.Options(pairs=[(cache_type, cache_type)], contexts=[512]), root / "quality")
     quality_mod.record(s.workspace, q, root / "quality" / "quality.json")
     for r in q["results"]:

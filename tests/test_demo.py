@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import invoke
+from .conftest import bench, invoke
 
 pytestmark = pytest.mark.sample
 
@@ -21,3 +22,12 @@ def test_invoke_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert all(checks.values()) and len(checks) == 8
     dist = Path(r.stdout.strip().splitlines()[-1])
     assert (dist / "manifest.json").is_file() and (dist / "lib/ollama/llama-server").is_file()
+    # a warm run builds nothing it built before: the llama-server cache survives the fresh demo folder
+    t0 = time.perf_counter()
+    again = invoke("demo", env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+    seconds = time.perf_counter() - t0
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "llama-server unchanged: reuse" in again.stdout
+    logs = sorted((tmp_path / "ws/demo/ws/logs").glob("build-*.log"))
+    assert logs and "Building C" not in logs[-1].read_text(errors="replace")
+    bench(f"invoke demo, warm: {seconds:.1f} s (target under 10 s), llama-server from the cache")

@@ -643,3 +643,18 @@ def test_a_different_build_under_the_current_releases_name_is_refused(fresh: dic
     assert "lib/ollama/llama-perplexity" in err and "Traceback" not in err
     assert {p.name: p.stat().st_ino for p in live.rglob("*")} == before
     _serves(env, v1)
+
+
+def test_a_dry_run_shows_each_models_own_cache_and_the_hosts_default(env: dict, tmp_path: Path) -> None:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    model = env["world"].model
+    (specs / "own.yaml").write_text(f"from: {model}\nnum_ctx: 2048\nkv: q8_0/turbo4\nhosts: [mac]\n")
+    (specs / "shared.yaml").write_text(f"from: {model}\nnum_ctx: 2048\nhosts: [mac]\n")
+    code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][0]), "--dry-run",
+                         "--accept-unmeasured", "--specs", str(specs))
+    assert code == 0, err
+    assert "model own: KV q8_0/turbo4 own" in out and "model shared: KV turbo4 host default" in out
+    assert "<key>OLLAMA_KV_CACHE_TYPE</key>" in out  # the host's default stays the server's setting
+    rendered = (env["root"] / "ws/modelfiles/mac/own.Modelfile").read_text()
+    assert "PARAMETER kv_cache_type q8_0/turbo4" in rendered

@@ -83,3 +83,9 @@ SUMMARY_KEYS = ("version", "era", "ollama", "fork", "backend")
 def summary(data: dict[str, Any]) -> dict[str, Any]:
     """The part of a manifest that reports carry as their build's provenance."""
     return {k: data.get(k) for k in SUMMARY_KEYS}
+
+
+def tool_path(dist: Path, data: dict[str, Any], name: str) -> Path:
+    """Where a build keeps one of its tools (``build_flags.tool_paths``; builds from before it: ``tools/``)."""
+    rel = ((data.get("build_flags") or {}).get("tool_paths") or {}).get(name, f"tools/{name}")
+    return dist / str(rel)
