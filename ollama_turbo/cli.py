@@ -126,7 +126,9 @@ def entry(fn: Callable[..., Any]) -> Callable[..., Any]:
                     check_output(kwargs[flag], flag, kind)
             return fn(c, *args, **kwargs)
         except TurboError as err:
-            if isinstance(err, UsageError) and not err.hint:  # every usage error says what to do next
+            if isinstance(err, ConfigError) and not err.hint:  # every usage error says what to do next
+                err.hint = "fix that setting (settings-show prints them all, with where each came from)"
+            elif isinstance(err, UsageError) and not err.hint:
                 err.hint = f"see --help {fn.__name__.replace('_', '-')} for what each flag takes"
             raise Exit(f"error: {err}", code=err.exit_code) from None
 

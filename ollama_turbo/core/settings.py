@@ -316,6 +316,12 @@ class _Validator:
         if not isinstance(ssh, str):
             raise self.fail(f"{key}.ssh", f"expected a string (user@host, an ssh alias or "
                                           f"'local'), got {ssh!r}")
+        if ssh not in ("", "local"):
+            at_port = ssh.rsplit("@", 1)[-1]
+            if re.search(r"\s", ssh) or (":" in at_port and not at_port.startswith("[") and not (
+                    at_port.rsplit(":", 1)[1].isdigit() and 0 < int(at_port.rsplit(":", 1)[1]) < 65536)):
+                raise self.fail(f"{key}.ssh", f"{ssh!r} is not user@host, user@host:port (port 1 to 65535), an ssh "
+                                              "alias or 'local'")
         keep = m["keep"]
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise self.fail(f"{key}.keep", f"expected a whole number >= 1 (releases to keep), got {keep!r}")
