@@ -164,3 +164,11 @@ def test_zz_print_fuzz_rate() -> None:
     if STATS["cases"]:
         bench(f"CLI fuzz: {STATS['cases']} cases in {STATS['seconds']:.1f} s "
               f"({STATS['cases'] / max(STATS['seconds'], 1e-9):.0f} cases/s)")
+
+
+def test_a_bad_port_in_a_hosts_ssh_is_a_settings_error(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("turbo:\n  hosts:\n    h: {ssh: 'me@host:x', os: linux}\n")
+    with isolated(tmp_path):
+        code, err = check(["-f", str(fleet), "status", "--host", "h"])
+    assert code == 2 and "turbo.hosts.h.ssh" in err and "'me@host:x' is not user@host" in err
