@@ -147,14 +147,6 @@ def fork_server(ws: Path) -> Iterator[Path]:
     yield binary
 
 
-@pytest.fixture(scope="module")
-def smollm2() -> Path:
-    try:
-        return real_assets.model()
-    except real_assets.Unavailable as exc:
-        pytest.skip(str(exc))
-
-
 @pytest.mark.parametrize("pair", ["turbo2", "turbo3", "turbo4", "q8_0/turbo4"])
 def test_fork_llama_server_runs_its_turbo_types_through_smoke(fork_server: Path, smollm2: Path, pair: str,
                                                               tmp_path: Path) -> None:

@@ -82,14 +82,6 @@ def builds() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> Path:
-    try:
-        return real_assets.model()
-    except real_assets.Unavailable as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
 def host(builds: dict[str, Any], smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("field-host")
     port = free_port()
