@@ -487,7 +487,7 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
     n_predict="tokens generated per speed run (default 32)",
     niah_lengths="needle-in-a-haystack lengths in tokens (default 1024,4096)",
     niah_depths="needle positions as fractions (default 0.1,0.5,0.9)",
-    ab_predict="tokens generated per A/B prompt (default 128)",
+    ab_predict="tokens generated per A/B prompt (default 128; 0: no A/B set)",
     llama_server="start this llama-server binary here for each type (with --gguf)",
     gguf="the model file: for --llama-server, and for the planner's KV prediction",
     ctx="context size for servers bench starts (default: largest depth + 1024)",

@@ -54,6 +54,8 @@ class Options:
         for flag, value in (("--reps", reps), ("--n-predict", n_predict)):
             if value < 1:
                 raise UsageError(f"{flag} {value}: must be 1 or more", hint=f"e.g. {flag} 3")
+        if ab_predict < 0:
+            raise UsageError(f"--ab-predict {ab_predict}: must be 0 (no A/B set) or more", hint="e.g. --ab-predict 128")
         if niah_lengths:
             try:
                 opts.niah_depths = [float(x) for x in niah_depths.split(",") if x.strip()]
@@ -248,8 +250,8 @@ def bench_endpoint(ep: Endpoint, opts: Options, tick: Progress, res: dict[str, A
     save()
     outputs: list[dict[str, Any]] = []
     res["ab"] = outputs
-    for name, prompt in PROMPTS:
-        try:
+    for name, prompt in PROMPTS if opts.ab_predict > 0 else []:  # --ab-predict 0: no A/B set (0 would be
+        try:                                                          # "no limit" to Ollama)
             c = complete(ep.url, ep.api, prompt, n_predict=opts.ab_predict, model=ep.model)
             outputs.append({"prompt": name, "output": c.text, "decode_tps": c.decode_tps})
         except FAULTS as exc:

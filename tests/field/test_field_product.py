@@ -201,6 +201,8 @@ def test_quality_gate_then_split_kv_through_the_environment(host: dict[str, Any]
 
 
 def test_bench_through_ollama_at_exact_depths_kv_equals_the_planner(host: dict[str, Any], smollm2: Path) -> None:
+    code, out, err = deploy(host, host["new"], "--accept-unmeasured")
+    assert code == 0, out + err
     out_dir = WS / "bench-host"
     # 8k deep is out of reach on CPU: the fork's CPU turbo path prefills SmolLM2 at ~24 tok/s at 2k (measured), so
     # an 8k request outlasts the client's timeout; the GPU box measures depth
@@ -284,15 +286,17 @@ def test_two_models_with_their_own_cache_types_on_one_real_ollama(host: dict[str
 
 def test_the_ollama_layer_costs_little(host: dict[str, Any], smollm2: Path) -> None:
     """Decode through Ollama's API against the same build's llama-server directly, same model and depths."""
+    code, out, err = deploy(host, host["new"], "--accept-unmeasured")
+    assert code == 0, out + err
     server = host["new"] / "lib/ollama/llama-server"
     direct = WS / "bench-direct"
     code, out, err, _ = cli("bench", "--llama-server", str(server), "--gguf", str(smollm2), "--types", "q8_0/turbo4",
-                            "--depths", "0,2048", "--reps", "2", "--n-predict", "32", "--niah-lengths", "",
+                            "--depths", "0,512", "--reps", "2", "--n-predict", "32", "--niah-lengths", "",
                             "--ab-predict", "0", "--ctx", "8192", "--out", str(direct))
     assert code == 0, out + err
     via = WS / "bench-ollama"
     code, out2, err, _ = cli("-f", str(host["fleet"]), "bench", "--host", "here", "--model", "smollm2", "--types",
-                             "q8_0/turbo4", "--depths", "0,2048", "--reps", "2", "--n-predict", "32",
+                             "q8_0/turbo4", "--depths", "0,512", "--reps", "2", "--n-predict", "32",
                              "--niah-lengths", "", "--ab-predict", "0", "--out", str(via))
     assert code == 0, out2 + err
     a = json.loads((direct / "bench.json").read_text())["results"][0]["perf"]
