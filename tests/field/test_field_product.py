@@ -87,8 +87,8 @@ def host(builds: dict[str, Any], smollm2: Path, tmp_path_factory: pytest.TempPat
     port = free_port()
     fleet = root / "fleet.yaml"
     fleet.write_text(yaml.safe_dump({"turbo": {
-        # the K/V pair is left to the defaults (turbo4) and INVOKE_TURBO_KV_*: a -f file outranks the environment
-        "workspace": str(WS), "kv": {"env": {"OLLAMA_MAX_LOADED_MODELS": "2"}},
+        # the workspace and K/V pair are left to INVOKE_TURBO_*: a -f file outranks the environment
+        "kv": {"env": {"OLLAMA_MAX_LOADED_MODELS": "2"}},
         "hosts": {"here": {"ssh": "local", "os": "linux", "service": "none", "listen": f"127.0.0.1:{port}",
                            "memory_gib": 8, "prefix": str(root / "host"), "models_dir": str(root / "models"),
                            "health_timeout": 180}}}}))
@@ -106,6 +106,8 @@ def host(builds: dict[str, Any], smollm2: Path, tmp_path_factory: pytest.TempPat
 
 
 def deploy(h: dict[str, Any], dist: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Deploy with the host default q8_0/turbo4 (the config that passes SmolLM2's quality gate) unless told."""
+    env = {"INVOKE_TURBO_KV_TYPE_K": "q8_0", **(env or {})}
     code, out, err, _ = cli("-f", str(h["fleet"]), "deploy", "--host", "here", "--dist", str(dist), "--specs",
                             str(h["specs"]), *extra, env=env)
     return code, out, err
@@ -156,7 +158,10 @@ def test_an_ollama_ref_without_a_rules_anchor_is_refused_before_anything_is_buil
 
 
 def test_deploy_generate_chat_and_smoke_turbo4_from_the_real_log(host: dict[str, Any], smollm2: Path) -> None:
-    code, out, err = deploy(host, host["new"], "--accept-unmeasured", "--json", str(WS / "deploy-t4.json"))
+    # turbo4 fails SmolLM2's quality gate once measured: this deploy reads a quality index of its own, where it is
+    # unmeasured, so the cache itself can be proven
+    code, out, err = deploy(host, host["new"], "--accept-unmeasured", "--json", str(WS / "deploy-t4.json"),
+                            env={"INVOKE_TURBO_KV_TYPE_K": "turbo4", "INVOKE_TURBO_WORKSPACE": str(WS / "ungated")})
     assert code == 0, out + err
     print(f"\n[field] {out.strip().splitlines()[-1]}")
     d = json.loads((WS / "deploy-t4.json").read_text())
