@@ -97,7 +97,8 @@ def test_the_compatibility_record_merges_and_renders(tmp_path: Path) -> None:
     assert rows[0]["build"] == {"status": "built", "seconds": 874.0, "rules": {"applied": 8, "not needed": 26},
                                 "noop_seconds": 3.3}
     md = path.with_suffix(".md").read_text()
-    assert "| v0.30.0 | 69d8e4be4 | cpu | built (874 s, no-op 3.3 s) | 8 applied, 26 not needed | turbo4: PASS |" in md
+    assert ("| v0.30.0 | 69d8e4be4 | cpu | built (874 s cold, no-op 3.3 s) | 8 applied, 26 not needed | "
+            "turbo4: PASS |") in md
     assert "refused: 001-llama-cpp-hooks.patch: tools/mtmd/clip.cpp" in md
     with pytest.raises(UsageError, match="missing: backend"):
         compat.merge([], {"ollama": "x", "fork": "y"})

@@ -84,9 +84,11 @@ def render(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         b = r.get("build") or {}
         build = b.get("status", "")
-        if b.get("seconds") is not None:
-            build += f" ({b['seconds']:.0f} s" + (f", no-op {b['noop_seconds']:.1f} s" if b.get("noop_seconds")
-                                                   is not None else "") + ")"
+        times = [f"{b['seconds']:.0f} s cold" if b.get("seconds") is not None else "",
+                 f"last run {b['run_seconds']:.0f} s" if b.get("run_seconds") is not None else "",
+                 f"no-op {b['noop_seconds']:.1f} s" if b.get("noop_seconds") is not None else ""]
+        if any(times):
+            build += " (" + ", ".join(t for t in times if t) + ")"
         if b.get("conflict"):
             build += f": {b['conflict']}"
         rules = b.get("rules") or {}

@@ -134,7 +134,7 @@ def test_the_build_records_every_go_rule_on_real_ollama(builds: dict[str, Any]) 
     counts = {"applied": sum(r["status"] == "applied" for r in m["rules"]),
               "not needed": sum(r["status"] == "not needed" for r in m["rules"])}
     record({"ollama": REF, "fork": m["fork"]["sha"][:9], "backend": "cpu",
-            "build": {"status": "built", "seconds": builds["seconds"], "noop_seconds": builds["noop"],
+            "build": {"status": "built", "run_seconds": builds["seconds"], "noop_seconds": builds["noop"],
                       "version": m["version"], "rules": counts}})
 
 
