@@ -316,8 +316,7 @@ def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
     spec_list = modelfile.load_specs(directory)
     out_dir = Path(out) if out else s.workspace / "modelfiles"
     m = manifest_mod.load(Path(manifest)) if manifest else None
-    per_model, why_not = modelfile.per_model_support(m)
-    allowed = (m.get("per_model_kv") or {}).get("allowed") if m else None
+    per_model, why_not, allowed = modelfile.per_model_support(m)
     rendered = modelfile.render_all(s, spec_list, out_dir, host=host or None, reserve_gib=float(reserve_gib),
                                     blocks=block_table(c, manifest), per_model=per_model, why_not=why_not,
                                     allowed=allowed)
@@ -724,13 +723,7 @@ def compat_record(c, record="", add=""):
             rows = compat.merge(rows, f)
     if not rows:
         raise UsageError(f"{path} has no rows", hint="run the field tier (tests/field) to record some")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(jsonlib.dumps(rows, indent=2) + "\n", encoding="utf-8")
-        path.with_suffix(".md").write_text(compat.render(rows), encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot write {path.with_suffix('.md')}: {exc}", hint="pick a writable --record") from None
-    print(f"{len(rows)} rows -> {path.with_suffix('.md')}")
+    print(f"{len(rows)} rows -> {compat.write(path, rows)}")
 
 
 def namespace(project: Path | None = None) -> Collection:

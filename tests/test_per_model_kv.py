@@ -116,7 +116,7 @@ def test_a_build_without_per_model_types_refuses_models_that_disagree(tmp_path: 
     specs = _specs(tmp_path, a="q8_0/turbo4", b="turbo3")
     era_b = {"version": "0.24.0-turbo+x", "per_model_kv": {"supported": False, "why_not": "era B runs llama.cpp "
                                                                                           "inside Ollama"}}
-    ok, why = modelfile.per_model_support(era_b)
+    ok, why, _ = modelfile.per_model_support(era_b)
     assert not ok
     with pytest.raises(ConfigError, match="one KV cache type for every model \\(era B runs llama.cpp inside Ollama"):
         modelfile.render_all(_fleet(tmp_path), specs, tmp_path / "out", per_model=ok, why_not=why)

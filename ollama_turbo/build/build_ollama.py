@@ -81,6 +81,7 @@ class Plan:
     per_model_kv: dict[str, Any] = field(default_factory=dict)  # PARAMETER kv_cache_type: supported, allowed types
     patch_results: list[dict[str, str]] = field(default_factory=list)  # era C: each compat patch on the fork
     adaptations: list[dict[str, str]] = field(default_factory=list)  # CMake defines for the fork, each with why
+    targets: tuple[str, ...] = ()  # era C: the programs Ollama's llama/server installs, built beside each other
 
     def render(self) -> str:
         lines = [
@@ -250,10 +251,10 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
         flags = contract.server_flags((o_dir / "llm/llama_server.go").read_text())
         have = fork_sources.fork_flags(arg_cpp)
         dropped = [f.name for f in flags if f.always and f.name not in have]
+        kv_rules = kv_bytes_rules(cache_blocks)
         needed, why_not = go_rules.kv_bytes_needed(grep, _enclosing(ollama))
-        rule_list = kv_bytes_rules(cache_blocks) if needed else []
-        skipped += [go_rules.Outcome(r.name, r.file, "not needed", None, why_not)
-                    for r in ([] if needed else kv_bytes_rules(cache_blocks))]
+        rule_list = kv_rules if needed else []
+        skipped += [] if needed else [go_rules.Outcome(r.name, r.file, "not needed", None, why_not) for r in kv_rules]
         skipped += go_rules.allowlists_not_needed(grep, cache_blocks)
         rule_list += drop_flag_rules(dropped) + go_rules.per_model_rules(fork_types)
         per_model = {"supported": True, "param": go_rules.PER_MODEL_PARAM, "allowed": fork_types}
@@ -295,13 +296,15 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                 adaptations=adaptations)
     ld = build_era_c.ldflags(version)
     server_cmake = o_dir / "llama/server/CMakeLists.txt"
-    targets = build_era_c.install_targets(server_cmake.read_text(errors="replace")) if server_cmake.is_file() else ()
+    if server_cmake.is_file():
+        plan.targets = build_era_c.install_targets(server_cmake.read_text(errors="replace"))
     if info.era == sources.ERA_C:
         plan.commands = [
             "go mod download (through GOPROXY, vendor/ or the module cache; before any CMake work)",
             f"cmake -S llama/server -B <build> --preset {preset} -DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP=<fork copy>"
             + "".join(f" {a['define']}" for a in adaptations),
-            f"cmake --build <build> --target {' '.join(targets)}", "cmake --install <build> --component llama-server",
+            f"cmake --build <build> --target {' '.join(plan.targets)}",
+            "cmake --install <build> --component llama-server",
             f'go build -trimpath -ldflags "{ld}" -o bin/ollama .']
     else:
         plan.commands = [
@@ -453,8 +456,7 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
     cache_key = hashlib.sha256("\0".join([
         plan.fork.sha, manifest.tree_hash(ollama_dir, ["llama/server", "llama/compat"]), plan.preset,
         str(toolchain.cmake_version()), "tools: llama-perplexity", *[a["define"] for a in plan.adaptations],
-        *build_era_c.install_targets((ollama_dir / "llama/server/CMakeLists.txt").read_text(errors="replace"))
-    ]).encode()).hexdigest()[:16]
+        *plan.targets]).encode()).hexdigest()[:16]
     cached = settings.workspace / "cache" / "llama-server" / cache_key
     tools: dict[str, str] = {}  # llama-perplexity: built from the same fork and flags, for invoke quality
     tool_paths: dict[str, str] = {}  # where each tool is in the dist (recorded: invoke quality reads it)
@@ -465,7 +467,7 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
             try:
                 build_era_c.build_llama_server(ollama_dir, work / "cmake-build", tmp, preset=plan.preset,
                                                defines=tuple(a["define"] for a in plan.adaptations),
-                                               source_dir=fork_dir, log=log)
+                                               targets=plan.targets, source_dir=fork_dir, log=log)
                 tools.update(build_tools(work / "cmake-build", tmp / "tools", log=log))
                 (tmp / "tools.json").write_text(json.dumps(tools))
             except CommandError as exc:

@@ -17,25 +17,25 @@ def ldflags(version: str) -> str:
     return f"-s -w -X={VERSION_VAR}={version} -X={MODE_VAR}=release"
 
 
+PROGRAMS = ("llama-server", "llama-quantize")  # what Ollama runs from lib/ollama/
+
+
 def install_targets(cmakelists: str) -> tuple[str, ...]:
     """The programs Ollama's ``llama/server`` project installs beside llama-server (its ``install(TARGETS ...)``):
     v0.30.0 also installs ``llama-quantize``, which ``ollama create`` runs to check a GGUF."""
-    names = ["llama-server"]
-    for block in re.findall(r"install\(\s*TARGETS\s+([^)]*)\)", cmakelists):
-        for word in block.split():
-            if word in ("RUNTIME", "LIBRARY", "ARCHIVE", "DESTINATION", "COMPONENT", "OPTIONAL"):
-                break
-            if word.startswith("llama-") and not word.endswith("-impl") and word not in names and "$" not in word:
-                names.append(word)
-    return tuple(n for n in names if n in ("llama-server", "llama-quantize"))
+    installed = {w for block in re.findall(r"install\(\s*TARGETS\s+([^)]*)\)", cmakelists) for w in block.split()}
+    return tuple(p for p in PROGRAMS if p == "llama-server" or p in installed)
 
 
 def build_llama_server(ollama: Path, build_dir: Path, prefix: Path, *, preset: str,
-                       source_dir: Path | None, log: Path, defines: tuple[str, ...] = ()) -> Path:
+                       source_dir: Path | None, log: Path, defines: tuple[str, ...] = (),
+                       targets: tuple[str, ...] | None = None) -> Path:
+    """``targets``: what to build (a build plan's); without, what Ollama's ``llama/server`` installs."""
     configure: list[str | Path] = ["--preset", preset, *defines]
     if source_dir is not None:
         configure.append(f"-DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP={source_dir}")
-    targets = install_targets((ollama / "llama/server/CMakeLists.txt").read_text(errors="replace"))
+    if targets is None:
+        targets = install_targets((ollama / "llama/server/CMakeLists.txt").read_text(errors="replace"))
     cmake_build(ollama / "llama/server", build_dir, configure, log=log, min_cmake="3.24", targets=targets)
     proc.run(["cmake", "--install", build_dir, "--component", "llama-server", "--prefix", prefix], log=log)
     return prefix / "lib" / "ollama" / "llama-server"

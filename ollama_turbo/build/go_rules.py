@@ -146,7 +146,8 @@ Grep = Callable[[str], list[tuple[str, int, str]]]  # extended regex -> (file, l
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one Go rule did to this Ollama: applied (anchor at file:line), not needed (why), or failed."""
+    """What one Go rule did to this Ollama: applied (anchor at file:line) or not needed (why). A rule that fails
+    is no outcome: it stops the plan with a RuleError, before anything is built."""
 
     rule: str
     file: str

@@ -223,6 +223,11 @@ def parse(raw: Mapping[str, Any], origin: Origin = _no_origin, *, base: Path | N
     return Settings(workspace=ws, sources=sources, kv=kv, build=build, hosts=hosts, groups=groups)
 
 
+def _is_port(text: str) -> bool:
+    """A TCP port: digits, 1 to 65535."""
+    return text.isdigit() and 0 < int(text) < 65536
+
+
 class _Validator:
     def __init__(self, origin: Origin) -> None:
         self.origin = origin
@@ -306,7 +311,7 @@ class _Validator:
         if service == "systemd" and os_ != "linux":
             raise self.fail(f"{key}.service", "systemd runs only on os: linux")
         listen = self.string(m["listen"], f"{key}.listen", pattern=r"^[\w.\[\]:-]+:\d{1,5}$")
-        if not 0 < int(listen.rsplit(":", 1)[1]) < 65536:
+        if not _is_port(listen.rsplit(":", 1)[1]):
             raise self.fail(f"{key}.listen", f"port {listen.rsplit(':', 1)[1]} is not a TCP port (1 to 65535)")
         mem = m["memory_gib"]
         if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float))
@@ -317,9 +322,9 @@ class _Validator:
             raise self.fail(f"{key}.ssh", f"expected a string (user@host, an ssh alias or "
                                           f"'local'), got {ssh!r}")
         if ssh not in ("", "local"):
-            at_port = ssh.rsplit("@", 1)[-1]
-            if re.search(r"\s", ssh) or (":" in at_port and not at_port.startswith("[") and not (
-                    at_port.rsplit(":", 1)[1].isdigit() and 0 < int(at_port.rsplit(":", 1)[1]) < 65536)):
+            address = ssh.rsplit("@", 1)[-1]  # host, host:port, an alias, or [v6]...
+            port = address.rsplit(":", 1)[1] if ":" in address and not address.startswith("[") else None
+            if re.search(r"\s", ssh) or (port is not None and not _is_port(port)):
                 raise self.fail(f"{key}.ssh", f"{ssh!r} is not user@host, user@host:port (port 1 to 65535), an ssh "
                                               "alias or 'local'")
         keep = m["keep"]

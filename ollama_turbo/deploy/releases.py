@@ -552,8 +552,7 @@ def render_models(settings: Settings, host: Host, specs_dir: Path | None, m: dic
         return []
     blocks = BlockTable.from_manifest(m, str((dist or Path(".")) / "manifest.json")) if m and m.get(
         "cache_types") else BUILTIN
-    per_model, why_not = modelfile.per_model_support(m)
-    allowed = (m.get("per_model_kv") or {}).get("allowed") if m else None
+    per_model, why_not, allowed = modelfile.per_model_support(m)
     return modelfile.render_all(settings, specs, settings.workspace / "modelfiles", host=host.name, blocks=blocks,
                                 per_model=per_model, why_not=why_not, allowed=allowed)
 
@@ -678,13 +677,12 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
             env_kv = {k: v for k, v in config_env(config, host.service).items()
                       if k in ("OLLAMA_KV_CACHE_TYPE", "LLAMA_ARG_CACHE_TYPE_K", "LLAMA_ARG_CACHE_TYPE_V")}
             log = t.sh(f"tail -n 20000 {q(layout.log)} 2>/dev/null", check=False).stdout
-            default_k = env_kv.get("LLAMA_ARG_CACHE_TYPE_K") or env_kv.get("OLLAMA_KV_CACHE_TYPE") or "f16"
-            default_v = env_kv.get("LLAMA_ARG_CACHE_TYPE_V") or env_kv.get("OLLAMA_KV_CACHE_TYPE") or "f16"
+            default_k, default_v = env_pair(env_kv)
             models: list[dict[str, Any]] = []
             if served:
                 with contextlib.suppress(ApiError, requests.RequestException):
                     models = [x.to_json() for x in loaded.loaded_models(Client(url, timeout=10), log,
-                                                                         (default_k, default_v))]
+                                                                         (default_k or "f16", default_v or "f16"))]
         return {"host": host.name, "service": host.service, "state": mgr.state(), "current": current,
                 "serving": served, "previous": previous_release(t, layout),
                 "releases": releases(t, layout), "kv_cache": env_kv or kv,
@@ -694,6 +692,12 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
         t.close()
 
 
+def env_pair(env_kv: dict[str, str]) -> tuple[str | None, str | None]:
+    """The K/V pair a service's environment gives its llama-servers (LLAMA_ARG_* win over OLLAMA_KV_CACHE_TYPE)."""
+    one = env_kv.get("OLLAMA_KV_CACHE_TYPE")
+    return env_kv.get("LLAMA_ARG_CACHE_TYPE_K") or one, env_kv.get("LLAMA_ARG_CACHE_TYPE_V") or one
+
+
 def kv_running(log: str, env_kv: dict[str, str], fb: ForkBehaviour) -> str:
     """What the server last allocated (its KV line), and why it differs from the configuration."""
     lines = kv_lines(log)
@@ -701,8 +705,7 @@ def kv_running(log: str, env_kv: dict[str, str], fb: ForkBehaviour) -> str:
         return "unknown (no llama_kv_cache line in the service log yet: load a model)"
     last = lines[-1]
     text = f"K {last.type_k} V {last.type_v}, {last.cells} cells (service log)"
-    k = env_kv.get("LLAMA_ARG_CACHE_TYPE_K") or env_kv.get("OLLAMA_KV_CACHE_TYPE")
-    v = env_kv.get("LLAMA_ARG_CACHE_TYPE_V") or env_kv.get("OLLAMA_KV_CACHE_TYPE")
+    k, v = env_pair(env_kv)
     shape = model_shape(log)
     if k and v and shape:
         why = effective(k, v, n_layer=shape[0], gqa_ratio=shape[1], fb=fb).explain()

@@ -166,16 +166,17 @@ def host_kv(specs: Sequence[Spec], host: str, default: tuple[str, str], *,
     return next(iter(wanted)) if wanted else default
 
 
-def per_model_support(manifest: dict[str, Any] | None) -> tuple[bool, str]:
-    """Can the build take ``PARAMETER kv_cache_type``? (True with no build given: what a build makes now.)"""
+def per_model_support(manifest: dict[str, Any] | None) -> tuple[bool, str, list[str] | None]:
+    """Can the build take ``PARAMETER kv_cache_type``, and if not why; the cache types its llama-server accepts
+    (None: not recorded). With no build given: what a build makes now (supported, types unknown)."""
     if manifest is None:
-        return True, ""
+        return True, "", None
     pm = manifest.get("per_model_kv") or {}
     if pm.get("supported"):
-        return True, ""
+        return True, "", pm.get("allowed")
     why = pm.get("why_not") or (f"build {manifest.get('version', '?')} was made without per-model cache types "
                                 "(a plain Ollama, or a build by an older ollama-turbo)")
-    return False, why
+    return False, why, None
 
 
 def spec_metadata(g: dict[str, Any]) -> dict[str, Any]:

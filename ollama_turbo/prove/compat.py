@@ -50,12 +50,20 @@ def merge(rows: list[dict[str, Any]], facts: dict[str, Any]) -> list[dict[str, A
     return out
 
 
+def write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """The record as JSON at ``path`` and as Markdown beside it (``.md``); returns the Markdown's path."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        path.with_suffix(".md").write_text(render(rows), encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write the record {path}: {exc}", hint="pick a writable --record") from None
+    return path.with_suffix(".md")
+
+
 def record(path: Path, facts: dict[str, Any]) -> None:
     """Add ``facts`` to the record at ``path`` and rewrite its Markdown beside it (``.md``)."""
-    rows = merge(load(path), {**facts, "date": dt.date.today().isoformat()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    path.with_suffix(".md").write_text(render(rows), encoding="utf-8")
+    write(path, merge(load(path), {**facts, "date": dt.date.today().isoformat()}))
 
 
 def _ref_order(ref: str) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ from typing import Any
 from ollama_turbo.fork.cache_types import label
 from ollama_turbo.prove.ollama_api import ApiError, Client
 from ollama_turbo.prove.server_log import kv_lines
-from ollama_turbo.prove.smoke import model_section
+from ollama_turbo.prove.smoke import model_file, model_section
 
 
 @dataclass
@@ -46,8 +46,8 @@ def loaded_models(client: Client, log: str, host_default: tuple[str, str]) -> li
         own = own_kv(shown)
         k, _, v = (own or "").partition("/")
         want = (k, v or k) if own else host_default
-        path = re.search(r"^FROM (/\S+)", str(shown.get("modelfile", "")), re.M)
-        section = model_section(log, path.group(1), want) if path else None
+        path = model_file(shown)
+        section = model_section(log, path, want) if path else None
         kv = kv_lines(section or "")
         running = (f"K {kv[-1].type_k} V {kv[-1].type_v}, {kv[-1].cells} cells" if kv else
                    "unknown (no llama-server lines for its file in the log)")

@@ -108,6 +108,12 @@ def is_start_line(line: str) -> bool:
         "llama-server" in line and "--model" in line)
 
 
+def model_file(shown: dict[str, Any]) -> str | None:
+    """The model's file on the server, from ``/api/show``'s Modelfile (its ``FROM /path`` line)."""
+    found = re.search(r"^FROM (/\S+)", str(shown.get("modelfile", "")), re.M)
+    return found.group(1) if found else None
+
+
 def model_section(log: str, model_path: str, argv_types: tuple[str, str] | None = None) -> str | None:
     """The part of ``log`` that a llama-server started for ``model_path`` wrote (from its command line to the next
     llama-server's), so one model's cache is read when several share a host; None if it never started.
@@ -223,9 +229,8 @@ def smoke_ollama(url: str, *, model: str | None, expect: Expect, log: LogReader 
             with contextlib.suppress(TurboError):
                 g = geometry_from_metadata(shown["model_info"], source=r.model)
                 expect.shape = (g.n_layer, g.gqa_ratio)
-        found = re.search(r"^FROM (/\S+)", str(shown.get("modelfile", "")), re.M)
-        if found and expect.model_path is None:
-            expect.model_path = found.group(1)
+        if expect.model_path is None:
+            expect.model_path = model_file(shown)
         fmt = details.get("format")
         return fmt == "gguf", f"details.format = {fmt!r}" + ("" if fmt == "gguf" else
                                                              " (only GGUF models use the KV cache type)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import struct
 import time
@@ -28,7 +27,7 @@ import yaml
 from ollama_turbo.core.ports import free_port
 from ollama_turbo.kv.geometry import geometry_from_gguf
 from ollama_turbo.kv.memory import estimate
-from ollama_turbo.prove import compat
+from ollama_turbo.prove import compat, smoke
 from ollama_turbo.prove.ollama_api import ApiError, Client
 from ollama_turbo.prove.smoke import cache_type_from_log
 
@@ -258,9 +257,9 @@ def twin(gguf: Path, dest: Path) -> Path:
 
 
 def model_file(c: Client, name: str) -> str:
-    m = re.search(r"^FROM (/\S+)", c.post("/api/show", {"model": name})["modelfile"], re.M)
-    assert m, name
-    return m.group(1)
+    path = smoke.model_file(c.post("/api/show", {"model": name}))
+    assert path, name
+    return path
 
 
 def test_two_models_with_their_own_cache_types_on_one_real_ollama(host: dict[str, Any], smollm2: Path,
