@@ -395,10 +395,14 @@ def verify_fork(c, fork="", fork_ref="", json="", markdown="", static_only=False
     allow_dirty="build a local checkout that has uncommitted changes (the committed ref is built)",
     json="write the result (the manifest, or the plan on --dry-run) as JSON to this file",
     skip_verify="build even when verify-fork's static checks fail (recorded in the manifest)",
+    cuda_arch="--backend cuda: the GPU architecture, e.g. 90 for H100/H200 (default: turbo.build.cuda_arch, "
+              "else this machine's GPU)",
+    part="base: build all but the GPU backend (no CUDA toolkit needed) into <workspace>/parts/<version>",
+    base_from="a base part built elsewhere (--part base): build the GPU backend here and assemble one dist",
     verbose="echo every command",
 )
 def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", backend="", dry_run=False, force=False,
-                 allow_dirty=False, json="", skip_verify=False, verbose=False):
+                 allow_dirty=False, json="", skip_verify=False, cuda_arch="", part="", base_from="", verbose=False):
     """Build Ollama around the fork: patched, version-stamped, with a provenance manifest."""
     from ollama_turbo.build import build_ollama as build
 
@@ -406,7 +410,8 @@ def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", backend="", 
     if backend and backend not in config.BACKENDS:
         raise ConfigError(f"--backend {backend!r} is not one of: {', '.join(config.BACKENDS)}")
     opts = build.Options(ollama=ollama, ollama_ref=ollama_ref, fork=fork, fork_ref=fork_ref, backend=backend,
-                         dry_run=dry_run, force=force, allow_dirty=allow_dirty, skip_verify=skip_verify)
+                         dry_run=dry_run, force=force, allow_dirty=allow_dirty, skip_verify=skip_verify,
+                         cuda_arch=cuda_arch, part=part, base_from=base_from)
     r = build.run(s, opts)
     print(r.render())
     write_json(json, r.to_json())

@@ -40,6 +40,8 @@ def test_hosts_get_defaults_by_os() -> None:
     ({"colour": "red"}, "turbo.colour", "unknown key"),
     ({"kv": {"flash_attention": "maybe"}}, "turbo.kv.flash_attention", "true or false"),
     ({"build": {"backend": "rocm"}}, "turbo.build.backend", "not one of: metal, cuda, cpu"),
+    ({"build": {"cuda_arch": "9.0"}}, "turbo.build.cuda_arch", "not a CUDA architecture"),
+    ({"build": {"cuda_arch": True}}, "turbo.build.cuda_arch", "compute capability without the dot"),
     ({"kv": {"type_k": 8}}, "turbo.kv.type_k", "non-empty string"),
     ({"kv": {"type_v": "Turbo 4"}}, "turbo.kv.type_v", "not a cache type"),
     ({"kv": {"env": {"turbo layer": 1}}}, "turbo.kv.env.turbo layer", "environment variable"),

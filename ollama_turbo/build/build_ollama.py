@@ -22,14 +22,14 @@ from typing import Any
 
 from ollama_turbo import __version__
 from ollama_turbo.build import era_c as build_era_c
-from ollama_turbo.build import go_modules, go_rules
+from ollama_turbo.build import go_modules, go_rules, gpu_part
 from ollama_turbo.build.go_rules import drop_flag_rules, era_b_rules, kv_bytes_rules
-from ollama_turbo.build.llama_server import build_tools
+from ollama_turbo.build.llama_server import TOOLS, build_tools
 from ollama_turbo.build.llama_server import publish as llama_publish
 from ollama_turbo.check import contract, verify_fork
-from ollama_turbo.core import manifest, proc, redact, rules, sources, toolchain
+from ollama_turbo.core import gpu, manifest, proc, redact, rules, sources, toolchain
 from ollama_turbo.core.errors import CommandError, SourceError, ToolMissing, TurboError, UsageError
-from ollama_turbo.core.settings import Settings
+from ollama_turbo.core.settings import CUDA_ARCH_PATTERN, Settings
 from ollama_turbo.fork import blocks
 from ollama_turbo.fork import sources as fork_sources
 
@@ -55,6 +55,9 @@ class Options:
     allow_dirty: bool = False
     go_env: dict[str, str] = field(default_factory=dict)  # e.g. GOPROXY for this build only
     skip_verify: bool = False  # build even when verify-fork finds a failing quantizer check
+    cuda_arch: str = ""  # --backend cuda: the GPU architecture (default: turbo.build.cuda_arch, else this GPU's)
+    part: str = ""  # "base": all but the GPU backend (no CUDA toolkit needed), into <workspace>/parts/<version>
+    base_from: str = ""  # a base part built elsewhere: build the GPU backend here and assemble one dist
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Plan:
     patch_results: list[dict[str, str]] = field(default_factory=list)  # era C: each compat patch on the fork
     adaptations: list[dict[str, str]] = field(default_factory=list)  # CMake defines for the fork, each with why
     targets: tuple[str, ...] = ()  # era C: the programs Ollama's llama/server installs, built beside each other
+    cuda_arch: str = ""  # --backend cuda: the one GPU architecture built for (CMAKE_CUDA_ARCHITECTURES)
 
     def render(self) -> str:
         lines = [
@@ -90,7 +94,8 @@ class Plan:
             f"fork     {self.fork.url} @ {self.fork.ref} ({self.fork.sha[:12]})",
             f"pinned   llama.cpp {self.info.pin if self.era == 'C' else 'FETCH_HEAD ' + self.info.pin[:12]} "
             "(replaced by the fork)",
-            f"backend  {self.backend}" + (f" (cmake preset {self.preset})" if self.era == "C" else ""),
+            f"backend  {self.backend}" + (f" (cmake preset {self.preset})" if self.era == "C" else "")
+            + (f", for sm_{self.cuda_arch}" if self.cuda_arch else ""),
             f"version  {self.version} (identity {self.identity[:12]}: Ollama and fork commits, backend, "
             f"preset, {build_platform()['os']}/{build_platform()['arch']}, rules)",
             f"dist     {self.dist}",
@@ -118,18 +123,52 @@ def build_platform() -> dict[str, str]:
 
 
 def build_identity(ollama_sha: str, fork_sha: str, backend: str, preset: str, rule_list: list[rules.Rule],
-                   defines: list[str] | None = None) -> str:
-    """What makes two builds differ, as one digest: both commits, the backend and preset, this machine's
-    OS/arch and the source rules. Two builds with the same identity are the same build."""
-    return hashlib.sha256(json.dumps({
+                   defines: list[str] | None = None, *, cuda_arch: str = "") -> str:
+    """What makes two builds differ, as one digest: both commits, the backend and preset (and a CUDA build's
+    GPU architecture), this machine's OS/arch and the source rules. Two builds with the same identity are the
+    same build."""
+    parts: dict[str, Any] = {
         "ollama": ollama_sha, "fork": fork_sha, "backend": backend, "preset": preset, "platform": build_platform(),
-        "rules": [(r.name, r.file, r.anchor, r.text) for r in rule_list], "defines": defines or [],
-    }, sort_keys=True).encode()).hexdigest()
+        "rules": [(r.name, r.file, r.anchor, r.text) for r in rule_list], "defines": defines or []}
+    if cuda_arch:
+        parts["cuda_arch"] = cuda_arch
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def identity_preset(backend: str, preset: str) -> str:
+    """The preset as a build's identity counts it: a CUDA build's toolkit preset (v12 or v13) is picked where
+    its native part is built (and recorded there), so a Go part built elsewhere has the same identity."""
+    return "cuda" if backend == "cuda" else preset
+
+
+def _cuda_arch(given: str, notes: list[str] | None) -> str:
+    """The GPU architecture a CUDA build is for: ``given`` (flag or turbo.build.cuda_arch), else this
+    machine's GPU. With ``notes`` (a dry run) a machine without a GPU gets a note instead of an error."""
+    if given:
+        if not re.fullmatch(CUDA_ARCH_PATTERN, given):
+            raise UsageError(f"--cuda-arch {given!r} is not a CUDA architecture",
+                             hint="give the compute capability without the dot, e.g. 90 (H100/H200), 89 (L4), "
+                                  "86 (A10), 80 (A100)")
+        return given
+    gpus = gpu.local_gpus()
+    archs = sorted({a for _, a in gpus})
+    if len(archs) > 1:
+        raise UsageError(f"this machine has GPUs of {len(archs)} architectures ({gpu.describe(gpus)})",
+                         hint="pick one with --cuda-arch or turbo.build.cuda_arch")
+    if archs:
+        return archs[0]
+    if notes is None:
+        raise UsageError("--backend cuda: no NVIDIA GPU found here (nvidia-smi) to build for",
+                         hint="give the GPU's architecture: --cuda-arch 90 (H100/H200), 89 (L4), 86 (A10), "
+                              "80 (A100), or turbo.build.cuda_arch in the settings")
+    notes.append("no NVIDIA GPU here: the build needs --cuda-arch (or turbo.build.cuda_arch) or a GPU to detect")
+    return ""
 
 
 def _check_backend(backend: str, era: str, notes: list[str] | None = None) -> str:
-    """The CMake preset for ``backend`` here. With ``notes`` (a dry run) what only the build itself
-    needs (macOS, nvcc) becomes a note in the plan instead of an error."""
+    """The CMake preset for ``backend`` here. With ``notes`` (a dry run, or a Go part, which builds no
+    native code) what only the native build needs (macOS, nvcc) becomes a note in the plan instead of an
+    error."""
     host = platform.system()
     if backend == "metal":
         if host != "Darwin":
@@ -140,12 +179,17 @@ def _check_backend(backend: str, era: str, notes: list[str] | None = None) -> st
         return "darwin"
     if backend == "cuda":
         if era == sources.ERA_B:
-            raise UsageError("CUDA builds of era B Ollama are not supported", hint="use an era C Ollama or cpu")
+            raise UsageError("--backend cuda: this Ollama is era B (it builds llama.cpp into its own binary "
+                             "through cgo, with CUDA runners that its Makefile builds outside our build); "
+                             "CUDA builds of the custom Ollama need an era C Ollama (v0.30.0 or later), where "
+                             "llama-server is built with Ollama's CMake CUDA preset",
+                             hint="use --ollama-ref v0.30.0 (or later) with --backend cuda, or --backend cpu "
+                                  "for this Ollama")
         if not shutil.which("nvcc"):
             if notes is None:
                 raise ToolMissing("--backend cuda needs nvcc (the CUDA toolkit) on PATH",
                                   hint="install the CUDA toolkit 12 or 13, or use --backend cpu")
-            notes.append("the build itself needs nvcc (the CUDA toolkit 12 or 13); it picks the matching preset")
+            notes.append("the native build needs nvcc (the CUDA toolkit 12 or 13); it picks the matching preset there")
             return "llama_cuda_v13_linux"
         out = proc.run(["nvcc", "--version"]).stdout
         return "llama_cuda_v12_linux" if "release 12." in out else "llama_cuda_v13_linux"
@@ -226,7 +270,20 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     info = sources.detect(ollama)
     backend = opts.backend or settings.build.backend
     notes: list[str] = []
-    preset = _check_backend(backend, info.era, notes if opts.dry_run else None)
+    if (opts.part or opts.base_from) and backend != "cuda":
+        raise UsageError(f"--part/--base-from split a CUDA build (the GPU backend is built where the CUDA toolkit "
+                         f"is); a {backend} build is built in one piece", hint="drop the option, or --backend cuda")
+    if opts.part not in ("", "base"):
+        raise UsageError(f"--part {opts.part!r}: the only part built alone is 'base'",
+                         hint="--part base builds all but the GPU backend; --base-from PATH builds the rest")
+    if opts.part and opts.base_from:
+        raise UsageError("--part base and --base-from are the two halves of one build: give one of them")
+    lenient = opts.dry_run or bool(opts.part)  # a base part builds no GPU code: nvcc need not be here
+    preset = _check_backend(backend, info.era, notes if lenient else None)
+    cuda_arch = _cuda_arch(opts.cuda_arch or settings.build.cuda_arch, notes if opts.dry_run else None) \
+        if backend == "cuda" else ""
+    if backend == "cuda" and info.era != sources.ERA_C:
+        raise UsageError("--backend cuda needs an era C Ollama", hint="use --ollama-ref v0.30.0 or later")
     o_dir = ollama.export(probe / "ollama", PROBE_PATHS)
     f_dir = fork.export(probe / "fork", [*fork_sources.FORK_PATHS, "ggml/src/ggml-common.h", "ggml/src"])
     arg_cpp, ggml_c = fork_sources.read_fork_sources(f_dir)
@@ -282,7 +339,8 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
         texts[r.file] = rules.apply_rule(texts[r.file], r)
     # a build's identity, in the one name every later stage uses (dist folder, release, /api/version):
     # readable parts (fork commit, backend) and a digest of everything that makes two builds differ
-    identity = build_identity(ollama.sha, fork.sha, backend, preset, rule_list, [a["define"] for a in adaptations])
+    identity = build_identity(ollama.sha, fork.sha, backend, identity_preset(backend, preset), rule_list,
+                              [a["define"] for a in adaptations], cuda_arch=cuda_arch)
     version = f"{info.version}-{settings.build.version_suffix}+{fork.short}.{backend}.{identity[:6]}"
     # the up-to-date check: the build's identity, its version stamp and the tool that builds it
     key = hashlib.sha256(json.dumps({"identity": identity, "version": version, "tool": __version__},
@@ -293,19 +351,34 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                 patches=patches,
                 dist=ws / "dist" / version, key=key, notes=notes, verify=verified,
                 outcomes=applied + skipped, per_model_kv=per_model, patch_results=patch_results,
-                adaptations=adaptations)
+                adaptations=adaptations, cuda_arch=cuda_arch)
     ld = build_era_c.ldflags(version)
     server_cmake = o_dir / "llama/server/CMakeLists.txt"
     if server_cmake.is_file():
         plan.targets = build_era_c.install_targets(server_cmake.read_text(errors="replace"))
     if info.era == sources.ERA_C:
-        plan.commands = [
+        base_preset = gpu_part.BASE_PRESET if backend == "cuda" else preset
+        base = [
             "go mod download (through GOPROXY, vendor/ or the module cache; before any CMake work)",
-            f"cmake -S llama/server -B <build> --preset {preset} -DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP=<fork copy>"
+            f"cmake -S llama/server -B <build> --preset {base_preset} -DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP=<fork copy>"
             + "".join(f" {a['define']}" for a in adaptations),
             f"cmake --build <build> --target {' '.join(plan.targets)}",
             "cmake --install <build> --component llama-server",
             f'go build -trimpath -ldflags "{ld}" -o bin/ollama .']
+        gpu = [
+            f"cmake -S llama/server -B <build-gpu> --preset {preset} "
+            f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch or '<arch>'} -DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP=<fork copy>"
+            + "".join(f" {a['define']}" for a in adaptations),
+            "cmake --build <build-gpu> --target ggml-cuda",
+            f"cmake --install <build-gpu> --component llama-server   # lib/ollama/{gpu_part.runner_dir(preset)}/"]
+        if backend != "cuda":
+            plan.commands = base
+        elif opts.part:
+            plan.commands = [*base, f"# then, on the GPU box: --base-from <parts/{version}>"]
+        elif opts.base_from:
+            plan.commands = [f"# base part from {opts.base_from} (Go binary, llama-server, tools)", *gpu]
+        else:
+            plan.commands = [*base, *gpu]
     else:
         plan.commands = [
             "go mod download (through GOPROXY, vendor/ or the module cache)",
@@ -316,7 +389,7 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
 
 @dataclass
 class Result:
-    status: str  # built | up-to-date | dry-run
+    status: str  # built | up-to-date | dry-run | base-part
     plan: Plan
     dist: Path
     manifest: dict[str, Any] = field(default_factory=dict)
@@ -326,11 +399,16 @@ class Result:
     def render(self) -> str:
         if self.status == "dry-run":
             return self.plan.render() + "\n\ndry run: nothing was built or changed"
+        if self.status == "base-part":
+            return (f"built the base part of {self.plan.version} in {self.seconds:.1f} s (all but the GPU backend): "
+                    f"{self.dist}\ncopy it to the GPU box and run there: invoke build-ollama --backend cuda "
+                    f"--cuda-arch {self.plan.cuda_arch} --base-from <copy> (same sources and settings)")
         if self.status == "up-to-date":
             return (f"up to date: {self.plan.version} was built from the same inputs ({self.seconds:.2f} s; "
                     "--force rebuilds)")
         lines = [f"built {self.plan.version} in {self.seconds:.1f} s: {len(self.manifest.get('files', {}))} files, "
-                 f"{len(self.plan.rules)} rules, {len(self.plan.patches)} patches"]
+                 f"{len(self.plan.rules)} rules, {len(self.plan.patches)} patches"
+                 + (f", CUDA backend for sm_{self.plan.cuda_arch}" if self.plan.cuda_arch else "")]
         if self.plan.dropped_flags:
             lines.append(f"WARNING: {', '.join(self.plan.dropped_flags)} dropped from Ollama's llama-server argv "
                          "(recorded in the manifest as dropped_flags)")
@@ -351,13 +429,19 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="turbo-plan-") as probe:
         plan = make_plan(settings, opts, Path(probe))
+    if opts.part:
+        plan.dist = settings.workspace / "parts" / plan.version
+    base: tuple[Path, dict[str, Any]] | None = None
+    if opts.base_from:
+        base = gpu_part.load_part(Path(opts.base_from).expanduser(), identity=plan.identity, version=plan.version,
+                                  platform=build_platform())
     if opts.dry_run:
         return Result("dry-run", plan, plan.dist, seconds=time.perf_counter() - t0)
-    existing = manifest.read(plan.dist)
+    existing = manifest.read(plan.dist) if not opts.part else None
     if existing and not opts.force and existing.get("inputs_key") == plan.key and not manifest.verify(
             plan.dist, existing):
         return Result("up-to-date", plan, plan.dist, existing, time.perf_counter() - t0)
-    tools = _toolchain(plan)
+    tools = _toolchain(plan, go=base is None, cuda=plan.backend == "cuda" and not opts.part)
     ws = settings.workspace
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     log = ws / "logs" / f"build-{plan.version.replace('+', '_')}-{stamp}.log"
@@ -373,14 +457,30 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
             "the fork does not define them")
     step = _Steps(say)
     ollama_dir = step("export Ollama sources (scratch copy)", lambda: plan.ollama.export(work / "ollama"))
-    n_mods = len(go_modules.required((ollama_dir / "go.mod").read_text()))
-    step(f"download the {n_mods} Go modules Ollama requires (GOPROXY, vendor/ or the module cache)",
-         lambda: go_modules.download(ollama_dir, extra_env=opts.go_env, log=log))
     patch_results: list[dict[str, str]] = []
-    if plan.era == sources.ERA_C:
-        extra = _build_c(plan, settings, work, ollama_dir, stage, log, step, patch_results, opts.go_env)
+    parts: dict[str, Any] = {}
+    if base is not None:
+        root, part = base
+        step(f"take the base part built on {part.get('built_on', '?')} ({root})",
+             lambda: shutil.copytree(root, stage, ignore=shutil.ignore_patterns(gpu_part.PART)))
+        extra = dict(part.get("build_flags") or {})
+        extra.pop("ldflags", None)
+        patch_results.extend(part.get("patches") or [])
+        tools.update({k: v for k, v in (part.get("toolchain") or {}).items() if k not in tools})
+        parts["base"] = {"built_on": part.get("built_on"), "built_at": part.get("built_at"), "from": str(root)}
     else:
-        extra = _build_b(plan, work, ollama_dir, stage, log, step, patch_results, opts.go_env)
+        n_mods = len(go_modules.required((ollama_dir / "go.mod").read_text()))
+        step(f"download the {n_mods} Go modules Ollama requires (GOPROXY, vendor/ or the module cache)",
+             lambda: go_modules.download(ollama_dir, extra_env=opts.go_env, log=log))
+        if plan.era == sources.ERA_C:
+            extra = _build_c(plan, settings, work, ollama_dir, stage, log, step, patch_results, opts.go_env)
+        else:
+            extra = _build_b(plan, work, ollama_dir, stage, log, step, patch_results, opts.go_env)
+        parts["base"] = {"built_on": platform.node(), "built_at": _now()}
+    gpu: dict[str, Any] | None = None
+    if plan.backend == "cuda" and not opts.part:
+        gpu = _build_gpu(plan, settings, work, ollama_dir, stage, log, step)
+        parts["gpu"] = {"built_on": platform.node(), "built_at": _now()}
     data = {
         "version": plan.version, "era": plan.era,
         "ollama": {"url": plan.ollama.url, "ref": plan.ollama.ref, "sha": plan.ollama.sha,
@@ -402,8 +502,20 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         "toolchain": tools,
         "build_flags": {"ldflags": build_era_c.ldflags(plan.version), **extra},
         "inputs_key": plan.key, "ollama_turbo": __version__,
-        "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "built_at": _now(),
     }
+    if plan.backend == "cuda":
+        data.update(cuda_arch=plan.cuda_arch, parts=parts, gpu=gpu)
+    if opts.part:  # a base part: recorded beside its files, completed into a dist by --base-from
+        data = redact.tree({**data, "part": "base", "built_on": platform.node(),
+                            "files": manifest.file_sums(stage)})
+        gpu_part.write_part(stage, data)
+        if plan.dist.exists():
+            shutil.rmtree(plan.dist)
+        plan.dist.parent.mkdir(parents=True, exist_ok=True)
+        stage.rename(plan.dist)
+        shutil.rmtree(work, ignore_errors=True)
+        return Result("base-part", plan, plan.dist, data, time.perf_counter() - t0, log)
     manifest.write(stage, redact.tree(data))  # the manifest travels to every host: no credentials in it
     if plan.dist.exists():
         shutil.rmtree(plan.dist)
@@ -411,6 +523,31 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
     shutil.rmtree(work, ignore_errors=True)
     written = manifest.read(plan.dist) or data
     return Result("built", plan, plan.dist, written, time.perf_counter() - t0, log)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _build_gpu(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage: Path, log: Path,
+               step: _Steps) -> dict[str, Any]:
+    """The CUDA backend (Ollama's CUDA preset, one architecture) into the stage's lib/ollama/cuda_vNN/."""
+    fork_dir = work / "fork"
+    if not fork_dir.is_dir():
+        step("copy the fork to a scratch source tree", lambda: _clone_fork(plan, fork_dir, log))
+    cache = settings.workspace / "cache" / "ggml-cuda"
+    out, key = step(f"build the CUDA backend (cmake preset {plan.preset}, sm_{plan.cuda_arch}; cached by source "
+                    "hash)",
+                    lambda: gpu_part.build_backend(ollama_dir, fork_dir, work, cache, preset=plan.preset,
+                                                   arch=plan.cuda_arch, fork_sha=plan.fork.sha,
+                                                   defines=tuple(a["define"] for a in plan.adaptations), log=log))
+    shutil.copytree(out / "lib", stage / "lib", dirs_exist_ok=True)
+    return gpu_part.record(plan.preset, plan.cuda_arch, key)
+
+
+def _clone_fork(plan: Plan, fork_dir: Path, log: Path) -> None:
+    proc.run(["git", "clone", "--quiet", "--no-checkout", str(plan.fork.git_dir), str(fork_dir)], log=log)
+    proc.run(["git", "-C", str(fork_dir), "checkout", "--quiet", "--detach", plan.fork.sha], log=log)
 
 
 class _Steps:
@@ -427,10 +564,16 @@ class _Steps:
         return out
 
 
-def _toolchain(plan: Plan) -> dict[str, str]:
+def _toolchain(plan: Plan, *, go: bool = True, cuda: bool = False) -> dict[str, str]:
+    """The tools this build needs here, checked before any work (a base part from elsewhere: no Go;
+    a GPU backend: nvcc)."""
     tools = {"git": proc.run(["git", "--version"]).stdout.strip()}
-    go_mod = plan.ollama.read("go.mod")
-    tools["go"] = str(toolchain.require_go(toolchain.go_mod_version(go_mod)))
+    if go:
+        go_mod = plan.ollama.read("go.mod")
+        tools["go"] = str(toolchain.require_go(toolchain.go_mod_version(go_mod)))
+    if cuda:
+        nvcc = proc.run([proc.which("nvcc", hint="install the CUDA toolkit 12 or 13"), "--version"]).stdout
+        tools["nvcc"] = nvcc.strip().splitlines()[-1] if nvcc.strip() else "nvcc"
     if plan.era == sources.ERA_C:
         tools["cmake"] = str(toolchain.require_cmake("3.24"))
     else:
@@ -444,18 +587,14 @@ def _toolchain(plan: Plan) -> dict[str, str]:
 def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage: Path, log: Path,
              step: _Steps, patch_results: list[dict[str, str]], go_env: dict[str, str]) -> dict[str, Any]:
     fork_dir = work / "fork"
-
-    def clone_fork() -> None:
-        proc.run(["git", "clone", "--quiet", "--no-checkout", str(plan.fork.git_dir), str(fork_dir)], log=log)
-        proc.run(["git", "-C", str(fork_dir), "checkout", "--quiet", "--detach", plan.fork.sha], log=log)
-
-    step("copy the fork to a scratch source tree", clone_fork)
+    step("copy the fork to a scratch source tree", lambda: _clone_fork(plan, fork_dir, log))
+    preset = gpu_part.BASE_PRESET if plan.backend == "cuda" else plan.preset  # a GPU build's base: Ollama's CPU
     step(f"apply {len(plan.rules)} Go rules", lambda: rules.apply_rules(ollama_dir, plan.rules))
 
     patch_results.extend(plan.patch_results)  # checked against the fork by the plan, before Go or CMake ran
     cache_key = hashlib.sha256("\0".join([
-        plan.fork.sha, manifest.tree_hash(ollama_dir, ["llama/server", "llama/compat"]), plan.preset,
-        str(toolchain.cmake_version()), "tools: llama-perplexity", *[a["define"] for a in plan.adaptations],
+        plan.fork.sha, manifest.tree_hash(ollama_dir, ["llama/server", "llama/compat"]), preset,
+        str(toolchain.cmake_version()), "tools: " + " ".join(TOOLS), *[a["define"] for a in plan.adaptations],
         *plan.targets]).encode()).hexdigest()[:16]
     cached = settings.workspace / "cache" / "llama-server" / cache_key
     tools: dict[str, str] = {}  # llama-perplexity: built from the same fork and flags, for invoke quality
@@ -465,7 +604,7 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
             tmp = cached.parent / f".{cache_key}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
-                build_era_c.build_llama_server(ollama_dir, work / "cmake-build", tmp, preset=plan.preset,
+                build_era_c.build_llama_server(ollama_dir, work / "cmake-build", tmp, preset=preset,
                                                defines=tuple(a["define"] for a in plan.adaptations),
                                                targets=plan.targets, source_dir=fork_dir, log=log)
                 tools.update(build_tools(work / "cmake-build", tmp / "tools", log=log))
@@ -477,7 +616,7 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
                 raise
             llama_publish(tmp, cached, done=cached / "lib")
 
-        step(f"build llama-server (cmake preset {plan.preset}; cached by source hash)", cmake)
+        step(f"build llama-server (cmake preset {preset}; cached by source hash)", cmake)
     else:
         step(f"llama-server unchanged: reuse {cached}", lambda: None)
     shutil.copytree(cached / "lib", stage / "lib")
@@ -490,7 +629,7 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
     step(f"go build ollama {plan.version}",
          lambda: build_era_c.go_build(ollama_dir, stage / "bin" / "ollama", version=plan.version, log=log,
                                       extra_env=go_env))
-    return {"cmake_preset": plan.preset, "fetchcontent_source_dir": "scratch copy of the fork",
+    return {"cmake_preset": preset, "fetchcontent_source_dir": "scratch copy of the fork",
             "llama_server_cache_key": cache_key, "tools": tools, "tool_paths": tool_paths}
 
 

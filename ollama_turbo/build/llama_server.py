@@ -53,7 +53,8 @@ def compiler_cache(base: Path) -> tuple[list[str], dict[str, str]]:
             {"CCACHE_BASEDIR": str(base.resolve()), "CCACHE_NOHASHDIR": "1"})
 
 
-TOOLS = ("llama-perplexity",)  # built from the same sources and flags as llama-server, for invoke quality
+# built from the same sources and flags as llama-server: for invoke quality, and bench's llama-bench column
+TOOLS = ("llama-perplexity", "llama-bench")
 
 
 def build_tools(build_dir: Path, dest: Path, *, log: Path) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -89,3 +90,14 @@ def tool_path(dist: Path, data: dict[str, Any], name: str) -> Path:
     """Where a build keeps one of its tools (``build_flags.tool_paths``; builds from before it: ``tools/``)."""
     rel = ((data.get("build_flags") or {}).get("tool_paths") or {}).get(name, f"tools/{name}")
     return dist / str(rel)
+
+
+def tool_env(dist: Path, m: dict[str, Any]) -> dict[str, str]:
+    """The environment a build's tools (llama-perplexity, llama-bench) need to run on its GPU backend, as
+    Ollama gives llama-server: the module in ``GGML_BACKEND_PATH``, its runtime libraries on the loader path."""
+    g = m.get("gpu") or {}
+    if not g.get("module"):
+        return {}
+    lib = str(dist / g["runner_dir"])
+    old = os.environ.get("LD_LIBRARY_PATH", "")
+    return {"GGML_BACKEND_PATH": str(dist / g["module"]), "LD_LIBRARY_PATH": lib + (":" + old if old else "")}

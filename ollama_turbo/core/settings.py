@@ -19,6 +19,7 @@ from ollama_turbo.core.errors import ConfigError
 BACKENDS = ("metal", "cuda", "cpu")
 HOST_OS = ("darwin", "linux")
 SERVICES = ("launchd", "systemd", "none")
+CUDA_ARCH_PATTERN = r"[1-9]\d{1,2}[af]?"  # a compute capability as CMake names it: 90, 89, 90a, 120
 
 DEFAULTS: dict[str, Any] = {
     "workspace": ".turbo",
@@ -31,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
         "upstream": {"url": "https://github.com/ggml-org/llama.cpp.git", "ref": "master"},
     },
     "kv": {"type_k": "turbo4", "type_v": "turbo4", "flash_attention": True, "env": {}},
-    "build": {"backend": "metal", "version_suffix": "turbo"},
+    "build": {"backend": "metal", "version_suffix": "turbo", "cuda_arch": ""},
     "hosts": {},
     "groups": {},
 }
@@ -97,6 +98,7 @@ class KV:
 class Build:
     backend: str
     version_suffix: str
+    cuda_arch: str = ""  # the GPU architecture a CUDA build is for (e.g. 90 for Hopper); "" detects it
 
 
 @dataclass(frozen=True)
@@ -204,10 +206,11 @@ def parse(raw: Mapping[str, Any], origin: Origin = _no_origin, *, base: Path | N
         flash_attention=v.boolean(kvm["flash_attention"], "kv.flash_attention"),
         env={v.env_name(k, f"kv.env.{k}"): v.scalar_str(val, f"kv.env.{k}") for k, val in env.items()},
     )
-    bm = v.mapping(full["build"], "build", allowed={"backend", "version_suffix"})
+    bm = v.mapping(full["build"], "build", allowed={"backend", "version_suffix", "cuda_arch"})
     build = Build(
         backend=v.choice(bm["backend"], "build.backend", BACKENDS),
         version_suffix=v.string(bm["version_suffix"], "build.version_suffix", pattern=r"^[A-Za-z0-9.]+$"),
+        cuda_arch=v.cuda_arch(bm["cuda_arch"], "build.cuda_arch"),
     )
     hosts_raw = v.mapping(full["hosts"], "hosts")
     hosts = {name: v.host(name, h) for name, h in hosts_raw.items()}
@@ -254,6 +257,14 @@ class _Validator:
         if pattern and not re.match(pattern, value):
             raise self.fail(key, f"{value!r} does not match {pattern}")
         return value
+
+    def cuda_arch(self, value: Any, key: str) -> str:
+        """A CUDA compute capability as CMake names it (``90``, ``89``, ``90a``), or "" (detect the GPU's)."""
+        text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        if text is None or text and not re.fullmatch(CUDA_ARCH_PATTERN, text):
+            raise self.fail(key, f"{value!r} is not a CUDA architecture: give the compute capability without the "
+                                 "dot, e.g. 90 (H100/H200), 89 (L4/RTX 40), 86 (A10/RTX 30), 80 (A100)")
+        return text
 
     def prefix(self, value: Any, key: str) -> str:
         """A host's install prefix: absolute or under ~, one line (it is quoted into every remote command)."""
