@@ -496,39 +496,77 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
     gguf="the model file: for --llama-server, and for the planner's KV prediction",
     ctx="context size for servers bench starts (default: largest depth + 1024)",
     log="server logs for --url servers: TYPE=FILE,...",
-    manifest="the build's manifest.json (or dist directory), recorded as provenance",
+    manifest="the build's manifest.json (or dist directory), recorded as provenance (and its GPU backend for "
+             "--llama-server and --llama-bench)",
     out="output directory (default <workspace>/bench/<timestamp>)",
+    llama_bench="also run llama-bench here on --gguf at the same depths: 'auto' (the --manifest build's) or a "
+                "binary; the report sets the two side by side",
+    measure_fallback="measure a config whose attention falls back to the CPU at every depth (default: the first "
+                     "depth only; deeper prompts would time the CPU)",
 )
 def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8192",
           reps=3, n_predict=32, niah_lengths="1024,4096", niah_depths="0.1,0.5,0.9", ab_predict=128,
-          llama_server="", gguf="", ctx=0, log="", manifest="", out=""):
+          llama_server="", gguf="", ctx=0, log="", manifest="", out="", llama_bench="", measure_fallback=False):
     """Measure each cache type: tok/s per depth, latency, KV memory, needle retrieval, A/B outputs."""
     from ollama_turbo.prove import bench as bench_mod
+    from ollama_turbo.prove import depth as depth_mod
     from ollama_turbo.prove import targets as targets_mod
 
     s = settings(c)
     opts = bench_mod.Options.parse(depths=depths, reps=int(reps), n_predict=int(n_predict),
                                    ab_predict=int(ab_predict), niah_lengths=niah_lengths, niah_depths=niah_depths,
                                    gguf=gguf)
+    opts.measure_fallback = measure_fallback
     out_dir = Path(out) if out else bench_mod.default_out(s.workspace)
     provenance: dict[str, Any] = {"model": model or gguf, "settings_kv": s.kv_summary()}
+    tool_env: dict[str, str] = {}
+    dist: Path | None = None
+    m: dict[str, Any] = {}
     if manifest:
-        provenance["build"] = manifest_mod.summary(manifest_mod.load(Path(manifest)))
+        m = manifest_mod.load(Path(manifest))
+        dist = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
+        provenance["build"] = manifest_mod.summary(m)
         opts.blocks = block_table(c, manifest)
+        tool_env = manifest_mod.tool_env(dist, m)
+    if llama_bench and not gguf:
+        raise UsageError("--llama-bench needs --gguf MODEL (the file the server serves)")
+    if llama_bench == "auto" and dist is None:
+        raise UsageError("--llama-bench auto takes llama-bench from the build: give --manifest DIST",
+                         hint="or give --llama-bench BIN")
     if host:
         from ollama_turbo.deploy import releases
 
         targets = releases.bench_targets(s, s.host(host), targets_mod.pairs_for(types), model)
+        deployed = releases.deployed_manifest(s.host(host))
+        if deployed and "build" not in provenance:
+            provenance["build"] = manifest_mod.summary(deployed)
         provenance["host"] = host
+        provenance["parallel"] = targets_mod.parallel_from(s.kv.env)
     else:
         targets = targets_mod.choose(url=url, log=log, api=api, model=model, types=types,
                                      llama_server=llama_server, gguf=gguf, ctx=int(ctx), opts=opts,
-                                     logs_dir=out_dir / "logs", extra_env=s.kv.env)
-        provenance.update({"server": llama_server} if llama_server else {"url": url})
+                                     logs_dir=out_dir / "logs", extra_env={**s.kv.env, **tool_env})
+        if llama_server:
+            import platform
+
+            provenance.update(server=llama_server, host=f"{platform.node()} (here)",
+                              parallel=targets_mod.parallel_from(s.kv.env))
+            provenance.setdefault("build", {"version": llama_server_version(Path(llama_server), tool_env)})
+        else:
+            provenance["url"] = url
     if url and api == "ollama" and not model:
         raise UsageError("--url with the Ollama API needs --model (the model to measure)",
                          hint="name one the server has (ollama list), e.g. --model smollm2")
     report = bench_mod.run(targets, opts, out_dir, provenance)
+    if llama_bench:
+        from ollama_turbo.prove import llama_bench as llama_bench_mod
+
+        binary = manifest_mod.tool_path(dist, m, "llama-bench") if llama_bench == "auto" and dist else \
+            Path(llama_bench)
+        report["llama_bench"] = llama_bench_mod.measure(
+            binary, Path(gguf), targets_mod.pairs_for(types), opts.depths, n_prompt=depth_mod.PREFILL_TOKENS,
+            n_gen=opts.n_predict, reps=opts.reps, env=tool_env, log=out_dir / "llama-bench.log")
+        bench_mod.write_outputs(report, out_dir)
     print(bench_mod.summary(report))
     print(out_dir)
     if not bench_mod.measured_anything(report):
@@ -550,9 +588,12 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
     bench="a bench output directory (or bench.json): adds speed, memory and OOM rows to the verdict table",
     out="output directory (default <workspace>/quality/<model>-<timestamp>)",
     json="also write the report as JSON to this file",
+    threads="llama-perplexity's CPU threads (default: every core here; the KL divergence runs on the CPU)",
+    gpu_layers="layers on the GPU (default: all where the build has a GPU backend, else 0)",
 )
 def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo3,q8_0/turbo4", ctx="512,4096",
-            corpus="", chunks=0, max_kld="", max_dppl="", baseline="", bench="", out="", json=""):
+            corpus="", chunks=0, max_kld="", max_dppl="", baseline="", bench="", out="", json="", threads=0,
+            gpu_layers=-1):
     """What the compressed cache does to the model: KLD, top-1, ΔPPL vs f16; the pass-criteria verdicts."""
     import datetime
 
@@ -565,11 +606,13 @@ def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo
     if bool(manifest) == bool(llama_perplexity):
         raise UsageError("give --manifest DIST (a build with tools/llama-perplexity) or --llama-perplexity BIN")
     provenance: dict[str, Any] = {}
+    env: dict[str, str] = {}
     if manifest:
         m = manifest_mod.load(Path(manifest))
         dist = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
         binary = manifest_mod.tool_path(dist, m, "llama-perplexity")
         provenance = manifest_mod.summary(m)
+        env = manifest_mod.tool_env(dist, m)
         if not binary.is_file():
             why = ((m.get("build_flags") or {}).get("tools") or {}).get("llama-perplexity", "not recorded")
             raise quality_mod.QualityError(f"the build {m.get('version')} has no {binary.relative_to(dist)} ({why})",
@@ -578,14 +621,21 @@ def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo
     else:
         binary = Path(llama_perplexity)
     blocks = block_table(c, manifest) if manifest else None
+    if int(threads) < 0 or int(gpu_layers) < -1:
+        raise UsageError("--threads and --gpu-layers take 0 or more", hint="e.g. --threads 16 --gpu-layers 99")
     opts = quality_mod.Options(pairs=parse_pairs(types), contexts=parse_sizes(ctx, option="--ctx"), chunks=int(chunks),
-                               thresholds=quality_mod.Thresholds.parse(max_kld, max_dppl))
+                               thresholds=quality_mod.Thresholds.parse(max_kld, max_dppl), threads=int(threads),
+                               gpu_layers=None if int(gpu_layers) == -1 else int(gpu_layers), env=env)
     if blocks is not None:
         opts.blocks = blocks
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out) if out else s.workspace / "quality" / f"{Path(model).stem}-{stamp}"
+    print(f"quality: {model}, {opts.resolved_threads()} threads, {opts.resolved_gpu_layers()} layers on the GPU"
+          + (f" ({env['GGML_BACKEND_PATH']})" if env else ""), flush=True)
     report = quality_mod.run(binary, Path(model), opts, out_dir, corpus=Path(corpus) if corpus else None,
-                             baseline=Path(baseline) if baseline else None, provenance=provenance)
+                             baseline=Path(baseline) if baseline else None, provenance=provenance,
+                             say=lambda line: print(line, flush=True))
+    print(f"quality: {report['run']['passes']} passes in {report['run']['seconds']:.1f} s", flush=True)
     bench_report = _load_bench(bench) if bench else None
     rows = criteria.table(report, bench_report)
     report["criteria"] = criteria.to_json(rows)
@@ -597,6 +647,15 @@ def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo
     print("Pass criteria:\n" + criteria.render(rows))
     write_json(json, report)
     print(out_dir)
+
+
+def llama_server_version(binary: Path, env: dict[str, str]) -> str:
+    """What a llama-server binary says of itself (``--version``), for a report's header."""
+    from ollama_turbo.core import proc
+
+    r = proc.run([binary, "--version"], check=False, extra_env=env or None, timeout=60)
+    found = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("version:")]
+    return f"llama-server {found[0].split(':', 1)[1].strip()}" if found else f"llama-server {binary}"
 
 
 def _load_bench(path: str) -> dict[str, Any]:

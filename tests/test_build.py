@@ -97,7 +97,12 @@ def test_manifest_records_provenance_and_checksums(era_c_build: build.Result) ->
     assert set(m["toolchain"]) >= {"go", "cmake", "cc", "git"}
     assert "-X=github.com/ollama/ollama/version.Version=" in m["build_flags"]["ldflags"]
     assert set(m["files"]) == {"bin/ollama", "lib/ollama/llama-server", "lib/ollama/llama-perplexity"}
-    assert m["build_flags"]["tools"] == {"llama-perplexity": "built"}
+    # the sample llama.cpp has no llama-bench target: recorded as not built, with the log to read, and the
+    # build goes on (its llama-server and llama-perplexity are what Ollama and quality need)
+    tools = m["build_flags"]["tools"]
+    assert tools["llama-perplexity"] == "built" and set(tools) == {"llama-perplexity", "llama-bench"}
+    assert re.fullmatch(r"not built \(exit \d+; see .*/logs/build-.*\.log\)", tools["llama-bench"])
+    assert m["build_flags"]["tool_paths"] == {"llama-perplexity": "lib/ollama/llama-perplexity"}
     for rel, digest in m["files"].items():
         assert manifest.sha256(era_c_build.dist / rel) == digest
     assert manifest.verify(era_c_build.dist, m) == []

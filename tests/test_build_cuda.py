@@ -133,3 +133,40 @@ def test_a_base_part_is_built_without_cuda_and_checked_where_it_is_completed(wor
     assert code == 0, err
     assert f"# base part from {part}" in out and "--target ggml-cuda" in out
     assert not (ws / "dist").exists()
+
+
+class _Host:
+    """A host's answer to nvidia-smi, for the deploy's GPU check."""
+
+    name = "predator"
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+
+    def sh(self, script: str, **_: object) -> object:
+        from types import SimpleNamespace
+
+        assert script.startswith("nvidia-smi --query-gpu=name,compute_cap")
+        return SimpleNamespace(stdout=self.answer, ok=True)
+
+
+@pytest.mark.parametrize(("answer", "words"), [
+    ("NVIDIA L4, 8.9\n", "has NVIDIA L4 (sm_89)"),
+    ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n", "has no NVIDIA GPU"),
+    ("sh: 1: nvidia-smi: not found\n", "nvidia-smi: not found"),
+])
+def test_a_cuda_dist_is_refused_on_a_host_without_its_gpu_architecture(answer: str, words: str) -> None:
+    from ollama_turbo.deploy import releases
+
+    m = {"backend": "cuda", "gpu": {"arch": "90"}}
+    with pytest.raises(releases.DeployError) as info:
+        releases.check_gpu(m, _Host(answer), _Host(answer), Path("dist/0.30.0-turbo+abc.cuda.123456"))  # type: ignore[arg-type]
+    assert "is a CUDA build for sm_90" in str(info.value) and words in str(info.value)
+
+
+def test_a_cuda_dist_passes_on_its_own_gpu_and_cpu_dists_ask_nothing() -> None:
+    from ollama_turbo.deploy import releases
+
+    host = _Host("NVIDIA H200, 9.0\n")
+    releases.check_gpu({"backend": "cuda", "gpu": {"arch": "90"}}, host, host, Path("d"))  # type: ignore[arg-type]
+    releases.check_gpu({"backend": "cpu"}, host, _Host("unused"), Path("d"))  # type: ignore[arg-type]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -179,3 +180,20 @@ def test_bad_input(built: tuple, measured: dict, tmp_path: Path) -> None:
     assert r.returncode == 1 and "the build 0.0.1 has no tools/llama-perplexity" in r.stderr
     r = invoke(*base, "--ctx", "512", "--max-kld", "tiny", env=env)
     assert r.returncode == 2 and "--max-kld 'tiny' is not a number" in r.stderr
+
+
+def test_quality_uses_this_machines_cores_and_records_how_it_ran(measured: dict, built: tuple) -> None:
+    run = measured["run"]
+    assert run["threads"] == (os.cpu_count() or 2) and run["gpu_layers"] == 0 and run["gpu_backend"] is None
+    assert run["passes"] == 2 * (1 + 3) and run["baseline_reused"] is False and run["seconds"] > 0
+    world, dist, ws = built
+    out = ws / "q-threads"
+    r = invoke("quality", "--model", str(world.model), "--manifest", str(dist), "--types", "q8_0", "--ctx", "512",
+               "--threads", "3", "--gpu-layers", "0", "--baseline", str(ws / "q1"), "--out", str(out),
+               env={"INVOKE_TURBO_WORKSPACE": str(ws)})
+    assert r.returncode == 0, r.stderr
+    assert "[1/1] q8_0 at ctx 512:" in r.stdout and "quality: 1 passes in" in r.stdout
+    again = json.loads((out / "quality.json").read_text())["run"]
+    assert (again["threads"], again["gpu_layers"], again["baseline_reused"], again["passes"]) == (3, 0, True, 1)
+    log = (out / "llama-perplexity.log").read_text()
+    assert " -t 3 -ngl 0" in log

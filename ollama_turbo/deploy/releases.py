@@ -23,8 +23,8 @@ from typing import Any
 
 import requests
 
+from ollama_turbo.core import gpu, poll
 from ollama_turbo.core import manifest as manifest_mod
-from ollama_turbo.core import poll
 from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.services import Layout, Manager, expand, render, service_env
@@ -77,6 +77,25 @@ def check_platform(m: dict[str, Any], host: Host, t: Transport, dist: Path) -> N
         if arch and ARCH.get(arch, arch) != ARCH.get(built["arch"], built["arch"]):
             raise DeployError(f"{dist.name} was built for {built['arch']}; {host.name} is {arch}",
                               hint="build on a machine of the host's architecture")
+    check_gpu(m, host, t, dist)
+
+
+def check_gpu(m: dict[str, Any], host: Host, t: Transport, dist: Path) -> None:
+    """A CUDA build runs on the GPU architecture it was built for: the host's GPUs, as nvidia-smi names them."""
+    want = str((m.get("gpu") or {}).get("arch") or m.get("cuda_arch") or "")
+    if m.get("backend") != "cuda" or not want:
+        return
+    r = t.sh(gpu.QUERY + " 2>&1", check=False)
+    found = gpu.parse_query(r.stdout)
+    if not found:
+        said = r.stdout.strip().splitlines()[:1]
+        raise DeployError(f"{dist.name} is a CUDA build for sm_{want}; {host.name} has no NVIDIA GPU that "
+                          f"nvidia-smi can see ({said[0] if said else 'no answer'})",
+                          hint="deploy a cpu build there, or check the host's NVIDIA driver (nvidia-smi)")
+    other = [(name, arch) for name, arch in found if arch != gpu.base_arch(want)]
+    if other:
+        raise DeployError(f"{dist.name} is a CUDA build for sm_{want}; {host.name} has {gpu.describe(found)}",
+                          hint=f"build for that GPU: invoke build-ollama --backend cuda --cuda-arch {other[0][1]}")
 
 
 def load_dist(dist: Path) -> dict[str, Any]:
@@ -760,6 +779,18 @@ def host_view(settings: Settings, host: Host) -> HostView:
     return HostView(url, lambda: t.read(layout.log), current_manifest)
 
 
+def deployed_manifest(host: Host) -> dict[str, Any] | None:
+    """The manifest of the build a host runs now (None: nothing deployed, or unreadable)."""
+    t = connect(host.name, host.ssh)
+    try:
+        data: dict[str, Any] = json.loads(t.read(f"{_layout(t, host).current}/manifest.json"))
+        return data
+    except (TurboError, ValueError, OSError):
+        return None
+    finally:
+        t.close()
+
+
 def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], model: str) -> list[Any]:
     """For bench --host: per cache type, rewrite the service's KV setting, restart, and restore it after."""
     def starter(k: str, v: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
@@ -768,6 +799,9 @@ def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], 
             t = connect(host.name, host.ssh)
             try:
                 layout = _layout(t, host)
+                if current_release(t, layout) is None:
+                    raise DeployError(f"{host.name} has no current release under {layout.prefix}: nothing to bench",
+                                      hint=f"invoke deploy --host {host.name} first")
                 mgr = Manager(t, host, layout)
                 # the host's lock, held from the rewrite to the restore: a deploy cannot run in between
                 with host_lock(t, layout, print):

@@ -26,7 +26,7 @@ from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
 from ollama_turbo.kv import memory
 from ollama_turbo.kv.geometry import Geometry, geometry_from_gguf
-from ollama_turbo.prove import depth
+from ollama_turbo.prove import depth, llama_bench, offload
 from ollama_turbo.prove.client import Endpoint, complete
 from ollama_turbo.prove.ollama_api import ApiError
 from ollama_turbo.prove.prompts import FILLER, PROMPTS
@@ -43,6 +43,7 @@ class Options:
     ab_predict: int = 128
     geometry: Geometry | None = None
     blocks: BlockTable = BUILTIN  # the build's block formats (from its manifest) for the planner's prediction
+    measure_fallback: bool = False  # measure a config that falls back to the CPU at every depth
 
     @classmethod
     def parse(cls, *, depths: str, reps: int, n_predict: int, ab_predict: int, niah_lengths: str,
@@ -96,14 +97,15 @@ def summary(report: dict[str, Any]) -> str:
         last = ok[-1] if ok else None
         kv = (r.get("kv") or {}).get("logged_mib")
         pp = (r.get("prefill") or {}).get("prefill_tps", {}).get("mean")
-        failed = [x["depth"] for x in r.get("perf", []) if "error" in x]
+        failed = [x["depth"] for x in r.get("perf", []) if "error" in x and not x["error"].startswith("skipped")]
         niah = r.get("niah", [])
         lines.append(f"{r['label']:<14} " + (f"decode {last['decode_tps']['mean']:8.1f} tok/s at depth "
                                              f"{last['actual_depth']:>6} (asked {last['depth']})"
                                              if last else "no depth measured")
                      + (f", prefill pp{depth.PREFILL_TOKENS} {pp:,.1f} tok/s" if pp else "")
                      + f", KV {kv if kv is not None else '-'} MiB, needles {sum(g['found'] for g in niah)}/{len(niah)}"
-                     + (f"; failed at depth {', '.join(map(str, failed))} (see bench.json)" if failed else ""))
+                     + (f"; failed at depth {', '.join(map(str, failed))} (see bench.json)" if failed else "")
+                     + (f"\n{'':<14} {r['cpu_fallback']}" if r.get("cpu_fallback") else ""))
     return "\n".join(lines)
 
 
@@ -169,10 +171,12 @@ def _attempt(entry: dict[str, Any], steps: int, tick: Progress, what: str,
 
 
 def bench_endpoint(ep: Endpoint, opts: Options, tick: Progress, res: dict[str, Any] | None = None,
-                   save: Callable[[], None] = lambda: None) -> dict[str, Any]:
+                   save: Callable[[], None] = lambda: None, reference: int | None = None) -> dict[str, Any]:
     """Measure one endpoint into ``res`` (saved after each step: a crash loses nothing already measured).
 
     A depth the server cannot hold, or that fails, is recorded with its error and the bench goes on.
+    A config whose graph leaves the GPU (against ``reference``, the f16 cache's graph splits) is measured
+    at the first depth only, unless ``opts.measure_fallback``: deeper prompts would time the CPU's attention.
     """
     res = res if res is not None else {}
     res.update({"label": ep.label, "type_k": ep.type_k, "type_v": ep.type_v, "url": ep.url})
@@ -193,6 +197,10 @@ def bench_endpoint(ep: Endpoint, opts: Options, tick: Progress, res: dict[str, A
         if why := too_deep(depth.PREFILL_TOKENS + 1):
             raise depth.DepthError(why)
         prompt, _ = depth.fit(depth.PREFILL_TOKENS, count)
+        # as llama-bench: a warm-up pass apart (first-use kernel loads and graph capture are not prefill),
+        # then every timed prompt new to the server (its own tag first: no prompt-cache reuse)
+        complete(ep.url, ep.api, depth.tag() + prompt, n_predict=1, model=ep.model, ignore_eos=True)
+        pp["warmup"] = 1
         runs = []
         for _ in range(opts.reps):
             runs.append(complete(ep.url, ep.api, depth.tag() + prompt, n_predict=1, model=ep.model, ignore_eos=True))
@@ -201,12 +209,22 @@ def bench_endpoint(ep: Endpoint, opts: Options, tick: Progress, res: dict[str, A
                   prefill_tps=mean_sd([r.prefill_tps for r in runs]))
 
     _attempt(pp, opts.reps, tick, f"{ep.label} prefill {depth.PREFILL_TOKENS}", prefill)
+    fell = None
+    if ep.log is not None:  # where the server runs this config's graph (GPU, or ops back on the CPU)
+        where = offload.placement(ep.log())
+        res["placement"] = where.to_json()
+        fell = res["cpu_fallback"] = offload.fallback(where, reference)
     save()
     perf: list[dict[str, Any]] = []
     res["perf"] = perf
-    for d in opts.depths:
+    for i, d in enumerate(opts.depths):
         entry: dict[str, Any] = {"depth": d}
         perf.append(entry)
+        if fell and i > 0 and not opts.measure_fallback:
+            entry["error"] = "skipped: CPU fallback (see above); --measure-fallback measures it anyway"
+            for _ in range(opts.reps):
+                tick(f"{ep.label} depth {d}: skipped")
+            continue
 
         def at_depth(step: Callable[[], None], d: int = d, entry: dict[str, Any] = entry) -> None:
             if why := too_deep(d + opts.n_predict):
@@ -222,6 +240,10 @@ def bench_endpoint(ep: Endpoint, opts: Options, tick: Progress, res: dict[str, A
                 if c.client_decode_tps and c.decode_tps:
                     overhead.append(1 - c.client_decode_tps / c.decode_tps)
                 step()
+            if not all(r.prompt_n and r.predicted_n for r in runs):
+                raise depth.DepthError(f"depth {d}: the server answered without timings (prompt tokens "
+                                       f"{[r.prompt_n for r in runs]}, generated {[r.predicted_n for r in runs]}); "
+                                       "nothing to measure")
             entry.update(actual_depth=round(statistics.fmean(r.prompt_n for r in runs)),
                          prompt_tokens=runs[0].prompt_n, prefill_tps=mean_sd([r.prefill_tps for r in runs]),
                          decode_tps=mean_sd([r.decode_tps for r in runs]))
@@ -271,9 +293,9 @@ def kv_memory(ep: Endpoint, geo: Geometry | None, blocks: BlockTable = BUILTIN) 
         out["note"] = "no llama_kv_cache size line in the server log"
         return out
     last = lines[-1]
-    out.update(logged_mib=last.mib, cells=last.cells, logged_types=[last.type_k, last.type_v])
-    if geo is not None:
-        planned = memory.estimate(geo, last.cells, ep.type_k, ep.type_v, blocks=blocks).mib
+    out.update(logged_mib=last.mib, cells=last.cells, seqs=last.seqs, logged_types=[last.type_k, last.type_v])
+    if geo is not None:  # a server with a cache per sequence holds ``seqs`` caches of ``cells`` each
+        planned = memory.estimate(geo, last.cells, ep.type_k, ep.type_v, blocks=blocks).mib * last.seqs
         out.update(planned_mib=planned, delta=(planned - last.mib) / last.mib, blocks=blocks.source)
         changed = effective(ep.type_k, ep.type_v, n_layer=geo.n_layer, gqa_ratio=geo.gqa_ratio,
                             fb=ForkBehaviour()).explain()
@@ -304,14 +326,34 @@ def run(endpoints: list[tuple[Endpoint, Callable[[], AbstractContextManager[Endp
             res: dict[str, Any] = {"label": placeholder.label, "type_k": placeholder.type_k,
                                    "type_v": placeholder.type_v}
             report["results"].append(res)
+            f16 = next((r.get("placement", {}).get("graph_splits") for r in report["results"]
+                        if r["label"] == "f16" and (r.get("placement") or {}).get("gpu_layers")), None)
             try:
                 with starter() as ep:
-                    bench_endpoint(ep, opts, tick, res, save)
+                    bench_endpoint(ep, opts, tick, res, save, reference=f16)
             except FAULTS as exc:
                 res["error"] = str(exc)
             save()
+    flag_fallbacks(report)
     write_outputs(report, out)
     return report
+
+
+def flag_fallbacks(report: dict[str, Any]) -> None:
+    """Mark each config whose graph leaves the GPU (``cpu_fallback``), against the f16 cache's graph splits
+    when f16 was measured on the same server."""
+    def where(r: dict[str, Any]) -> offload.Placement | None:
+        p = r.get("placement") or {}
+        if p.get("graph_splits") is None:
+            return None
+        layers = p.get("gpu_layers")
+        return offload.Placement(int(p["graph_splits"]), (int(layers[0]), int(layers[1])) if layers else None)
+
+    f16 = next((where(r) for r in report["results"] if r.get("label") == "f16"), None)
+    for r in report["results"]:
+        p = where(r)
+        if p is not None and not r.get("cpu_fallback"):
+            r["cpu_fallback"] = offload.fallback(p, f16.splits if f16 and f16.on_gpu else None)
 
 
 def write_outputs(report: dict[str, Any], out: Path) -> None:
@@ -335,7 +377,11 @@ def markdown(report: dict[str, Any]) -> str:
     p = report["provenance"]
     lines = ["# ollama-turbo bench", "",
              f"model `{p.get('model', '')}`, build `{(p.get('build') or {}).get('version', 'unknown')}`, "
-             f"host `{p.get('host', p.get('url', ''))}`", ""]
+             f"host `{p.get('host') or p.get('url') or 'unknown'}`"
+             + (f", {p['parallel']} parallel sequences" if p.get("parallel") else ""), ""]
+    fell = [r for r in res if r.get("cpu_fallback")]
+    if fell:
+        lines += ["## CPU fallback", "", *[f"- **{r['label']}**: {r['cpu_fallback']}" for r in fell], ""]
     failed = [r for r in res if r.get("error")]
     if failed:
         lines += ["## Failed", "", *[f"- **{r['label']}**: {r['error'].splitlines()[0]}" for r in failed], ""]
@@ -390,6 +436,7 @@ def markdown(report: dict[str, Any]) -> str:
             text = outputs[i]["output"].strip().replace("\n", " ") if len(outputs) > i else "(not run)"
             lines.append(f"- **{r['label']}**: {text[:300]}")
         lines.append("")
+    lines += llama_bench.markdown(report) + [""]
     lines += ["![decode and prefill tok/s by depth](tps_vs_depth.png)", "", "![needle retrieval](niah.png)", ""]
     return "\n".join(lines)
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from ollama_turbo.core import proc
 from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.core.manifest import sha256
 from ollama_turbo.fork.cache_types import BUILTIN, BlockTable, label
+from ollama_turbo.prove import offload
 
 INDEX = "index.json"  # <workspace>/quality/index.json: verdicts per model and config, for recommend and deploy
 
@@ -64,6 +68,15 @@ class Options:
     thresholds: Thresholds = field(default_factory=Thresholds)
     blocks: BlockTable = BUILTIN
     extra_args: tuple[str, ...] = ()
+    threads: int = 0  # llama-perplexity's -t (0: every core of this machine; the KL divergence runs on the CPU)
+    gpu_layers: int | None = None  # -ngl (None: every layer where the build has a GPU backend, else none)
+    env: dict[str, str] = field(default_factory=dict)  # the build's tool environment (its GPU backend)
+
+    def resolved_threads(self) -> int:
+        return self.threads or os.cpu_count() or 2
+
+    def resolved_gpu_layers(self) -> int:
+        return self.gpu_layers if self.gpu_layers is not None else (999 if self.env.get("GGML_BACKEND_PATH") else 0)
 
 
 NUM = r"([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
@@ -113,14 +126,14 @@ def default_corpus() -> tuple[str, str]:
 def _run(binary: Path, model: Path, corpus: Path, ctx: int, base: Path, pair: tuple[str, str] | None,
          opts: Options, log: Path) -> str:
     argv: list[str | Path] = [binary, "-m", model, "-f", corpus, "-c", str(ctx), "--kl-divergence-base", base,
-                              "-fa", "on", "-t", "2"]
+                              "-fa", "on", "-t", str(opts.resolved_threads()), "-ngl", str(opts.resolved_gpu_layers())]
     if pair is None:
         argv += ["-ctk", "f16", "-ctv", "f16"]
     else:
         argv += ["--kl-divergence", "-ctk", pair[0], "-ctv", pair[1]]
     if opts.chunks:
         argv += ["--chunks", str(opts.chunks)]
-    r = proc.run([*argv, *opts.extra_args], check=False, timeout=7200)
+    r = proc.run([*argv, *opts.extra_args], check=False, timeout=7200, extra_env=opts.env or None)
     with open(log, "a", encoding="utf-8") as fh:
         fh.write(f"+ {' '.join(map(str, argv))}\n{r.stdout}{r.stderr}\n")
     text = r.stdout + r.stderr
@@ -154,8 +167,11 @@ def check_baseline(previous: Path, model_sha: str, binary_sha: str) -> None:
 
 
 def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | None = None,
-        baseline: Path | None = None, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Measure every config at every context; write quality.json, quality.md and kld_vs_bits.png."""
+        baseline: Path | None = None, provenance: dict[str, Any] | None = None,
+        say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Measure every config at every context; write quality.json, quality.md and kld_vs_bits.png.
+
+    ``say`` hears one line per pass (the f16 baseline and each config) with its time."""
     if not binary.is_file():
         raise QualityError(f"llama-perplexity not found at {binary}",
                            hint="rebuild with invoke build-ollama (it builds llama-perplexity beside llama-server), "
@@ -178,22 +194,41 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
     rows: list[dict[str, Any]] = []
     tokens = 0  # the corpus, as llama-perplexity counted it (when it says)
     evaluated: dict[int, int] = {}  # tokens in the chunks evaluated, per context
+    t_start = time.perf_counter()
+    corpus_path = corpus
+    passes = len(opts.contexts) * (len(opts.pairs) + (baseline is None))
+    done = 0
+
+    def timed(ctx: int, base: Path, pair: tuple[str, str] | None) -> str:
+        nonlocal done
+        t0 = time.perf_counter()
+        text = _run(binary, model, corpus_path, ctx, base, pair, opts, log)
+        done += 1
+        what = label(*pair) if pair else "f16 baseline"
+        say(f"  [{done}/{passes}] {what} at ctx {ctx}: {time.perf_counter() - t0:.1f} s")
+        return text
+
     for ctx in opts.contexts:
         base = (baseline or out) / f"base-{ctx}.kld"
+        reference: int | None = None  # the f16 cache's graph splits: a config above it leaves the GPU
         if baseline is None:
-            text = _run(binary, model, corpus, ctx, base, None, opts, log)
+            text = timed(ctx, base, None)
+            reference = offload.placement(text).splits
             m = re.search(r"have (\d+) tokens", text)
             tokens = int(m.group(1)) if m else tokens
             m = re.search(r"over (\d+) chunks, n_ctx=(\d+)", text)
             evaluated[ctx] = int(m.group(1)) * int(m.group(2)) if m else 0
         for pair in opts.pairs:
-            stats = parse_stats(_run(binary, model, corpus, ctx, base, pair, opts, log))
+            text = timed(ctx, base, pair)
+            where = offload.placement(text)
+            stats = parse_stats(text)
             bits = (opts.blocks.get(pair[0]).bits_per_value + opts.blocks.get(pair[1]).bits_per_value) / 2
             v_kld = grade(stats["kld"], opts.thresholds.max_kld)
             v_dppl = grade(max(stats["dppl"], 0.0), opts.thresholds.max_dppl)
             rows.append({"label": label(*pair), "type_k": pair[0], "type_v": pair[1], "ctx": ctx,
                          "bits_per_value": bits, **stats, "verdict_kld": v_kld, "verdict_dppl": v_dppl,
-                         "verdict": worst(v_kld, v_dppl)})
+                         "verdict": worst(v_kld, v_dppl), **where.to_json(),
+                         "cpu_fallback": offload.fallback(where, reference)})
     report = {
         "model": {"path": str(model), "name": model.name, "sha256": model_sha},
         "build": {"llama_perplexity": str(binary), "llama_perplexity_sha256": binary_sha, **(provenance or {})},
@@ -202,6 +237,9 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
                    "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest()},
         "thresholds": {"max_kld": opts.thresholds.max_kld, "max_dppl": opts.thresholds.max_dppl},
         "contexts": opts.contexts, "results": rows,
+        "run": {"threads": opts.resolved_threads(), "gpu_layers": opts.resolved_gpu_layers(),
+                "gpu_backend": opts.env.get("GGML_BACKEND_PATH"), "baseline_reused": baseline is not None,
+                "passes": passes, "seconds": round(time.perf_counter() - t_start, 2)},
     }
     (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "quality.md").write_text(markdown(report))
@@ -224,13 +262,21 @@ def markdown(report: dict[str, Any]) -> str:
              + "evaluated: " + ", ".join(f"{n:,} tokens at ctx {k}" for k, n in c["evaluated_tokens"].items())
              + "); baseline: the f16 "
              f"cache of the same build; gates: mean KLD <= {t['max_kld']}, PPL increase <= {t['max_dppl']} "
-             "(up to twice: BORDERLINE)", "",
+             "(up to twice: BORDERLINE)", ""]
+    run = report.get("run")
+    if run:
+        lines += [f"llama-perplexity: {run['threads']} threads, {run['gpu_layers']} layers on the GPU"
+                  + (f" ({run['gpu_backend']})" if run.get("gpu_backend") else "")
+                  + f"; {run['passes']} passes in {run['seconds']:.1f} s", ""]
+    lines += [
              "| K/V | ctx | bits/value | mean KLD | 99% KLD | top-1 agreement | PPL | ΔPPL | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lines.append(f"| {r['label']} | {r['ctx']} | {r['bits_per_value']:.3g} | {r['kld']:.5f} ± {r['kld_err']:.5f} | "
                      f"{r['kld_p99']:.5f} | {100 * r['top1']:.2f} % | {r['ppl']:.4f} | "
                      f"{r['dppl']:+.4f} ± {r['dppl_err']:.4f} | {r['verdict']} |")
+    lines += [f"\n**{r['label']} at ctx {r['ctx']}: {r['cpu_fallback']}**" for r in report["results"]
+              if r.get("cpu_fallback")]
     lines += ["", "![mean KLD by bits per value](kld_vs_bits.png)", ""]
     return "\n".join(lines)
 
@@ -268,7 +314,9 @@ def record(workspace: Path, report: dict[str, Any], report_path: Path) -> Path:
         verdict = worst(r["verdict"], prev["verdict"]) if prev and prev.get("report") == str(report_path) else \
             r["verdict"]
         entry["configs"][r["label"]] = {"verdict": verdict, "kld": r["kld"], "dppl": r["dppl"], "ctx": r["ctx"],
-                                        "report": str(report_path), "report_sha256": digest}
+                                        "report": str(report_path), "report_sha256": digest,
+                                        "backend": report.get("build", {}).get("backend"),
+                                        "cpu_fallback": r.get("cpu_fallback")}
     index_path.parent.mkdir(parents=True, exist_ok=True)
     index_path.write_text(json.dumps(index, indent=2) + "\n")
     return index_path

@@ -38,6 +38,7 @@ class Option:
     kld: float | None
     decode_tps: float | None
     note: str = ""
+    cpu_fallback: str | None = None  # the bench found this config's attention leaving the GPU on this host
 
 
 @dataclass
@@ -89,6 +90,10 @@ def _decode_at(bench: dict[str, Any] | None, config: str, ctx: int) -> float | N
     return None
 
 
+def _fallback(bench: dict[str, Any] | None, config: str) -> str | None:
+    return next((r.get("cpu_fallback") for r in (bench or {}).get("results", []) if r["label"] == config), None)
+
+
 def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: dict[str, Any] | None = None,
               reserve_gib: float = DEFAULT_RESERVE_GIB, blocks: BlockTable = BUILTIN) -> Recommendation:
     h = settings.host(host)
@@ -106,10 +111,13 @@ def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: di
         est = memory.estimate(geo, ctx, pair[0], pair[1], fb, blocks=blocks)
         v = quality.verdict_for(settings.workspace, model_sha, pair)
         changed = effective(pair[0], pair[1], n_layer=geo.n_layer, gqa_ratio=geo.gqa_ratio, fb=fb).explain()
+        fell = _fallback(bench, label(*pair))
+        if not fell and v and v.get("cpu_fallback") and v.get("backend") == "cuda" and h.os == "linux":
+            fell = f"{v['cpu_fallback']} (quality run on the CUDA build)"
         options.append(Option(label(*pair), est.mib, est.memory_bytes <= budget.kv_bytes,
                               v["verdict"] if v else "unmeasured", v["kld"] if v else None,
-                              _decode_at(bench, label(*pair), ctx), changed))
-    good = [o for o in options if o.fits and o.quality == "PASS"]
+                              _decode_at(bench, label(*pair), ctx), fell or changed, fell))
+    good = [o for o in options if o.fits and o.quality == "PASS" and not o.cpu_fallback]
     rec = Recommendation(model.name, host, ctx, None, "", bool(good), options)
     if good:
         timed = [o for o in good if o.decode_tps is not None]
@@ -129,7 +137,7 @@ def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: di
     low_bit = any(x in model.name.upper() for x in LOW_BIT_WEIGHTS) or ftype in LOW_BIT_FILE_TYPES
     protect = low_bit or geo.gqa_ratio >= 6
     order = ["q8_0/turbo4", "q8_0/turbo3", "q8_0/q8_0"] if protect else ["turbo4", "q8_0/turbo4", "q8_0/q8_0"]
-    fitting = [o for o in options if o.fits and o.quality != "FAIL"]
+    fitting = [o for o in options if o.fits and o.quality != "FAIL" and not o.cpu_fallback]
     pick = next((o for c in order for o in fitting if o.config == c), None)
     if pick is None:
         rec.why = (f"no config fits {host} at {ctx:,} tokens: {budget.kv_bytes / GIB:.2f} GiB for the cache; "

@@ -30,8 +30,8 @@ def file_reader(path: Path) -> LogReader:
 
     return read
 
-KV_LINE = re.compile(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells.*?K \((\w+)\): +([\d.]+) MiB, "
-                     r"V \((\w+)\): +([\d.]+) MiB")
+KV_LINE = re.compile(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells,[^)]*?(?:(\d+)/\d+ seqs)?\), "
+                     r"K \((\w+)\): +([\d.]+) MiB, V \((\w+)\): +([\d.]+) MiB")
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,18 @@ class KVLine:
     """One ``llama_kv_cache: size = ...`` line: the cache the server really allocated."""
 
     mib: float
-    cells: int
+    cells: int  # per sequence: a server with a cache per sequence (-np N, not unified) holds N of them
     type_k: str
     k_mib: float
     type_v: str
     v_mib: float
+    seqs: int = 1  # the sequences the line counts (``4/4 seqs``: four caches of ``cells`` each)
 
 
 def kv_lines(log: str) -> list[KVLine]:
     """Every KV cache size line in ``log``, oldest first."""
-    return [KVLine(float(m), int(c), k, float(km), v, float(vm)) for m, c, k, km, v, vm in KV_LINE.findall(log)]
+    return [KVLine(float(m), int(c), k, float(km), v, float(vm), int(n or 1))
+            for m, c, n, k, km, v, vm in KV_LINE.findall(log)]
 
 
 def _numbers(log: str, key: str) -> list[int] | None:

@@ -22,6 +22,7 @@ import requests
 from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.kv.geometry import geometry_from_metadata
+from ollama_turbo.prove import offload
 from ollama_turbo.prove.client import complete
 from ollama_turbo.prove.ollama_api import ApiError, Client
 from ollama_turbo.prove.prompts import SPEED_PROMPT
@@ -295,6 +296,21 @@ def _cache_check(check: _Run, expect: Expect, log: LogReader | None) -> None:
                                    expect.model_path)
 
     check("cache type", cache)
+
+    def on_gpu() -> tuple[bool | None, str]:
+        if log is None:
+            return None, "no service log to read"
+        text = log()
+        section = (model_section(text, expect.model_path, (expect.type_k, expect.type_v))
+                   if expect.model_path and expect.type_k and expect.type_v else None) or text
+        where = offload.placement(section)
+        if not where.on_gpu:
+            return None, "no layer on a GPU (a CPU host, or the model did not offload)"
+        why = offload.fallback(where)
+        return why is None, why or (f"{where.splits} graph splits, {where.layers[0]}/{where.layers[1]} layers on the "
+                                    "GPU" if where.layers else f"{where.splits} graph splits")
+
+    check("attention on GPU", on_gpu)
 
 
 def smoke_llama_server(url: str, *, expect: Expect, log: LogReader | None, num_predict: int = 16,

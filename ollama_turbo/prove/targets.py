@@ -39,7 +39,7 @@ def choose(*, url: str, log: str, api: str, model: str, types: str, llama_server
             raise UsageError("--llama-server needs --gguf MODEL")
         size = ctx or max([*opts.depths, *opts.niah_lengths, 0]) + 1024
         return local_llama_server(Path(llama_server), Path(gguf), pairs_for(types), ctx=size, logs=logs_dir,
-                                  extra_env=extra_env)
+                                  extra_env=extra_env, parallel=parallel_from(extra_env))
     if url:
         urls = parse_urls(url)
         logs = {k: Path(v) for k, v in (parse_urls(log) if log else {}).items()}
@@ -47,6 +47,19 @@ def choose(*, url: str, log: str, api: str, model: str, types: str, llama_server
             raise UsageError(f"--types {types} does not match the types given in --url ({', '.join(urls)})")
         return static(urls, api, model, logs)
     raise UsageError("give --url TYPE=URL,..., --host H, or --llama-server BIN --gguf MODEL")
+
+
+def parallel_from(env: dict[str, str]) -> int:
+    """The sequences a host's Ollama serves at once (``OLLAMA_NUM_PARALLEL``, passed to llama-server as
+    ``-np``; Ollama's default 1). A bench runs its llama-server the same way: with several sequences the
+    server keeps a cache per sequence, and the GPU kernels it needs can differ."""
+    text = env.get("OLLAMA_NUM_PARALLEL", "").strip()
+    if not text:
+        return 1
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"OLLAMA_NUM_PARALLEL={text!r} (turbo.kv.env) is not a number of sequences",
+                         hint="give 1 or more, e.g. OLLAMA_NUM_PARALLEL: \"4\"")
+    return int(text)
 
 
 def parse_urls(spec: str) -> dict[str, str]:
@@ -80,26 +93,28 @@ def _fixed(ep: Endpoint) -> Starter:
 
 
 def local_llama_server(binary: Path, gguf: Path, pairs: list[tuple[str, str]], *, ctx: int, logs: Path,
-                       extra_env: dict[str, str] | None = None) -> list[tuple[Endpoint, Starter]]:
+                       extra_env: dict[str, str] | None = None, parallel: int = 1) -> list[tuple[Endpoint, Starter]]:
     """Start ``binary`` once per cache type, on 127.0.0.1, and stop it after that type's bench."""
     out: list[tuple[Endpoint, Starter]] = []
     for k, v in pairs:
         lab = label(k, v)
         log = logs / f"llama-server-{lab.replace('/', '-')}.log"
         ep = Endpoint(lab, k, v, "", "llama-server", gguf.name, file_reader(log))
-        out.append((ep, functools.partial(_spawn, binary, gguf, ep, ctx, log, extra_env or {})))
+        out.append((ep, functools.partial(_spawn, binary, gguf, ep, ctx, log, extra_env or {}, parallel)))
     return out
 
 
 def start_llama_server(binary: Path, gguf: Path, type_k: str, type_v: str, *, ctx: int, log: Path,
                        extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None,
-                       timeout: float = 180) -> tuple[subprocess.Popen[bytes], str]:
+                       timeout: float = 180, parallel: int = 1) -> tuple[subprocess.Popen[bytes], str]:
     """Start llama-server on a free 127.0.0.1 port with these cache types; return it once healthy.
 
-    It logs at verbosity 4, where llama.cpp prints its KV cache lines.
+    ``parallel`` sequences of ``ctx`` tokens each, as Ollama runs it (``-c ctx*n -np n``, a cache per
+    sequence). It logs at verbosity 4, where llama.cpp prints its KV cache lines.
     """
     port = free_port()
-    p = proc.spawn([binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx), "-np", "1",
+    p = proc.spawn([binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx * parallel),
+                    "-np", str(parallel),
                     "-fa", "on", "--cache-type-k", type_k, "--cache-type-v", type_v, "-lv", "4", *extra_args],
                    log=log, extra_env=extra_env)
     url = f"http://127.0.0.1:{port}"
@@ -120,10 +135,12 @@ def start_llama_server(binary: Path, gguf: Path, type_k: str, type_v: str, *, ct
 
 
 @contextlib.contextmanager
-def _spawn(binary: Path, gguf: Path, ep: Endpoint, ctx: int, log: Path, env: dict[str, str]) -> Iterator[Endpoint]:
+def _spawn(binary: Path, gguf: Path, ep: Endpoint, ctx: int, log: Path, env: dict[str, str],
+           parallel: int = 1) -> Iterator[Endpoint]:
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    p, ep.url = start_llama_server(binary, gguf, ep.type_k, ep.type_v, ctx=ctx, log=log, extra_env=env)
+    p, ep.url = start_llama_server(binary, gguf, ep.type_k, ep.type_v, ctx=ctx, log=log, extra_env=env,
+                                   parallel=parallel)
     try:
         yield ep
     finally:
