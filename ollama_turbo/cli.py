@@ -404,7 +404,7 @@ def verify_fork(c, fork="", fork_ref="", json="", markdown="", static_only=False
 def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", backend="", dry_run=False, force=False,
                  allow_dirty=False, json="", skip_verify=False, cuda_arch="", part="", base_from="", verbose=False):
     """Build Ollama around the fork: patched, version-stamped, with a provenance manifest."""
-    from ollama_turbo.build import build_ollama as build
+    from ollama_turbo.builder import build_ollama as build
 
     s = settings(c)
     if backend and backend not in config.BACKENDS:

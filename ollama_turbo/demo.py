@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_turbo import sample
-from ollama_turbo.build import build_ollama as build
+from ollama_turbo.builder import build_ollama as build
 from ollama_turbo.check import apicheck
 from ollama_turbo.core import manifest, sources
 from ollama_turbo.core import settings as config

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ollama_turbo import sample
-from ollama_turbo.build import era_c as build_era_c
+from ollama_turbo.builder import era_c as build_era_c
 from ollama_turbo.core import proc
 from ollama_turbo.core.ports import free_port
 from ollama_turbo.prove.ollama_api import Client

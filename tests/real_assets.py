@@ -15,7 +15,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ollama_turbo.build import llama_server as llama_build
+from ollama_turbo.builder import llama_server as llama_build
 from ollama_turbo.core import proc
 from ollama_turbo.core.manifest import sha256
 from ollama_turbo.prove.targets import start_llama_server

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ollama_turbo import sample
-from ollama_turbo.build import build_ollama as build
+from ollama_turbo.builder import build_ollama as build
 from ollama_turbo.core import manifest, proc
 from ollama_turbo.core import settings as config
 from ollama_turbo.core.errors import SourceError, ToolMissing

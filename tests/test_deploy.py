@@ -25,7 +25,7 @@ import requests
 import yaml
 
 from ollama_turbo import sample
-from ollama_turbo.build import build_ollama as build
+from ollama_turbo.builder import build_ollama as build
 from ollama_turbo.core import manifest
 from ollama_turbo.core import settings as config
 from ollama_turbo.deploy import services

@@ -33,8 +33,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``bin/`` of a fresh venv with the wheel installed (not editable), dependencies from the index."""
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".turbo", "*.egg-info", "build", "dist",
-                                                             "__pycache__", ".*_cache"))
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        """Outputs and caches; ``build``/``dist`` only at the top (a package folder may have any name)."""
+        skip = {n for n in names if n in (".git", ".turbo", "__pycache__") or n.endswith((".egg-info", "_cache"))}
+        return skip | ({"build", "dist"} & set(names) if Path(folder) == ROOT else set())
+
+    shutil.copytree(ROOT, src, ignore=ignore)
     r = _run([sys.executable, "-m", "build", "--wheel", "--outdir", tmp / "dist", src])
     if r.returncode != 0 and "Could not find a version" in r.stdout + r.stderr:
         pytest.skip("the package index is unreachable (build needs setuptools from it)")
@@ -62,6 +66,21 @@ def test_wheel_installs_the_cli_and_its_package_data(installed: Path, tmp_path: 
     # the installed package, not the checkout, answers
     r = _run([installed / "python", "-c", "import ollama_turbo; print(ollama_turbo.__file__)"], cwd=tmp_path, env=env)
     assert str(installed.parent) in r.stdout, r.stdout
+
+    # every stage and every module of the checkout is in the wheel, and imports
+    here = sorted(p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
+                  for p in (ROOT / "ollama_turbo").rglob("*.py") if "__pycache__" not in p.parts)
+    listing = ("import importlib, pkgutil, ollama_turbo\n"
+               "names = sorted(['ollama_turbo'] + [m.name for m in pkgutil.walk_packages(ollama_turbo.__path__, "
+               "'ollama_turbo.')])\n"
+               "[importlib.import_module(n) for n in names if not n.endswith('__main__')]\nprint('\\n'.join(names))")
+    r = _run([installed / "python", "-c", listing], cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    wheel = sorted(r.stdout.split())
+    want = sorted(n.removesuffix(".__init__") for n in here)
+    assert wheel == want, sorted(set(want) ^ set(wheel))
+    assert {"ollama_turbo.builder", "ollama_turbo.deploy", "ollama_turbo.prove", "ollama_turbo.kv",
+            "ollama_turbo.check", "ollama_turbo.fork", "ollama_turbo.core", "ollama_turbo.sample"} <= set(wheel)
 
     (tmp_path / "invoke.yaml").write_text(FLEET)
     out = tmp_path / "mf"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from ollama_turbo import sample
-from ollama_turbo.build import build_ollama as build
+from ollama_turbo.builder import build_ollama as build
 from ollama_turbo.core import settings as config
 from ollama_turbo.deploy.services import Layout, Manager
 from ollama_turbo.deploy.transport import LocalTransport

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo.build import era_c, go_rules
+from ollama_turbo.builder import era_c, go_rules
 from ollama_turbo.core import rules
 from ollama_turbo.core.errors import UsageError
 from ollama_turbo.fork.blocks import Block

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ollama_turbo import sample
-from ollama_turbo.build import era_c as build_era_c
+from ollama_turbo.builder import era_c as build_era_c
 from ollama_turbo.core import proc, toolchain
 from ollama_turbo.core.errors import CommandError, UsageError
 

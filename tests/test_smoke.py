@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ollama_turbo import sample
-from ollama_turbo.build import build_ollama as build
+from ollama_turbo.builder import build_ollama as build
 from ollama_turbo.core import settings as config
 from ollama_turbo.prove import smoke
 from ollama_turbo.prove.ollama_api import Client

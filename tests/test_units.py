@@ -173,7 +173,7 @@ def test_flags_after_a_guard_clause_are_conditional() -> None:
 
 
 def test_go_mod_requirements_and_download_errors_are_parsed() -> None:
-    from ollama_turbo.build import go_modules
+    from ollama_turbo.builder import go_modules
 
     mod = ("module x\n\ngo 1.26\n\nrequire a.example/one v1.2.3\n\nrequire (\n\tb.example/two v0.1.0 // indirect\n"
            "\tc.example/three v2.0.0+incompatible\n)\n")

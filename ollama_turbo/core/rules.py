@@ -65,7 +65,7 @@ def _anchor(text: str, rule: Rule) -> tuple[int, int, re.Match[str]]:
         span = function_span(text, rule.function)
         if span is None:
             raise RuleError(f"{rule.file}: rule {rule.name}: function {rule.function} not found",
-                            hint="Ollama has moved this code; update the rule in ollama_turbo/build/go_rules.py")
+                            hint="Ollama has moved this code; update the rule in ollama_turbo/builder/go_rules.py")
         lo, hi = span
     region = text[lo:hi]
     matches = list(re.finditer(rule.anchor, region, re.M))
@@ -74,7 +74,7 @@ def _anchor(text: str, rule: Rule) -> tuple[int, int, re.Match[str]]:
         raise RuleError(
             f"{rule.file}: rule {rule.name}: anchor {rule.anchor!r} {what}"
             + (f" in func {rule.function}" if rule.function else "") + "; expected exactly one",
-            hint="Ollama has moved this code; update the rule in ollama_turbo/build/go_rules.py")
+            hint="Ollama has moved this code; update the rule in ollama_turbo/builder/go_rules.py")
     return lo, hi, matches[0]
 
 
@@ -125,7 +125,7 @@ def apply_rules(root: Path, rules: list[Rule]) -> list[Applied]:
             p = root / r.file
             if not p.is_file():
                 raise RuleError(f"{r.file}: rule {r.name}: file not found in {root}",
-                                hint="Ollama has moved this code; update the rule in ollama_turbo/build/go_rules.py")
+                                hint="Ollama has moved this code; update the rule in ollama_turbo/builder/go_rules.py")
             texts[r.file] = p.read_text()
         texts[r.file] = apply_rule(texts[r.file], r)
     for rel, text in texts.items():

@@ -105,8 +105,8 @@ def render(rows: list[dict[str, Any]]) -> str:
         kv = "; ".join(f"{k}: {v}" for k, v in (r.get("kv_mib") or {}).items())
         quality = "; ".join(f"{k} {v}" for k, v in (r.get("quality") or {}).items())
         lines.append("| " + " | ".join(_cell(x) for x in (
-            r.get("ollama"), r.get("fork"), r.get("backend") + (f" ({r['gpu']})" if r.get("gpu") else ""), build,
-            rule_text, smoke, kv, quality,
+            r.get("ollama"), r.get("fork"), str(r.get("backend") or "") + (f" ({r['gpu']})" if r.get("gpu") else ""),
+            build, rule_text, smoke, kv, quality,
             r.get("date"))) + " |")
     notes = [r for r in rows if r.get("notes")]
     if notes:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ollama_turbo.build import era_c
-from ollama_turbo.build import llama_server as llama_build
+from ollama_turbo.builder import era_c
+from ollama_turbo.builder import llama_server as llama_build
 from ollama_turbo.core import proc, sources
 from ollama_turbo.core import settings as config
 from ollama_turbo.core.errors import CommandError

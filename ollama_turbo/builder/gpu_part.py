@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ollama_turbo.build.llama_server import cmake_build, publish
+from ollama_turbo.builder.llama_server import cmake_build, publish
 from ollama_turbo.core import manifest, proc, toolchain
 from ollama_turbo.core.errors import TurboError, UsageError
 

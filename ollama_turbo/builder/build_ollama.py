@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ollama_turbo import __version__
-from ollama_turbo.build import era_c as build_era_c
-from ollama_turbo.build import go_modules, go_rules, gpu_part
-from ollama_turbo.build.go_rules import drop_flag_rules, era_b_rules, kv_bytes_rules
-from ollama_turbo.build.llama_server import TOOLS, build_tools
-from ollama_turbo.build.llama_server import publish as llama_publish
+from ollama_turbo.builder import era_c as build_era_c
+from ollama_turbo.builder import go_modules, go_rules, gpu_part
+from ollama_turbo.builder.go_rules import drop_flag_rules, era_b_rules, kv_bytes_rules
+from ollama_turbo.builder.llama_server import TOOLS, build_tools
+from ollama_turbo.builder.llama_server import publish as llama_publish
 from ollama_turbo.check import contract, verify_fork
 from ollama_turbo.core import gpu, manifest, proc, redact, rules, sources, toolchain
 from ollama_turbo.core.errors import CommandError, SourceError, ToolMissing, TurboError, UsageError
@@ -332,7 +332,7 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
         if r.file not in texts:
             if not ollama.exists(r.file):
                 raise rules.RuleError(f"{r.file}: rule {r.name}: file not found in Ollama {ollama.ref}",
-                                      hint="Ollama has moved this code; update ollama_turbo/build/go_rules.py. "
+                                      hint="Ollama has moved this code; update ollama_turbo/builder/go_rules.py. "
                                            "Nothing was built")
             texts[r.file] = ollama.read(r.file)
         applied.append(go_rules.Outcome(r.name, r.file, "applied", rules.anchor_line(texts[r.file], r), r.why))

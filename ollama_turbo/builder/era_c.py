@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ollama_turbo.build.llama_server import cmake_build
+from ollama_turbo.builder.llama_server import cmake_build
 from ollama_turbo.core import proc, toolchain
 
 PRESETS = {"cpu": "cpu", "metal": "darwin", "cuda": "llama_cuda_v13_linux"}
