@@ -199,7 +199,7 @@ def block_table(c: Any, manifest: str = "", fork: str = "", fork_ref: str = "") 
         from ollama_turbo.fork import blocks
 
         s = settings(c)
-        co = sources.open_source("fork", fork, sources.ref_for(fork, fork_ref, s.sources.fork), s.workspace)
+        co = sources.open_configured(s, "fork", fork, fork_ref)
         return blocks.table_for_checkout(co)
     return BUILTIN
 
@@ -351,8 +351,8 @@ def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", ta
                          hint=f"one of: {', '.join(TARGETS)}")
     s = settings(c)
     supp = apicheck.load_apiignore(Path(apiignore) if apiignore else project_dir(c) / ".apiignore")
-    fork_url, ollama_url = fork or s.sources.fork.url, ollama or s.sources.ollama.url
-    fork_co = sources.open_source("fork", fork_url, sources.ref_for(fork_url, fork_ref, s.sources.fork), s.workspace)
+    ollama_url = ollama or s.sources.ollama.url
+    fork_co = sources.open_configured(s, "fork", fork, fork_ref)
     if scan_ollama:
         rows = apicheck.scan(s, ollama_url=ollama_url, refs=scan_ollama, fork=fork_co,
                              upstream_url=upstream or None, target=target, suppressions=supp)
@@ -364,8 +364,7 @@ def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", ta
         if best.exit_code:
             raise Exit(code=best.exit_code)
         return
-    ollama_co = sources.open_source("ollama", ollama_url, sources.ref_for(ollama_url, ollama_ref, s.sources.ollama),
-                                    s.workspace)
+    ollama_co = sources.open_configured(s, "ollama", ollama, ollama_ref)
     report = apicheck.check(s, ollama=ollama_co, fork=fork_co, upstream_url=upstream or None,
                             target=target, suppressions=supp)
     print_checklist(partial(apicheck.render, report), report.to_json(), report.exit_code(), json, markdown)

@@ -1,9 +1,12 @@
-"""A real sshd on 127.0.0.1 for deploy tests, logging in as a dedicated test account.
+"""A real sshd on 127.0.0.1 for deploy tests, logging in as a test account of this run's own.
 
 The fixture generates a host key and a client key, writes a private sshd_config (its own
-port, no passwords, no PAM), gives the account a fresh home whose PATH carries the strict
-launchctl emulator, and hands the client an ssh_config + known_hosts through
-TURBO_SSH_CONFIG / TURBO_KNOWN_HOSTS. Creating the account needs root (CI runs as root).
+port, no passwords, no PAM), creates an account for this test process alone (``turbot-<pid>``)
+with a fresh home whose PATH carries the strict launchctl emulator, and hands the client an
+ssh_config + known_hosts through TURBO_SSH_CONFIG / TURBO_KNOWN_HOSTS. Two test runs on one
+machine (a developer's and CI's) each have their own account, home, port and servers: stopping
+one kills nothing of the other. Accounts left by runs that died are removed at the next start.
+Creating accounts needs root (CI runs as root).
 """
 
 from __future__ import annotations
@@ -21,8 +24,37 @@ from pathlib import Path
 from ollama_turbo.core import proc
 from ollama_turbo.core.ports import free_port
 
-USER = "turbotest"
+PREFIX = "turbot-"  # the accounts of test runs: PREFIX + the pid of the run's process
 SSHD = "/usr/sbin/sshd"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(user: str) -> None:
+    """End the account's processes and delete it."""
+    subprocess.run(["pkill", "-KILL", "-u", user], check=False)
+    for _ in range(50):
+        if subprocess.run(["pgrep", "-u", user], capture_output=True).returncode != 0:
+            break
+        time.sleep(0.1)
+    subprocess.run(["userdel", user], check=False, capture_output=True)
+
+
+def reap_stale() -> list[str]:
+    """Remove the accounts of test runs whose process is gone (killed before they could clean up)."""
+    stale = [p.pw_name for p in pwd.getpwall() if p.pw_name.startswith(PREFIX)
+             and p.pw_name[len(PREFIX):].isdigit() and not _alive(int(p.pw_name[len(PREFIX):]))]
+    for user in stale:
+        _remove(user)
+    return stale
 
 
 @dataclass
@@ -52,18 +84,14 @@ def start(emulator: Path) -> SSHHost:
     root = Path(tempfile.mkdtemp(prefix="turbo-ssh-", dir="/tmp"))
     root.chmod(0o755)
     home = root / "home"
+    reap_stale()
+    user = f"{PREFIX}{os.getpid()}"
     try:
-        pwd.getpwnam(USER)
+        pwd.getpwnam(user)  # this process's own account, from an earlier fixture of the same run
     except KeyError:
-        proc.run(["useradd", "--no-create-home", "--shell", "/bin/sh", USER])
-    # the test user exists only for this host: a server left by an interrupted run would block usermod
-    subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
-    for _ in range(50):
-        if subprocess.run(["pgrep", "-u", USER], capture_output=True).returncode != 0:
-            break
-        time.sleep(0.1)
-    proc.run(["usermod", "-p", "*", "-d", str(home), USER])
-    info = pwd.getpwnam(USER)
+        proc.run(["useradd", "--no-create-home", "--shell", "/bin/sh", "--home-dir", str(home), user])
+    proc.run(["usermod", "-p", "*", "-d", str(home), user])
+    info = pwd.getpwnam(user)
     (home / ".ssh").mkdir(parents=True)
     (home / "bin").mkdir()
     shutil.copy(emulator, home / "bin" / "launchctl")
@@ -89,7 +117,7 @@ PubkeyAuthentication yes
 UsePAM no
 StrictModes no
 PermitRootLogin no
-AllowUsers {USER}
+AllowUsers {user}
 AllowTcpForwarding yes
 SetEnv PATH={home / 'bin'}:/usr/local/bin:/usr/bin:/bin
 Subsystem sftp internal-sftp
@@ -112,15 +140,15 @@ LogLevel ERROR
     ssh_config.write_text(f"""Host turbo-test
     HostName 127.0.0.1
     Port {port}
-    User {USER}
+    User {user}
     IdentityFile {keys / 'client'}
     IdentitiesOnly yes
 """)
-    return SSHHost("turbo-test", port, home, USER, info.pw_uid, ssh_config, known, p)
+    return SSHHost("turbo-test", port, home, user, info.pw_uid, ssh_config, known, p)
 
 
 def stop(h: SSHHost) -> None:
     proc.run(["pkill", "-u", h.user], check=False)
     proc.stop(h.process)  # type: ignore[arg-type]
     time.sleep(0.2)
-    proc.run(["pkill", "-KILL", "-u", h.user], check=False)
+    _remove(h.user)

@@ -139,3 +139,40 @@ def test_build_ollama_refuses_a_failing_quantizer_unless_told(forks: dict[str, s
     m = json.loads(next((tmp_path / "ws/dist").glob("*/manifest.json")).read_text())
     assert m["verify_fork"]["verdict"] == "FAIL" and m["verify_fork"]["skipped"] is True
     assert m["verify_fork"]["failing"][0].startswith("turbo4: Lloyd-Max codebook")
+
+
+# Max, "Quantizing for minimum distortion" (IRE Trans. Inform. Theory, 1960), Table I: the optimum levels
+# for a unit Gaussian (the positive half) and their mean squared error.
+MAX_1960 = {
+    4: ([0.4528, 1.510], 0.1175),
+    8: ([0.2451, 0.7560, 1.344, 2.152], 0.03454),
+    16: ([0.1284, 0.3881, 0.6568, 0.9424, 1.256, 1.618, 2.069, 2.733], 0.009497),
+}
+
+
+@pytest.mark.parametrize("levels", sorted(MAX_1960))
+def test_the_lloyd_max_oracle_is_pinned_to_the_published_optimum(levels: int) -> None:
+    import math
+
+    half, error = MAX_1960[levels]
+    got = lloyd_max.optimum(levels, 1.0)
+    assert [round(-x, 4) for x in reversed(got[:levels // 2])] == pytest.approx(half, abs=6e-4)
+    assert got[levels // 2:] == pytest.approx(half, abs=6e-4)
+    assert lloyd_max.mse(got, 1.0) == pytest.approx(error, rel=1e-3)
+    # the d = 128 tables TurboQuant uses are these levels over sqrt(128): ±0.0400 and ±0.1335 for 2 bits
+    scaled = lloyd_max.optimum(levels, 1 / math.sqrt(128))
+    assert scaled == pytest.approx([x / math.sqrt(128) for x in got], rel=1e-6)
+    if levels == 4:
+        assert [round(x, 4) for x in scaled[2:]] == [0.04, 0.1335]
+
+
+def test_the_sample_forks_tables_are_its_own_constants_and_verify_fork_checks_them() -> None:
+    import math
+
+    from ollama_turbo.sample import turbo_quant
+
+    for bits, half in turbo_quant.CENTROIDS.items():
+        best = lloyd_max.optimum(2 ** bits, 1 / math.sqrt(128))[2 ** bits // 2:]
+        assert half == pytest.approx(best, abs=2e-6)  # typed in, and still the optimum
+    squeezed = turbo_quant.tables(turbo_quant.Faults(suboptimal_4bit=True))[4]
+    assert lloyd_max.quality(squeezed, 1 / math.sqrt(128)).ratio > 1.2

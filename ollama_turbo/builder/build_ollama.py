@@ -257,10 +257,8 @@ def _check_compat(ollama: sources.Checkout, fork: sources.Checkout, patches: lis
 
 def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     ws = settings.workspace
-    ollama_url, fork_url = opts.ollama or settings.sources.ollama.url, opts.fork or settings.sources.fork.url
-    ollama = sources.open_source("ollama", ollama_url, sources.ref_for(ollama_url, opts.ollama_ref,
-                                                                       settings.sources.ollama), ws)
-    fork = sources.open_source("fork", fork_url, sources.ref_for(fork_url, opts.fork_ref, settings.sources.fork), ws)
+    ollama = sources.open_configured(settings, "ollama", opts.ollama, opts.ollama_ref)
+    fork = sources.open_configured(settings, "fork", opts.fork, opts.fork_ref)
     for co in (ollama, fork):
         changed = sources.dirty(co)
         if changed and not opts.allow_dirty:

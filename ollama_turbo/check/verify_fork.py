@@ -243,7 +243,7 @@ def verify_checkout(settings: Settings, url: str, ref: str = "", *, dynamic: boo
     """verify-fork on a fork checkout or URL at a ref (a local checkout: its HEAD unless a ref is given)."""
     import tempfile
 
-    co = sources.open_source("fork", url, sources.ref_for(url, ref, settings.sources.fork), settings.workspace)
+    co = sources.open_configured(settings, "fork", url, ref)
     with tempfile.TemporaryDirectory(prefix="turbo-verify-") as tmp:
         d = co.export(Path(tmp), ["common/arg.cpp", "ggml"])
         return verify(d, {"url": co.url, "ref": co.ref, "sha": co.sha}, dynamic=dynamic)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ollama_turbo.core import proc, redact
 from ollama_turbo.core.errors import CommandError, SourceError
-from ollama_turbo.core.settings import Source
+from ollama_turbo.core.settings import Settings, Source
 
 ERA_B, ERA_C = "B", "C"
 
@@ -143,6 +143,15 @@ def open_source(name: str, url: str, ref: str, workspace: Path, *, fetch: bool =
         raise SourceError(redact.text(f"{name}: cannot fetch {url}: {exc.stderr_tail.strip().splitlines()[-1:]}"),
                           hint="check the URL and your network, or use a local checkout") from None
     return Checkout(name, url, git_dir, ref, resolve(name, git_dir, ref, url), local=False)
+
+
+def open_configured(settings: Settings, name: str, url: str = "", ref: str = "") -> Checkout:
+    """The configured source ``name`` (ollama, fork, upstream) opened at its ref: ``url``/``ref`` are a task's
+    flags (``--fork``, ``--fork-ref``), else the settings' (see :func:`ref_for`). The one way every task opens
+    a source, so a flag, a settings file and the environment mean the same thing everywhere."""
+    configured: Source = getattr(settings.sources, name)
+    url = url or configured.url
+    return open_source(name, url, ref_for(url, ref, configured), settings.workspace)
 
 
 def resolve(name: str, git_dir: Path, ref: str, url: str) -> str:

@@ -4,13 +4,68 @@ model of what a compressed KV cache does to the token distribution, written for 
 ``--kl-divergence-base FILE`` runs with the f16 cache (or whatever is given) and saves the base
 token probabilities; ``--kl-divergence`` with another cache type reads them back and prints the
 perplexity, KL divergence and token probability statistics in llama.cpp's format. The damage per
-cache type is a fixed stand-in (more for fewer bits, more at longer contexts); the base file
-records the model and context so a mismatched baseline is refused, as llama.cpp refuses one.
+cache type follows from the quantization error of that type's own quantizer (the sample fork's
+centroid tables for turbo types, block quantizers like llama.cpp's for the others), measured here on
+Gaussian values and scaled by one sensitivity of the stand-in model; longer contexts add more. The
+base file records the model and context so a mismatched baseline is refused, as llama.cpp refuses one.
 """
 
 from __future__ import annotations
 
-PERPLEXITY_CPP = r"""// Miniature llama-perplexity (ollama-turbo sample world).
+import functools
+
+import numpy as np
+
+from .turbo_quant import CENTROIDS
+
+SENSITIVITY = 1.0  # nats of mean KL divergence per unit of relative quantization MSE (the stand-in model's)
+BLOCK = 32  # values per block of llama.cpp's q4_0 ... q8_0 formats
+
+
+def _table_mse(half: list[float]) -> float:
+    """Relative MSE of nearest-centroid quantization of N(0, 1/128) with a symmetric table (numeric
+    integration on a fine grid: the sample's own, not verify-fork's closed form)."""
+    sigma = 128 ** -0.5
+    c = np.array(sorted([-x for x in half] + half))
+    x = np.linspace(-10 * sigma, 10 * sigma, 400_001)
+    pdf = np.exp(-0.5 * (x / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
+    nearest = c[np.abs(x[:, None] - c[None, :]).argmin(axis=1)]
+    err = float(np.sum((x - nearest) ** 2 * pdf) * (x[1] - x[0]))
+    return float(err / sigma ** 2)
+
+
+def _block_mse(bits: int, affine: bool) -> float:
+    """Relative MSE of a llama.cpp-style block quantizer (32 values, one scale; ``affine``: a minimum too)
+    on Gaussian values, by simulation with a fixed seed."""
+    rng = np.random.default_rng(20261201)
+    v = rng.standard_normal((4096, BLOCK))
+    levels = 2 ** bits - 1
+    if affine:
+        lo, hi = v.min(axis=1, keepdims=True), v.max(axis=1, keepdims=True)
+        d = (hi - lo) / levels
+        q = np.clip(np.round((v - lo) / d), 0, levels) * d + lo
+    else:
+        amax = np.abs(v).max(axis=1, keepdims=True)
+        d = amax / (2 ** (bits - 1) - 1 if bits == 8 else 2 ** (bits - 1))
+        q = np.clip(np.round(v / d), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1) * d
+    return float(np.mean((v - q) ** 2))
+
+
+@functools.cache
+def damage_table() -> dict[str, float]:
+    """Mean KL divergence per cache type at a 4096 context, from its quantizer's relative MSE."""
+    rel = {"f32": 0.0, "f16": 0.0, "bf16": 2.0 ** -18 / 3,  # bf16: 8 significant bits, rounding error
+           "q8_0": _block_mse(8, False), "q5_0": _block_mse(5, False), "q5_1": _block_mse(5, True),
+           "q4_0": _block_mse(4, False), "q4_1": _block_mse(4, True), "iq4_nl": _block_mse(4, False)}
+    rel.update({f"turbo{bits}": _table_mse(half) for bits, half in CENTROIDS.items()})
+    return {name: SENSITIVITY * r for name, r in rel.items()}
+
+
+def perplexity_cpp() -> str:
+    rows = [f'        {{"{name}", {kld:.6g}}},' for name, kld in damage_table().items()]
+    return PERPLEXITY_TEMPLATE.replace("DAMAGE_TABLE", "\n".join(rows))
+
+PERPLEXITY_TEMPLATE = r"""// Miniature llama-perplexity (ollama-turbo sample world).
 #include "arg.h"
 #include "llama.h"
 
@@ -23,12 +78,11 @@ PERPLEXITY_CPP = r"""// Miniature llama-perplexity (ollama-turbo sample world).
 #include <string>
 #include <vector>
 
-// Stand-in damage per cache type: the mean KL divergence it adds per token at a 4096 context.
+// Damage per cache type: the mean KL divergence it adds per token at a 4096 context, the relative
+// mean squared error of the type's own quantizer on Gaussian values (SENSITIVITY nats per unit).
 static double damage(const char * t) {
     static const struct { const char * name; double kld; } table[] = {
-        {"f32", 0.0}, {"f16", 0.0}, {"bf16", 0.0}, {"q8_0", 0.002}, {"q5_1", 0.005}, {"q5_0", 0.006},
-        {"iq4_nl", 0.014}, {"q4_1", 0.016}, {"q4_0", 0.02}, {"turbo4", 0.011}, {"turbo3", 0.015},
-        {"turbo2", 0.09},
+DAMAGE_TABLE
     };
     for (const auto & e : table) if (strcmp(e.name, t) == 0) return e.kld;
     return 0.05;

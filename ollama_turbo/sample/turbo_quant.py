@@ -2,14 +2,13 @@
 real fork (``ggml/src/ggml-turbo-quant.c``, ``ggml/src/ggml-quants.h``, tables in
 ``ggml-metal.metal``), written for ollama-turbo.
 
-The centroid tables are the Lloyd-Max optimum for N(0, 1/128), computed by ollama-turbo's own
-``check.lloyd_max`` and printed to 6 decimals; the rotation signs come from a small PRNG of ours.
+The centroid tables are the Lloyd-Max optimum for N(0, 1/128) as constants of the sample's own
+(:data:`CENTROIDS`); the rotation signs come from a small PRNG of ours.
 Scenario switches reproduce the faults verify-fork must catch.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 D = 128
@@ -31,10 +30,19 @@ def _signs(seed: int) -> list[int]:
     return out
 
 
-def tables(faults: Faults) -> dict[int, list[float]]:
-    from ollama_turbo.check.lloyd_max import optimum
+# The sample fork's own centroids for N(0, 1/128): Max's (1960) optimum levels for a unit Gaussian
+# (±0.4528, ±1.510 for 4 levels; ±0.2451 ... ±2.152 for 8; ±0.1284 ... ±2.733 for 16), divided by
+# sqrt(128), to 6 decimals. Typed in here, so the world does not borrow verify-fork's oracle: a table
+# that drifts from the optimum must be found by verify-fork, not agree with it by construction.
+CENTROIDS = {
+    2: [0.04002, 0.133503],
+    3: [0.021663, 0.066822, 0.118786, 0.190207],
+    4: [0.011349, 0.034299, 0.05805, 0.083292, 0.111036, 0.143016, 0.182877, 0.241529],
+}
 
-    out = {bits: [round(x, 6) for x in optimum(2 ** bits, 1 / math.sqrt(D))] for bits in (2, 3, 4)}
+
+def tables(faults: Faults) -> dict[int, list[float]]:
+    out = {bits: [-x for x in reversed(half)] + half for bits, half in CENTROIDS.items()}
     if faults.suboptimal_4bit:
         out[4] = [round(x * 0.7, 6) for x in out[4]]
     return out

@@ -31,7 +31,7 @@ from .llama_sources import (
     llama_c,
 )
 from .model import GQA6_GEOMETRY, HYBRID_GEOMETRY, write_model
-from .perplexity import PERPLEXITY_CPP
+from .perplexity import perplexity_cpp
 from .turbo_quant import Faults
 
 UPSTREAM_TAGS = ("b100", "b110", "b120")
@@ -144,7 +144,7 @@ def llama_tree(fl: Flavour) -> dict[str, str]:
         "common/arg.h": arg_h(fl),
         "common/arg.cpp": arg_cpp(fl),
         "tools/server/server.cpp": server_cpp(fl),
-        "tools/perplexity/perplexity.cpp": PERPLEXITY_CPP,
+        "tools/perplexity/perplexity.cpp": perplexity_cpp(),
     }
 
 
