@@ -19,7 +19,6 @@ from ollama_turbo.core import manifest, sources
 from ollama_turbo.core import settings as config
 from ollama_turbo.core.ports import free_port
 from ollama_turbo.kv import geometry, plan
-from ollama_turbo.prove import smoke
 
 Say = Callable[[str], None]
 
@@ -56,8 +55,8 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
                     "upstream": {"url": str(world.upstream), "ref": "master"}}}
     s = config.parse(raw)
     say("2/7 api-check: can the fork replace the llama.cpp Ollama pins?")
-    ollama = sources.open_source("ollama", str(world.ollama_c), "main", s.workspace)
-    fork = sources.open_source("fork", str(world.fork), sample.world.FORK_BRANCH, s.workspace)
+    ollama = sources.open_configured(s, "ollama")
+    fork = sources.open_configured(s, "fork")
     report = apicheck.check(s, ollama=ollama, fork=fork)
     say(f"    verdict {report.verdict} (exit {report.exit_code()}): {report.count('incompatible')} incompatible, "
         f"{report.count('review')} to review; flags ok: {all(f.in_fork for f in report.flags)}; "
@@ -67,9 +66,7 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
     geo = geometry.geometry_from_gguf(world.model)
     say(f"4/7 plan: KV cache of {world.model.name} at 8,192 tokens; Modelfile with num_ctx: auto")
     p = plan.make_plan(geo, [8192], [("f16", "f16"), ("q8_0", "q8_0"), (cache_type, cache_type)])
-    rendered = p.render().splitlines()
-    start = next(i for i, line in enumerate(rendered) if line.startswith("K/V cache"))
-    table = "\n".join(rendered[start:start + 4])
+    table = "\n".join(p.table_lines())
     for line in table.splitlines():
         say("    " + line)
     say(f"5/7 quality: {cache_type} against the f16 cache on {world.model.name} (the build's llama-perplexity)")
@@ -103,10 +100,7 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
 
             Manager(LocalTransport(), host, Layout("", str(root / "host"), "")).stop()
     say("7/7 smoke (run by the deploy): version, model, generation, /api/ps, cache type in effect")
-    r = smoke.SmokeResult(url=f"http://127.0.0.1:{port}", api="ollama", model=(d.models or [""])[0])
-    r.checks = [smoke.Check(**c) for c in (d.smoke or {}).get("checks", [])]
-    r.metrics = (d.smoke or {}).get("metrics", {})
-    r.seconds = (d.smoke or {}).get("seconds", 0.0)
+    r = d.proofs[0]  # the deploy's own smoke of the first model (the deploy fails when a smoke fails)
     for line in r.render().splitlines()[1:]:
         say("    " + line)
     result = DemoResult(world=str(world.root), verdict=report.verdict, version=b.plan.version, dist=str(b.dist),

@@ -19,6 +19,8 @@ def test_invoke_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "ws/demo/demo.json").read_text())
     assert result["version"].startswith("0.31.0-turbo+") and result["smoke_ok"]
     checks = {c["name"]: c["ok"] for c in result["smoke"]["checks"]}
+    # every check passes; on this CPU machine nothing runs on a GPU, so that check is skipped (None)
+    assert checks.pop("attention on GPU") is None
     assert all(checks.values()) and len(checks) == 8
     dist = Path(r.stdout.strip().splitlines()[-1])
     assert (dist / "manifest.json").is_file() and (dist / "lib/ollama/llama-server").is_file()

@@ -52,9 +52,11 @@ def test_good_build_passes(server: tuple[Client, Path], dist: tuple[Path, sample
     assert code == 0 and res["ok"], res
     names = [c["name"] for c in res["checks"]]
     assert names == ["reachable", "version", "model present", "gguf", "generate", "generate stream", "ps",
-                     "cache type"]
-    assert all(c["ok"] for c in res["checks"])
-    cache = res["checks"][-1]["evidence"]
+                     "cache type", "attention on GPU"]
+    assert all(c["ok"] for c in res["checks"][:-1])
+    gpu = res["checks"][-1]
+    assert gpu["ok"] is None and gpu["evidence"] == "no layer on a GPU (a CPU host, or the model did not offload)"
+    cache = res["checks"][-2]["evidence"]
     assert "argv --cache-type-k turbo4 --cache-type-v turbo4" in cache and "K (turbo4) V (turbo4)" in cache
     m = res["metrics"]
     assert m["decode_tps"] > 0 and m["prefill_tps"] > 0 and m["ttft_ms"] > 0
@@ -67,7 +69,7 @@ def test_wrong_version_missing_model_and_wrong_cache_type(
     code, res = smoke_cli(client, tmp_path, "--expect-version", "9.9.9", "--log", str(log), "--cache-type", "q8_0")
     assert code == 1 and res["failed"] == ["version", "cache type"]
     assert "expected 9.9.9" in res["checks"][1]["evidence"]
-    assert "expected K q8_0 V q8_0" in res["checks"][-1]["evidence"]
+    assert "expected K q8_0 V q8_0" in next(c for c in res["checks"] if c["name"] == "cache type")["evidence"]
     code, res = smoke_cli(client, tmp_path, "--model", "nope")
     assert code == 1 and res["failed"] == ["model present"]
 

@@ -36,6 +36,7 @@ from ollama_turbo.prove import loaded, quality, smoke
 from ollama_turbo.prove.client import Endpoint
 from ollama_turbo.prove.ollama_api import ApiError, Client
 from ollama_turbo.prove.server_log import kv_lines, model_shape
+from ollama_turbo.prove.smoke import SmokeResult
 
 Say = Callable[[str], None]
 STALE_LOCK_S = 15 * 60
@@ -248,9 +249,10 @@ class DeployResult:
     error: str = ""
     seconds: float = 0.0
     quality: list[dict[str, Any]] = field(default_factory=list)  # the quality verdict of each model served
+    proofs: list[SmokeResult] = field(default_factory=list, repr=False)  # the smokes run, as objects
 
     def to_json(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if k != "proofs"}
 
     def render(self, host: str) -> str:
         if self.status != "dry-run":
@@ -473,6 +475,7 @@ def _deploy_locked(settings: Settings, host: Host, t: Transport, layout: Layout,
                 if not name:
                     r.checks = [c for c in r.checks if c.name in ("reachable", "version")]
                 res.smoke = res.smoke or r.to_json()
+                res.proofs.append(r)
                 if name:
                     res.smokes[name] = r.to_json()
                 if not r.ok:

@@ -78,6 +78,21 @@ class Plan:
                       "notes": r.notes, "arithmetic": r.arithmetic} for r in self.rows],
         }
 
+    def table_lines(self) -> list[str]:
+        """The KV MiB table: a header, then one line per K/V config (and its max context with a budget)."""
+        head = f"{'K/V cache':<16}" + "".join(f"{c:>12,}" for c in self.contexts)
+        if self.budget:
+            head += f"{'max context':>14}"
+        lines = [head + "   (KV MiB)"]
+        for r in self.rows:
+            line = f"{r.label:<16}" + "".join(f"{r.kv_mib[c]:>12,.1f}" for c in self.contexts)
+            if self.budget:
+                mc = "none fits" if not r.max_context else f"{r.max_context:,}" + ("*" if r.capped_by_model
+                                                                                   else "")
+                line += f"{mc:>14}"
+            lines.append(line)
+        return lines
+
     def render(self) -> str:
         g = self.geometry
         kvh = sorted(set(g.n_head_kv))
@@ -93,17 +108,7 @@ class Plan:
             lines.append(f"recurrent state: {self.recurrent_mib:,.1f} MiB in {g.n_recurrent} of {g.n_layer} layers "
                          "(f32; the same at every context and cache type; counted in max context, not in KV MiB)")
         lines.append("")
-        head = f"{'K/V cache':<16}" + "".join(f"{c:>12,}" for c in self.contexts)
-        if self.budget:
-            head += f"{'max context':>14}"
-        lines.append(head + "   (KV MiB)")
-        for r in self.rows:
-            line = f"{r.label:<16}" + "".join(f"{r.kv_mib[c]:>12,.1f}" for c in self.contexts)
-            if self.budget:
-                mc = "none fits" if not r.max_context else f"{r.max_context:,}" + ("*" if r.capped_by_model
-                                                                                   else "")
-                line += f"{mc:>14}"
-            lines.append(line)
+        lines += self.table_lines()
         if any(r.capped_by_model for r in self.rows):
             lines.append(f"* capped at the model's trained context ({g.n_ctx_train:,})")
         lines.append("")
