@@ -8,6 +8,7 @@ invoke reads them so a malformed file is a one-line error, not a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json as jsonlib
 import os
 import re
@@ -447,28 +448,29 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
     type_k, type_v = cache_types.parse_pair(cache_type) if cache_type else (s.kv.type_k, s.kv.type_v)
     expect = smoke_mod.Expect(version=expect_version or None, type_k=type_k, type_v=type_v,
                               fork=ForkBehaviour.from_env(s.kv.env))
-    log_reader = None
     provenance: dict[str, Any] = {"settings_kv": s.kv_summary()}
-    m = None
-    if host:
-        from ollama_turbo.deploy import releases
+    with contextlib.ExitStack() as stack:
+        log_reader = None
+        m = None
+        if host:
+            from ollama_turbo.deploy.hostview import host_view
 
-        view = releases.host_view(s, s.host(host))
-        url, log_reader = view.url, view.read_log
-        m = view.current_manifest()
-        provenance["host"] = host
-    if manifest:
-        m = manifest_mod.load(Path(manifest))
-    if m:
-        expect.version = expect.version or m.get("version")
-        expect.era = m.get("era")
-        provenance["build"] = manifest_mod.summary(m)
-    if log:
-        log_reader = file_reader(Path(log))
-    if api == "ollama":
-        r = smoke_mod.smoke_ollama(url, model=model or None, expect=expect, log=log_reader)
-    else:
-        r = smoke_mod.smoke_llama_server(url, expect=expect, log=log_reader)
+            view = stack.enter_context(host_view(s.host(host)))  # the tunnel closes when the smoke is done
+            url, log_reader = view.url, view.read_log
+            m = view.current_manifest()
+            provenance["host"] = host
+        if manifest:
+            m = manifest_mod.load(Path(manifest))
+        if m:
+            expect.version = expect.version or m.get("version")
+            expect.era = m.get("era")
+            provenance["build"] = manifest_mod.summary(m)
+        if log:
+            log_reader = file_reader(Path(log))
+        if api == "ollama":
+            r = smoke_mod.smoke_ollama(url, model=model or None, expect=expect, log=log_reader)
+        else:
+            r = smoke_mod.smoke_llama_server(url, expect=expect, log=log_reader)
     r.provenance.update(provenance)
     if baseline:
         smoke_mod.apply_gates(r, smoke_mod.load_baseline(Path(baseline)),
@@ -533,10 +535,10 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
         raise UsageError("--llama-bench auto takes llama-bench from the build: give --manifest DIST",
                          hint="or give --llama-bench BIN")
     if host:
-        from ollama_turbo.deploy import releases
+        from ollama_turbo.deploy import bench_host, hostview
 
-        targets = releases.bench_targets(s, s.host(host), targets_mod.pairs_for(types), model)
-        deployed = releases.deployed_manifest(s.host(host))
+        targets = bench_host.bench_targets(s, s.host(host), targets_mod.pairs_for(types), model)
+        deployed = hostview.deployed_manifest(s.host(host))
         if deployed and "build" not in provenance:
             provenance["build"] = manifest_mod.summary(deployed)
         provenance["host"] = host
@@ -708,14 +710,14 @@ def recommend(c, model, host, ctx="32k", bench="", manifest="", reserve_gib=4.0,
 def deploy(c, host="", hosts="", group="", batch=2, dist="", dry_run=False, specs="", accept_unmeasured=False,
            json="", verbose=False):
     """Install a build as a service on a host (or a fleet, canary first), switch atomically, verify, roll back."""
-    from ollama_turbo.deploy import releases, rolling
+    from ollama_turbo.deploy import dists, releases, rolling
 
     s = settings(c)
     if hosts or group:
         if host:
             raise UsageError("give --host, or --hosts / --group for a rolling deploy, not both")
         names = rolling.hosts_for(s, hosts, group)
-        d = Path(dist) if dist else releases.latest_dist(s)
+        d = Path(dist) if dist else dists.latest_dist(s)
         out = rolling.rollout(s, names, d, batch=int(batch), dry_run=dry_run, specs_dir=specs_dir(c, specs),
                               accept_unmeasured=accept_unmeasured)
         print(out.render())
@@ -727,7 +729,7 @@ def deploy(c, host="", hosts="", group="", batch=2, dist="", dry_run=False, spec
     if not host:
         raise UsageError("give --host H (or --hosts / --group for a rolling deploy)")
     target = s.host(host)  # an unknown host is named before anything else is looked at
-    d = Path(dist) if dist else releases.latest_dist(s)
+    d = Path(dist) if dist else dists.latest_dist(s)
     r = releases.deploy(s, target, d, dry_run=dry_run, specs_dir=specs_dir(c, specs),
                         accept_unmeasured=accept_unmeasured)
     print(r.render(host))
@@ -739,10 +741,10 @@ def deploy(c, host="", hosts="", group="", batch=2, dist="", dry_run=False, spec
             json="write the result as JSON to this file")
 def rollback(c, host, to="", dry_run=False, json=""):
     """Switch a host back to the previous (or a given) release and restart it."""
-    from ollama_turbo.deploy import releases
+    from ollama_turbo.deploy.rollback import rollback as roll_back
 
     s = settings(c)
-    r = releases.rollback(s, s.host(host), to or None, dry_run=dry_run)
+    r = roll_back(s, s.host(host), to or None, dry_run=dry_run)
     if dry_run:
         print(f"would switch {host} from {r['from']} to {r['to']} and restart it; dry run: nothing was changed")
     else:
@@ -753,9 +755,9 @@ def rollback(c, host, to="", dry_run=False, json=""):
 @turbo_task(host="a host under turbo.hosts", json="write the status as JSON to this file")
 def status(c, host, json=""):
     """Current and previous releases, service state and KV cache type of a host."""
-    from ollama_turbo.deploy import releases
+    from ollama_turbo.deploy import hostview
 
-    st = releases.status(settings(c), settings(c).host(host))
+    st = hostview.status(settings(c), settings(c).host(host))
     for key in ("host", "service", "state", "current", "serving", "previous", "releases", "kv_cache", "kv_running",
                 "prefix"):
         value = st[key]

@@ -615,7 +615,7 @@ def test_the_newest_build_is_chosen_by_its_build_time_not_its_mtime(era_c_build:
     import shutil as sh
 
     from ollama_turbo.core import manifest as manifest_mod
-    from ollama_turbo.deploy import releases
+    from ollama_turbo.deploy import dists
 
     s = config.parse({"workspace": str(tmp_path / "ws")})
     for name, built_at in (("new", "2026-11-26T10:00:00+00:00"), ("old", "2026-11-01T10:00:00+00:00")):
@@ -623,16 +623,16 @@ def test_the_newest_build_is_chosen_by_its_build_time_not_its_mtime(era_c_build:
         sh.copytree(era_c_build.dist, d)
         manifest_mod.write(d, dict(manifest_mod.read(d) or {}, built_at=built_at))
     os.utime(tmp_path / "ws/dist/old", None)  # copied last: the newest mtime
-    assert releases.latest_dist(s).name == "new"
+    assert dists.latest_dist(s).name == "new"
 
 
 def test_a_host_listening_on_another_address_is_reached_there(
         era_c_build: build.Result, worlds: dict[str, sample.World], tmp_path: Path) -> None:
     """127.0.0.2 stands in for a LAN address: health, models and smoke go to the listen address."""
-    from ollama_turbo.deploy import releases
+    from ollama_turbo.deploy import hostview
 
     s = _local_host(tmp_path, name="lan", listen_host="127.0.0.2")
     with _deployed_here(s, "lan", era_c_build.dist, worlds["clean"].model, tmp_path) as d:
-        st = releases.status(s, s.host("lan"))
+        st = hostview.status(s, s.host("lan"))
     assert d.status == "deployed" and d.smoke and d.smoke["url"].startswith("http://127.0.0.2:")
     assert st["serving"] == d.version

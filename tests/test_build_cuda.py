@@ -156,17 +156,17 @@ class _Host:
     ("sh: 1: nvidia-smi: not found\n", "nvidia-smi: not found"),
 ])
 def test_a_cuda_dist_is_refused_on_a_host_without_its_gpu_architecture(answer: str, words: str) -> None:
-    from ollama_turbo.deploy import releases
+    from ollama_turbo.deploy import dists
 
     m = {"backend": "cuda", "gpu": {"arch": "90"}}
-    with pytest.raises(releases.DeployError) as info:
-        releases.check_gpu(m, _Host(answer), _Host(answer), Path("dist/0.30.0-turbo+abc.cuda.123456"))  # type: ignore[arg-type]
+    with pytest.raises(dists.DeployError) as info:
+        dists.check_gpu(m, _Host(answer), _Host(answer), Path("dist/0.30.0-turbo+abc.cuda.123456"))  # type: ignore[arg-type]
     assert "is a CUDA build for sm_90" in str(info.value) and words in str(info.value)
 
 
 def test_a_cuda_dist_passes_on_its_own_gpu_and_cpu_dists_ask_nothing() -> None:
-    from ollama_turbo.deploy import releases
+    from ollama_turbo.deploy import dists
 
     host = _Host("NVIDIA H200, 9.0\n")
-    releases.check_gpu({"backend": "cuda", "gpu": {"arch": "90"}}, host, host, Path("d"))  # type: ignore[arg-type]
-    releases.check_gpu({"backend": "cpu"}, host, _Host("unused"), Path("d"))  # type: ignore[arg-type]
+    dists.check_gpu({"backend": "cuda", "gpu": {"arch": "90"}}, host, host, Path("d"))  # type: ignore[arg-type]
+    dists.check_gpu({"backend": "cpu"}, host, _Host("unused"), Path("d"))  # type: ignore[arg-type]

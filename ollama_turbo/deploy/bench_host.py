@@ -1,0 +1,54 @@
+"""``bench --host``: per cache type, the host's service rewritten to that type and restarted (under the
+host's lock), measured, and restored."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ollama_turbo.core.settings import Host, Settings
+from ollama_turbo.deploy.errors import DeployError
+from ollama_turbo.deploy.hostview import wait_version
+from ollama_turbo.deploy.lock import host_lock
+from ollama_turbo.deploy.services import Manager, render, service_env
+from ollama_turbo.deploy.store import current_release, layout_of
+from ollama_turbo.deploy.transport import connect
+from ollama_turbo.fork.cache_types import label
+from ollama_turbo.prove.client import Endpoint
+
+
+def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], model: str) -> list[Any]:
+    """For bench --host: per cache type, rewrite the service's KV setting, restart, and restore it after."""
+    def starter(k: str, v: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+        @contextlib.contextmanager
+        def start() -> Iterator[Any]:
+            t = connect(host.name, host.ssh)
+            try:
+                layout = layout_of(t, host)
+                if current_release(t, layout) is None:
+                    raise DeployError(f"{host.name} has no current release under {layout.prefix}: nothing to bench",
+                                      hint=f"invoke deploy --host {host.name} first")
+                mgr = Manager(t, host, layout)
+                # the host's lock, held from the rewrite to the restore: a deploy cannot run in between
+                with host_lock(t, layout, print):
+                    m = json.loads(t.read(f"{layout.current}/manifest.json"))
+                    original = t.read(mgr.config_path)
+                    try:
+                        mgr.install(render(host, layout, service_env(settings, host, layout, m["era"], kv=(k, v))))
+                        mgr.restart()
+                        with t.forward(host.port, host.probe_host) as url:
+                            ok, why = wait_version(url, m["version"], host.health_timeout)
+                            if not ok:
+                                raise DeployError(f"{host.name} with {k}/{v}: {why}")
+                            yield Endpoint(label(k, v), k, v, url, "ollama", model, lambda: t.read(layout.log))
+                    finally:
+                        mgr.install(original)
+                        mgr.restart()
+            finally:
+                t.close()
+
+        return start
+
+    return [(Endpoint(label(k, v), k, v, "", "ollama", model), starter(k, v)) for k, v in pairs]

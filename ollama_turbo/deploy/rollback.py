@@ -1,0 +1,144 @@
+"""Going back: ``invoke rollback``, the switch back after a failed deploy, and the recovery of a deploy whose
+connection was lost (reconnect, put the host on a verified release, drop the lock)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ollama_turbo.core import poll
+from ollama_turbo.core.errors import TurboError
+from ollama_turbo.core.settings import Host, Settings
+from ollama_turbo.deploy.errors import DeployError
+from ollama_turbo.deploy.hostview import wait_version
+from ollama_turbo.deploy.lock import host_lock
+from ollama_turbo.deploy.services import Layout, Manager
+from ollama_turbo.deploy.store import (
+    current_release,
+    history,
+    layout_of,
+    log_tail,
+    previous_release,
+    releases,
+    set_previous,
+    switch,
+)
+from ollama_turbo.deploy.transport import Transport, TransportError, connect, q
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Attempt:
+    """What a deploy has done on the host so far: what recovery after a lost connection must undo."""
+
+    owner: str                  # the lock's owner line
+    previous: str | None = None
+    old_previous: str | None = None
+    old_config: str = ""
+    switched: bool = False
+    step: str = "connecting"
+
+
+def recover(host: Host, version: str, attempt: Attempt, exc: TransportError, say: Say) -> None:
+    """The connection was lost mid-deploy: reconnect, put the host back on a verified release, drop our lock."""
+    say(f"[{host.name}] the connection was lost during {attempt.step}; reconnecting to recover")
+    t2: Transport | None = None
+
+    def reconnect() -> Transport | None:
+        try:
+            return connect(host.name, host.ssh)
+        except TurboError:
+            return None
+
+    t2 = poll.until(reconnect, interval=1.0, timeout=max(host.health_timeout, 5))
+    if t2 is None:
+        raise DeployError(f"deploy of {version} to {host.name} lost the connection during {attempt.step} and could "
+                          f"not reconnect: {exc}",
+                          hint=f"when the host is reachable: invoke status --host {host.name}; invoke rollback "
+                               f"--host {host.name} if it is not on a release you trust; a lock left behind is "
+                               "broken after 15 minutes") from None
+    try:
+        layout = layout_of(t2, host)
+        mgr = Manager(t2, host, layout)
+        # the lost session's service-manager commands may still be running on the host: let them finish first
+        t2.sh("for i in $(seq 50); do pgrep -u \"$(id -u)\" -f '[l]aunchctl |[s]ystemctl ' >/dev/null || break; "
+              "sleep 0.2; done", check=False)
+        current = current_release(t2, layout)
+        if attempt.switched and current == version and attempt.previous:
+            rollback_to(t2, host, layout, mgr, attempt.previous, attempt.old_config, say)
+            if attempt.old_previous:
+                set_previous(t2, layout, attempt.old_previous)
+            outcome = f"rolled back to {attempt.previous}"
+        elif attempt.switched and current == version:
+            mgr.stop()
+            t2.sh(f"rm -f {q(layout.current)}", check=False)
+            outcome = "stopped (no previous release)"
+        else:
+            if current and "running" not in mgr.state():
+                mgr.restart()
+            outcome = f"left on {current or 'no release'} (nothing was switched)"
+        history(t2, layout, version, "lost-connection")
+        owner = t2.sh(f"cat {q(layout.lock + '/owner')} 2>/dev/null", check=False).stdout.strip()
+        if owner == attempt.owner:
+            t2.sh(f"rm -rf {q(layout.lock)}", check=False)
+    finally:
+        with contextlib.suppress(Exception):
+            t2.close()
+    raise DeployError(f"deploy of {version} to {host.name} lost the connection during {attempt.step} and was "
+                      f"recovered: {outcome}: {exc}",
+                      hint=f"invoke status --host {host.name}; deploy again when the network is stable") from None
+
+
+def rollback_to(t: Transport, host: Host, layout: Layout, mgr: Manager, previous: str | None,
+                 old_config: str, say: Say) -> None:
+    if previous:
+        switch(t, layout, previous, host)
+        if old_config:
+            mgr.install(old_config)
+        mgr.restart()
+        with t.forward(host.port, host.probe_host) as url:
+            ok, why = wait_version(url, previous, host.health_timeout)
+        say(f"[{host.name}] rolled back to {previous}: {why}")
+        if not ok:
+            raise DeployError(f"rollback to {previous} on {host.name} did not come up either: {why}")
+    else:
+        mgr.stop()
+        t.sh(f"rm -f {q(layout.current)}", check=False)
+
+
+def rollback(settings: Settings, host: Host, to: str | None = None, say: Say = print,
+             dry_run: bool = False) -> dict[str, Any]:
+    """Switch back to the previous (or a given) release; returns {from, to, status}."""
+    t = connect(host.name, host.ssh)
+    try:
+        layout = layout_of(t, host)
+        mgr = Manager(t, host, layout)
+        current = current_release(t, layout)
+        target = to or previous_release(t, layout)
+        have = releases(t, layout)
+        if not target:
+            raise DeployError(f"{host.name}: no previous release to roll back to (releases: {', '.join(have)})")
+        if target not in have:
+            raise DeployError(f"{host.name}: release {target} is not installed (releases: {', '.join(have)})",
+                              hint="pick one of those with --to")
+        if dry_run:
+            return {"host": host.name, "from": current, "to": target, "status": "dry-run"}
+        with host_lock(t, layout, say):
+            switch(t, layout, target, host)
+            if current and current != target:
+                set_previous(t, layout, current)
+            t_restart = time.perf_counter()
+            mgr.restart()
+            with t.forward(host.port, host.probe_host) as url:
+                ok, why = wait_version(url, target, host.health_timeout)
+            downtime = round(time.perf_counter() - t_restart, 2)
+            history(t, layout, target, "rollback" if ok else "rollback-failed")
+            if not ok:
+                raise DeployError(f"{host.name}: {target} did not come up: {why}\n{log_tail(t, layout)}")
+            return {"host": host.name, "from": current, "to": target, "status": "rolled-back", "downtime_s": downtime}
+    finally:
+        t.close()
