@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json as jsonlib
 import os
+import platform
 import re
 from collections.abc import Callable, Sequence
 from functools import partial, wraps
@@ -510,7 +511,7 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
           llama_server="", gguf="", ctx=0, log="", manifest="", out="", llama_bench="", measure_fallback=False):
     """Measure each cache type: tok/s per depth, latency, KV memory, needle retrieval, A/B outputs."""
     from ollama_turbo.prove import bench as bench_mod
-    from ollama_turbo.prove import depth as depth_mod
+    from ollama_turbo.prove import reports
     from ollama_turbo.prove import targets as targets_mod
 
     s = settings(c)
@@ -520,20 +521,14 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
     opts.measure_fallback = measure_fallback
     out_dir = Path(out) if out else bench_mod.default_out(s.workspace)
     provenance: dict[str, Any] = {"model": model or gguf, "settings_kv": s.kv_summary()}
-    tool_env: dict[str, str] = {}
-    dist: Path | None = None
-    m: dict[str, Any] = {}
+    tools = reports.Tools.of(manifest)
     if manifest:
-        m = manifest_mod.load(Path(manifest))
-        dist = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
-        provenance["build"] = manifest_mod.summary(m)
+        provenance["build"] = tools.provenance
         opts.blocks = block_table(c, manifest)
-        tool_env = manifest_mod.tool_env(dist, m)
     if llama_bench and not gguf:
         raise UsageError("--llama-bench needs --gguf MODEL (the file the server serves)")
-    if llama_bench == "auto" and dist is None:
-        raise UsageError("--llama-bench auto takes llama-bench from the build: give --manifest DIST",
-                         hint="or give --llama-bench BIN")
+    side_by_side = (tools.tool("llama-bench", "" if llama_bench == "auto" else llama_bench), Path(gguf),
+                    targets_mod.pairs_for(types)) if llama_bench else None
     if host:
         from ollama_turbo.deploy import bench_host, hostview
 
@@ -541,33 +536,21 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
         deployed = hostview.deployed_manifest(s.host(host))
         if deployed and "build" not in provenance:
             provenance["build"] = manifest_mod.summary(deployed)
-        provenance["host"] = host
-        provenance["parallel"] = targets_mod.parallel_from(s.kv.env)
+        provenance.update(host=host, parallel=targets_mod.parallel_from(s.kv.env))
     else:
         targets = targets_mod.choose(url=url, log=log, api=api, model=model, types=types,
                                      llama_server=llama_server, gguf=gguf, ctx=int(ctx), opts=opts,
-                                     logs_dir=out_dir / "logs", extra_env={**s.kv.env, **tool_env})
+                                     logs_dir=out_dir / "logs", extra_env={**s.kv.env, **tools.env})
         if llama_server:
-            import platform
-
             provenance.update(server=llama_server, host=f"{platform.node()} (here)",
                               parallel=targets_mod.parallel_from(s.kv.env))
-            provenance.setdefault("build", {"version": llama_server_version(Path(llama_server), tool_env)})
+            provenance.setdefault("build", {"version": targets_mod.server_version(Path(llama_server), tools.env)})
         else:
             provenance["url"] = url
     if url and api == "ollama" and not model:
         raise UsageError("--url with the Ollama API needs --model (the model to measure)",
                          hint="name one the server has (ollama list), e.g. --model smollm2")
-    report = bench_mod.run(targets, opts, out_dir, provenance)
-    if llama_bench:
-        from ollama_turbo.prove import llama_bench as llama_bench_mod
-
-        binary = manifest_mod.tool_path(dist, m, "llama-bench") if llama_bench == "auto" and dist else \
-            Path(llama_bench)
-        report["llama_bench"] = llama_bench_mod.measure(
-            binary, Path(gguf), targets_mod.pairs_for(types), opts.depths, n_prompt=depth_mod.PREFILL_TOKENS,
-            n_gen=opts.n_predict, reps=opts.reps, env=tool_env, log=out_dir / "llama-bench.log")
-        bench_mod.write_outputs(report, out_dir)
+    report = reports.run_bench(targets, opts, out_dir, provenance, side_by_side=side_by_side, tools=tools)
     print(bench_mod.summary(report))
     print(out_dir)
     if not bench_mod.measured_anything(report):
@@ -596,67 +579,34 @@ def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo
             corpus="", chunks=0, max_kld="", max_dppl="", baseline="", bench="", out="", json="", threads=0,
             gpu_layers=-1):
     """What the compressed cache does to the model: KLD, top-1, ΔPPL vs f16; the pass-criteria verdicts."""
-    import datetime
 
     from ollama_turbo.core.sizes import parse_sizes
     from ollama_turbo.fork.cache_types import parse_pairs
-    from ollama_turbo.prove import criteria
+    from ollama_turbo.prove import criteria, reports
     from ollama_turbo.prove import quality as quality_mod
 
     s = settings(c)
     if bool(manifest) == bool(llama_perplexity):
         raise UsageError("give --manifest DIST (a build with tools/llama-perplexity) or --llama-perplexity BIN")
-    provenance: dict[str, Any] = {}
-    env: dict[str, str] = {}
-    if manifest:
-        m = manifest_mod.load(Path(manifest))
-        dist = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
-        binary = manifest_mod.tool_path(dist, m, "llama-perplexity")
-        provenance = manifest_mod.summary(m)
-        env = manifest_mod.tool_env(dist, m)
-        if not binary.is_file():
-            why = ((m.get("build_flags") or {}).get("tools") or {}).get("llama-perplexity", "not recorded")
-            raise quality_mod.QualityError(f"the build {m.get('version')} has no {binary.relative_to(dist)} ({why})",
-                                           hint="rebuild with invoke build-ollama --force, or pass "
-                                                "--llama-perplexity BIN")
-    else:
-        binary = Path(llama_perplexity)
-    blocks = block_table(c, manifest) if manifest else None
     if int(threads) < 0 or int(gpu_layers) < -1:
         raise UsageError("--threads and --gpu-layers take 0 or more", hint="e.g. --threads 16 --gpu-layers 99")
+    tools = reports.Tools.of(manifest)
+    binary = tools.tool("llama-perplexity", llama_perplexity)
     opts = quality_mod.Options(pairs=parse_pairs(types), contexts=parse_sizes(ctx, option="--ctx"), chunks=int(chunks),
                                thresholds=quality_mod.Thresholds.parse(max_kld, max_dppl), threads=int(threads),
-                               gpu_layers=None if int(gpu_layers) == -1 else int(gpu_layers), env=env)
-    if blocks is not None:
-        opts.blocks = blocks
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(out) if out else s.workspace / "quality" / f"{Path(model).stem}-{stamp}"
-    print(f"quality: {model}, {opts.resolved_threads()} threads, {opts.resolved_gpu_layers()} layers on the GPU"
-          + (f" ({env['GGML_BACKEND_PATH']})" if env else ""), flush=True)
-    report = quality_mod.run(binary, Path(model), opts, out_dir, corpus=Path(corpus) if corpus else None,
-                             baseline=Path(baseline) if baseline else None, provenance=provenance,
-                             say=lambda line: print(line, flush=True))
-    print(f"quality: {report['run']['passes']} passes in {report['run']['seconds']:.1f} s", flush=True)
-    bench_report = _load_bench(bench) if bench else None
-    rows = criteria.table(report, bench_report)
-    report["criteria"] = criteria.to_json(rows)
-    (out_dir / "quality.json").write_text(jsonlib.dumps(report, indent=2) + "\n")
-    with open(out_dir / "quality.md", "a") as fh:
-        fh.write("\n## Pass criteria\n\n" + criteria.render(rows) + "\n")
-    quality_mod.record(s.workspace, report, out_dir / "quality.json")
+                               gpu_layers=None if int(gpu_layers) == -1 else int(gpu_layers))
+    if manifest:
+        opts.blocks = block_table(c, manifest)
+    out_dir = Path(out) if out else reports.quality_out(s.workspace, Path(model))
+    report, rows = reports.run_quality(s.workspace, Path(model), binary, tools, opts, out_dir,
+                                       corpus=Path(corpus) if corpus else None,
+                                       baseline=Path(baseline) if baseline else None,
+                                       bench_report=_load_bench(bench) if bench else None,
+                                       say=lambda line: print(line, flush=True))
     print(quality_mod.markdown(report))
     print("Pass criteria:\n" + criteria.render(rows))
     write_json(json, report)
     print(out_dir)
-
-
-def llama_server_version(binary: Path, env: dict[str, str]) -> str:
-    """What a llama-server binary says of itself (``--version``), for a report's header."""
-    from ollama_turbo.core import proc
-
-    r = proc.run([binary, "--version"], check=False, extra_env=env or None, timeout=60)
-    found = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("version:")]
-    return f"llama-server {found[0].split(':', 1)[1].strip()}" if found else f"llama-server {binary}"
 
 
 def _load_bench(path: str) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from typing import Any
 from ollama_turbo import sample
 from ollama_turbo.builder import build_ollama as build
 from ollama_turbo.check import apicheck
-from ollama_turbo.core import manifest, sources
 from ollama_turbo.core import settings as config
+from ollama_turbo.core import sources
 from ollama_turbo.core.ports import free_port
 from ollama_turbo.kv import geometry, plan
 
@@ -71,10 +71,12 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
         say("    " + line)
     say(f"5/7 quality: {cache_type} against the f16 cache on {world.model.name} (the build's llama-perplexity)")
     from ollama_turbo.prove import quality as quality_mod
+    from ollama_turbo.prove import reports
 
-    q = quality_mod.run(manifest.tool_path(b.dist, b.manifest, "llama-perplexity"), world.model,
-                        quality_mod.Options(pairs=[(cache_type, cache_type)], contexts=[512]), root / "quality")
-    quality_mod.record(s.workspace, q, root / "quality" / "quality.json")
+    tools = reports.Tools.of(str(b.dist))  # the quality task's own path: the build's tool, criteria, index
+    q, _ = reports.run_quality(s.workspace, world.model, tools.tool("llama-perplexity"), tools,
+                               quality_mod.Options(pairs=[(cache_type, cache_type)], contexts=[512]), root / "quality",
+                               say=lambda line: None)
     for r in q["results"]:
         say(f"    {r['label']}: mean KLD {r['kld']:.5f}, top-1 agreement {100 * r['top1']:.1f} %, "
             f"ΔPPL {r['dppl']:+.4f} -> {r['verdict']}")

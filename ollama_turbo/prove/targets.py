@@ -145,3 +145,10 @@ def _spawn(binary: Path, gguf: Path, ep: Endpoint, ctx: int, log: Path, env: dic
         yield ep
     finally:
         proc.stop(p)
+
+
+def server_version(binary: Path, env: dict[str, str]) -> str:
+    """What a llama-server binary says of itself (``--version``), for a report's header."""
+    r = proc.run([binary, "--version"], check=False, extra_env=env or None, timeout=60)
+    found = [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("version:")]
+    return f"llama-server {found[0].split(':', 1)[1].strip()}" if found else f"llama-server {binary}"

@@ -1,0 +1,100 @@
+"""The quality and bench tasks end to end, below the CLI: which build's tools to run, the measurement, the
+pass criteria, and every file the report is written to. The CLI parses flags, calls one of these, prints."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ollama_turbo.core import manifest as manifest_mod
+from ollama_turbo.core.errors import UsageError
+from ollama_turbo.prove import bench, criteria, depth, llama_bench, quality
+from ollama_turbo.prove.client import Endpoint
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Tools:
+    """A build's tools as a task runs them: the binary, the build's provenance, and the environment that gives
+    them the build's GPU backend."""
+
+    dist: Path | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, manifest: str) -> Tools:
+        """The build at ``manifest`` (its dist directory or manifest.json); none when empty."""
+        if not manifest:
+            return cls()
+        m = manifest_mod.load(Path(manifest))
+        dist = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
+        return cls(dist, m, manifest_mod.tool_env(dist, m))
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return manifest_mod.summary(self.manifest) if self.manifest else {}
+
+    def tool(self, name: str, given: str = "") -> Path:
+        """``given`` (a binary the user named), else the build's own ``name``, which must exist."""
+        if given:
+            return Path(given)
+        if self.dist is None:
+            raise UsageError(f"which {name}? give --manifest DIST (a build of invoke build-ollama) or the binary")
+        binary = manifest_mod.tool_path(self.dist, self.manifest, name)
+        if not binary.is_file():
+            why = ((self.manifest.get("build_flags") or {}).get("tools") or {}).get(name, "not recorded")
+            raise quality.QualityError(
+                f"the build {self.manifest.get('version')} has no {binary.relative_to(self.dist)} ({why})",
+                hint=f"rebuild with invoke build-ollama --force, or pass --{name} BIN")
+        return binary
+
+
+def run_quality(workspace: Path, model: Path, binary: Path, tools: Tools, opts: quality.Options, out: Path, *,
+                corpus: Path | None = None, baseline: Path | None = None, bench_report: dict[str, Any] | None = None,
+                say: Say = print) -> tuple[dict[str, Any], list[criteria.Row]]:
+    """Measure, add the pass criteria (with a bench report: speed, memory, OOM rows), write quality.json and
+    quality.md, and record the verdicts in the workspace's quality index."""
+    opts.env = tools.env
+    say(f"quality: {model}, {opts.resolved_threads()} threads, {opts.resolved_gpu_layers()} layers on the GPU"
+        + (f" ({tools.env['GGML_BACKEND_PATH']})" if tools.env else ""))
+    report = quality.run(binary, model, opts, out, corpus=corpus, baseline=baseline, provenance=tools.provenance,
+                         say=say)
+    say(f"quality: {report['run']['passes']} passes in {report['run']['seconds']:.1f} s")
+    rows = criteria.table(report, bench_report)
+    report["criteria"] = criteria.to_json(rows)
+    (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(out / "quality.md", "a", encoding="utf-8") as fh:
+        fh.write("\n## Pass criteria\n\n" + criteria.render(rows) + "\n")
+    quality.record(workspace, report, out / "quality.json")
+    return report, rows
+
+
+def quality_out(workspace: Path, model: Path) -> Path:
+    """Where a quality run writes by default: ``<workspace>/quality/<model>-<timestamp>``."""
+    import datetime
+
+    return workspace / "quality" / f"{model.stem}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+Starter = Callable[[], AbstractContextManager[Endpoint]]
+
+
+def run_bench(targets: list[tuple[Endpoint, Starter]], opts: bench.Options, out: Path,
+              provenance: dict[str, Any], *, side_by_side: tuple[Path, Path, Iterable[tuple[str, str]]] | None = None,
+              tools: Tools | None = None) -> dict[str, Any]:
+    """Bench every target; with ``side_by_side`` (llama-bench, the model file, the K/V pairs) the same build's
+    llama-bench at the same depths, beside it in the report. Writes bench.json, report.md and the plots."""
+    report = bench.run(targets, opts, out, provenance)
+    if side_by_side:
+        binary, gguf, pairs = side_by_side
+        report["llama_bench"] = llama_bench.measure(
+            binary, gguf, list(pairs), opts.depths, n_prompt=depth.PREFILL_TOKENS, n_gen=opts.n_predict,
+            reps=opts.reps, env=tools.env if tools else {}, log=out / "llama-bench.log")
+        bench.write_outputs(report, out)
+    return report
