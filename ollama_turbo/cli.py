@@ -601,7 +601,7 @@ def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo
     report, rows = reports.run_quality(s.workspace, Path(model), binary, tools, opts, out_dir,
                                        corpus=Path(corpus) if corpus else None,
                                        baseline=Path(baseline) if baseline else None,
-                                       bench_report=_load_bench(bench) if bench else None,
+                                       bench=_load_bench(bench) if bench else None,
                                        say=lambda line: print(line, flush=True))
     print(quality_mod.markdown(report))
     print("Pass criteria:\n" + criteria.render(rows))

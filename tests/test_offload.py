@@ -11,7 +11,7 @@ import pytest
 
 from ollama_turbo.core import settings as config
 from ollama_turbo.core.errors import UsageError
-from ollama_turbo.prove import bench, llama_bench, offload, recommend, targets
+from ollama_turbo.prove import bench, bench_report, llama_bench, offload, recommend, targets
 from ollama_turbo.prove.server_log import kv_lines
 from ollama_turbo.sample.model import write_model
 
@@ -57,7 +57,7 @@ def test_a_bench_report_flags_the_configs_above_the_f16_cache() -> None:
     assert flags["f16"] is None and flags["turbo4"] is None and "q8_0" not in [k for k, v in flags.items() if v]
     assert flags["turbo2"] == ("CPU fallback: 10 graph splits (the f16 cache: 2): the GPU backend has no kernel "
                                "for some op of this K/V config, which runs on the CPU in every layer")
-    assert "## CPU fallback" in bench.markdown({**report, "provenance": {}, "options": {"prefill_tokens": 512}})
+    assert "## CPU fallback" in bench_report.markdown({**report, "provenance": {}, "options": {"prefill_tokens": 512}})
 
 
 def test_recommend_never_picks_a_config_that_falls_back_on_the_host(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core.errors import UsageError
-from ollama_turbo.prove import bench, criteria, depth, llama_bench, quality
+from ollama_turbo.prove import bench, bench_report, criteria, depth, llama_bench, quality
 from ollama_turbo.prove.client import Endpoint
 
 Say = Callable[[str], None]
@@ -56,7 +56,7 @@ class Tools:
 
 
 def run_quality(workspace: Path, model: Path, binary: Path, tools: Tools, opts: quality.Options, out: Path, *,
-                corpus: Path | None = None, baseline: Path | None = None, bench_report: dict[str, Any] | None = None,
+                corpus: Path | None = None, baseline: Path | None = None, bench: dict[str, Any] | None = None,
                 say: Say = print) -> tuple[dict[str, Any], list[criteria.Row]]:
     """Measure, add the pass criteria (with a bench report: speed, memory, OOM rows), write quality.json and
     quality.md, and record the verdicts in the workspace's quality index."""
@@ -66,7 +66,7 @@ def run_quality(workspace: Path, model: Path, binary: Path, tools: Tools, opts: 
     report = quality.run(binary, model, opts, out, corpus=corpus, baseline=baseline, provenance=tools.provenance,
                          say=say)
     say(f"quality: {report['run']['passes']} passes in {report['run']['seconds']:.1f} s")
-    rows = criteria.table(report, bench_report)
+    rows = criteria.table(report, bench)
     report["criteria"] = criteria.to_json(rows)
     (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
     with open(out / "quality.md", "a", encoding="utf-8") as fh:
@@ -96,5 +96,5 @@ def run_bench(targets: list[tuple[Endpoint, Starter]], opts: bench.Options, out:
         report["llama_bench"] = llama_bench.measure(
             binary, gguf, list(pairs), opts.depths, n_prompt=depth.PREFILL_TOKENS, n_gen=opts.n_predict,
             reps=opts.reps, env=tools.env if tools else {}, log=out / "llama-bench.log")
-        bench.write_outputs(report, out)
+        bench_report.write_outputs(report, out)
     return report

@@ -1,0 +1,381 @@
+"""The plan of a build-ollama run, made before anything is built: both sources at their commits, the era and
+pin, the backend's preset (and a CUDA build's GPU architecture), the fork's cache types, every Go rule with
+where it applies, Ollama's compat patches tried on the fork, verify-fork's verdict, the build's identity and
+version. A dry run prints it; a build runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ollama_turbo import __version__
+from ollama_turbo.builder import era_c as build_era_c
+from ollama_turbo.builder import go_rules, gpu_part
+from ollama_turbo.builder.go_rules import drop_flag_rules, era_b_rules, kv_bytes_rules
+from ollama_turbo.check import contract, verify_fork
+from ollama_turbo.core import gpu, proc, rules, sources
+from ollama_turbo.core.errors import SourceError, ToolMissing, TurboError, UsageError
+from ollama_turbo.core.settings import CUDA_ARCH_PATTERN, Settings
+from ollama_turbo.fork import blocks
+from ollama_turbo.fork import sources as fork_sources
+
+Say = Callable[[str], None]
+
+
+PROBE_PATHS = ["go.mod", "fs/ggml/ggml.go", "llm/llama_server.go", "llama/llama.go", "ml/backend.go",
+               "runner/ollamarunner/cache.go", "llama/patches", "llama/compat", "Makefile.sync",
+               "llama/server/CMakeLists.txt"]
+
+
+class BuildError(TurboError):
+    pass
+
+
+@dataclass
+class Options:
+    ollama: str = ""
+    ollama_ref: str = ""
+    fork: str = ""
+    fork_ref: str = ""
+    backend: str = ""
+    dry_run: bool = False
+    force: bool = False
+    allow_dirty: bool = False
+    go_env: dict[str, str] = field(default_factory=dict)  # e.g. GOPROXY for this build only
+    skip_verify: bool = False  # build even when verify-fork finds a failing quantizer check
+    cuda_arch: str = ""  # --backend cuda: the GPU architecture (default: turbo.build.cuda_arch, else this GPU's)
+    part: str = ""  # "base": all but the GPU backend (no CUDA toolkit needed), into <workspace>/parts/<version>
+    base_from: str = ""  # a base part built elsewhere: build the GPU backend here and assemble one dist
+
+
+@dataclass
+class Plan:
+    version: str
+    identity: str  # sha256 of what makes this build differ from another (build_identity)
+    era: str
+    backend: str
+    preset: str
+    ollama: sources.Checkout
+    fork: sources.Checkout
+    info: sources.OllamaInfo
+    cache_blocks: list[blocks.Block]  # the fork's cache types Ollama does not know (the Go rules add them)
+    all_blocks: list[blocks.Block]    # every cache type the fork accepts, as its sources define it
+    dropped_flags: list[str]
+    rules: list[rules.Rule]
+    patches: list[str]
+    dist: Path
+    key: str
+    commands: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a dry run could not check here
+    verify: dict[str, Any] = field(default_factory=dict)  # verify-fork's static verdict, recorded in the manifest
+    outcomes: list[go_rules.Outcome] = field(default_factory=list)  # every Go rule: applied (file:line) or not needed
+    per_model_kv: dict[str, Any] = field(default_factory=dict)  # PARAMETER kv_cache_type: supported, allowed types
+    patch_results: list[dict[str, str]] = field(default_factory=list)  # era C: each compat patch on the fork
+    adaptations: list[dict[str, str]] = field(default_factory=list)  # CMake defines for the fork, each with why
+    targets: tuple[str, ...] = ()  # era C: the programs Ollama's llama/server installs, built beside each other
+    cuda_arch: str = ""  # --backend cuda: the one GPU architecture built for (CMAKE_CUDA_ARCHITECTURES)
+
+    def render(self) -> str:
+        lines = [
+            f"ollama   {self.ollama.url} @ {self.ollama.ref} ({self.ollama.sha[:12]}), version {self.info.version}, "
+            f"era {self.era}",
+            f"fork     {self.fork.url} @ {self.fork.ref} ({self.fork.sha[:12]})",
+            f"pinned   llama.cpp {self.info.pin if self.era == 'C' else 'FETCH_HEAD ' + self.info.pin[:12]} "
+            "(replaced by the fork)",
+            f"backend  {self.backend}" + (f" (cmake preset {self.preset})" if self.era == "C" else "")
+            + (f", for sm_{self.cuda_arch}" if self.cuda_arch else ""),
+            f"version  {self.version} (identity {self.identity[:12]}: Ollama and fork commits, backend, "
+            f"preset, {build_platform()['os']}/{build_platform()['arch']}, rules)",
+            f"dist     {self.dist}",
+            "Go rules:",
+            *go_rules.render_outcomes(self.outcomes),
+            "patches applied by Ollama's own mechanism:" if self.patches else "patches: none",
+            *[f"  {p}" for p in self.patches],
+        ]
+        if self.verify:
+            lines.append(f"verify-fork (static): {self.verify['verdict']}"
+                         + (" (--skip-verify: building anyway)" if self.verify.get("skipped") else ""))
+        if self.dropped_flags:
+            lines.append(f"WARNING: dropping {', '.join(self.dropped_flags)} from Ollama's llama-server argv "
+                         "(the fork does not define them)")
+        lines += [f"adapted: {a['define']}: {a['why']}" for a in self.adaptations]
+        lines.append("commands:")
+        lines += [f"  {c}" for c in self.commands]
+        lines += [f"NOTE: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def build_platform() -> dict[str, str]:
+    """The OS and CPU architecture a build made here runs on."""
+    return {"os": platform.system().lower(), "arch": platform.machine()}
+
+
+def build_identity(ollama_sha: str, fork_sha: str, backend: str, preset: str, rule_list: list[rules.Rule],
+                   defines: list[str] | None = None, *, cuda_arch: str = "") -> str:
+    """What makes two builds differ, as one digest: both commits, the backend and preset (and a CUDA build's
+    GPU architecture), this machine's OS/arch and the source rules. Two builds with the same identity are the
+    same build."""
+    parts: dict[str, Any] = {
+        "ollama": ollama_sha, "fork": fork_sha, "backend": backend, "preset": preset, "platform": build_platform(),
+        "rules": [(r.name, r.file, r.anchor, r.text) for r in rule_list], "defines": defines or []}
+    if cuda_arch:
+        parts["cuda_arch"] = cuda_arch
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def identity_preset(backend: str, preset: str) -> str:
+    """The preset as a build's identity counts it: a CUDA build's toolkit preset (v12 or v13) is picked where
+    its native part is built (and recorded there), so a Go part built elsewhere has the same identity."""
+    return "cuda" if backend == "cuda" else preset
+
+
+def _cuda_arch(given: str, notes: list[str] | None) -> str:
+    """The GPU architecture a CUDA build is for: ``given`` (flag or turbo.build.cuda_arch), else this
+    machine's GPU. With ``notes`` (a dry run) a machine without a GPU gets a note instead of an error."""
+    if given:
+        if not re.fullmatch(CUDA_ARCH_PATTERN, given):
+            raise UsageError(f"--cuda-arch {given!r} is not a CUDA architecture",
+                             hint="give the compute capability without the dot, e.g. 90 (H100/H200), 89 (L4), "
+                                  "86 (A10), 80 (A100)")
+        return given
+    gpus = gpu.local_gpus()
+    archs = sorted({a for _, a in gpus})
+    if len(archs) > 1:
+        raise UsageError(f"this machine has GPUs of {len(archs)} architectures ({gpu.describe(gpus)})",
+                         hint="pick one with --cuda-arch or turbo.build.cuda_arch")
+    if archs:
+        return archs[0]
+    if notes is None:
+        raise UsageError("--backend cuda: no NVIDIA GPU found here (nvidia-smi) to build for",
+                         hint="give the GPU's architecture: --cuda-arch 90 (H100/H200), 89 (L4), 86 (A10), "
+                              "80 (A100), or turbo.build.cuda_arch in the settings")
+    notes.append("no NVIDIA GPU here: the build needs --cuda-arch (or turbo.build.cuda_arch) or a GPU to detect")
+    return ""
+
+
+def _check_backend(backend: str, era: str, notes: list[str] | None = None) -> str:
+    """The CMake preset for ``backend`` here. With ``notes`` (a dry run, or a Go part, which builds no
+    native code) what only the native build needs (macOS, nvcc) becomes a note in the plan instead of an
+    error."""
+    host = platform.system()
+    if backend == "metal":
+        if host != "Darwin":
+            if notes is None:
+                raise UsageError(f"--backend metal builds on macOS only (this is {host})",
+                                 hint="use --backend cpu here, or build on the Mac")
+            notes.append(f"the build itself needs macOS (this is {host}): run it on the Mac")
+        return "darwin"
+    if backend == "cuda":
+        if era == sources.ERA_B:
+            raise UsageError("--backend cuda: this Ollama is era B (it builds llama.cpp into its own binary "
+                             "through cgo, with CUDA runners that its Makefile builds outside our build); "
+                             "CUDA builds of the custom Ollama need an era C Ollama (v0.30.0 or later), where "
+                             "llama-server is built with Ollama's CMake CUDA preset",
+                             hint="use --ollama-ref v0.30.0 (or later) with --backend cuda, or --backend cpu "
+                                  "for this Ollama")
+        if not shutil.which("nvcc"):
+            if notes is None:
+                raise ToolMissing("--backend cuda needs nvcc (the CUDA toolkit) on PATH",
+                                  hint="install the CUDA toolkit 12 or 13, or use --backend cpu")
+            notes.append("the native build needs nvcc (the CUDA toolkit 12 or 13); it picks the matching preset there")
+            return "llama_cuda_v13_linux"
+        out = proc.run(["nvcc", "--version"]).stdout
+        return "llama_cuda_v12_linux" if "release 12." in out else "llama_cuda_v13_linux"
+    return "cpu"
+
+
+def _verify(f_dir: Path, fork: sources.Checkout, opts: Options) -> dict[str, Any]:
+    """verify-fork's static checks on the fork about to be built; a failing one stops the build."""
+    try:
+        report = verify_fork.verify(f_dir, {"url": fork.url, "ref": fork.ref, "sha": fork.sha}, dynamic=False)
+    except verify_fork.VerifyError:
+        return {"verdict": "not run", "why": "the fork has no turbo cache types", "skipped": opts.skip_verify}
+    failing = [i for i in report.items if i.verdict == verify_fork.FAIL]
+    summary = {"verdict": report.verdict, "skipped": opts.skip_verify,
+               "failing": [f"{i.item}: {i.evidence}" for i in failing]}
+    if failing and not opts.skip_verify:
+        raise BuildError(f"verify-fork: the fork's quantizer fails {len(failing)} check(s): {failing[0].item}: "
+                         f"{failing[0].evidence}",
+                         hint="see invoke verify-fork --fork ...; build anyway with --skip-verify (recorded in the "
+                              "manifest)")
+    return summary
+
+
+def _grep(co: sources.Checkout) -> go_rules.Grep:
+    """A search of Ollama's Go code (tests left out) at the commit being built."""
+    return lambda pattern: co.grep(pattern, "*.go", ":!*_test.go")
+
+
+def _enclosing(co: sources.Checkout) -> Callable[[str, int], str | None]:
+    """The name of the Go function that holds line ``n`` of ``file``."""
+    texts: dict[str, list[str]] = {}
+
+    def find(file: str, n: int) -> str | None:
+        lines = texts.setdefault(file, co.read(file).splitlines())
+        for line in reversed(lines[:n]):
+            m = re.match(r"func (?:\([^)]*\)\s*)?(\w+)\(", line)
+            if m:
+                return m.group(1)
+        return None
+
+    return find
+
+
+def _check_compat(ollama: sources.Checkout, fork: sources.Checkout, patches: list[str],
+                  probe: Path) -> list[dict[str, str]]:
+    """Era C: Ollama's compat patches tried on the fork's files (a scratch copy), so a conflict stops the build
+    (and names itself in a dry run) before any Go or CMake work."""
+    o_dir = ollama.export(probe / "compat-ollama", ["llama/compat"])
+    files = [o_dir / p for p in patches]
+    targets = sorted({t for f in files for t in contract.patch_targets(f.read_text(errors="replace"))})
+    tree = fork.export(probe / "compat-fork", targets)
+    results = contract.try_compat_patches(files, tree, o_dir)
+    bad = [r for r in results if r.status not in ("applied", "already-applied")]
+    if bad:
+        r = bad[0]
+        detail = "; ".join(line.strip() for line in r.detail.splitlines() if line.strip())[:300]
+        raise BuildError(
+            f"Ollama {ollama.ref}'s compat patch {r.patch} does not apply to the fork {fork.ref} ({fork.short}): "
+            f"{r.status} in {', '.join(r.files)}" + (f"; the fork lacks {', '.join(r.missing)}" if r.missing else "")
+            + (f" ({detail})" if detail else ""),
+            hint="use an Ollama release whose pin the fork is based on (invoke api-check --scan-ollama), "
+                 "or rebase the fork; nothing was built or downloaded, your checkouts are untouched")
+    return [{"patch": r.patch, "status": r.status} for r in results]
+
+
+def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
+    ws = settings.workspace
+    ollama = sources.open_configured(settings, "ollama", opts.ollama, opts.ollama_ref)
+    fork = sources.open_configured(settings, "fork", opts.fork, opts.fork_ref)
+    for co in (ollama, fork):
+        changed = sources.dirty(co)
+        if changed and not opts.allow_dirty:
+            raise SourceError(f"{co.name}: {co.url} has uncommitted changes ({', '.join(changed[:5])}); the build "
+                              f"uses the committed {co.ref} ({co.short}) and would not contain them",
+                              hint="commit or stash them, or pass --allow-dirty to build the committed tree anyway")
+    info = sources.detect(ollama)
+    backend = opts.backend or settings.build.backend
+    notes: list[str] = []
+    if (opts.part or opts.base_from) and backend != "cuda":
+        raise UsageError(f"--part/--base-from split a CUDA build (the GPU backend is built where the CUDA toolkit "
+                         f"is); a {backend} build is built in one piece", hint="drop the option, or --backend cuda")
+    if opts.part not in ("", "base"):
+        raise UsageError(f"--part {opts.part!r}: the only part built alone is 'base'",
+                         hint="--part base builds all but the GPU backend; --base-from PATH builds the rest")
+    if opts.part and opts.base_from:
+        raise UsageError("--part base and --base-from are the two halves of one build: give one of them")
+    lenient = opts.dry_run or bool(opts.part)  # a base part builds no GPU code: nvcc need not be here
+    preset = _check_backend(backend, info.era, notes if lenient else None)
+    cuda_arch = _cuda_arch(opts.cuda_arch or settings.build.cuda_arch, notes if opts.dry_run else None) \
+        if backend == "cuda" else ""
+    if backend == "cuda" and info.era != sources.ERA_C:
+        raise UsageError("--backend cuda needs an era C Ollama", hint="use --ollama-ref v0.30.0 or later")
+    o_dir = ollama.export(probe / "ollama", PROBE_PATHS)
+    f_dir = fork.export(probe / "fork", [*fork_sources.FORK_PATHS, "ggml/src/ggml-common.h", "ggml/src"])
+    arg_cpp, ggml_c = fork_sources.read_fork_sources(f_dir)
+    fork_types = fork_sources.fork_cache_types(arg_cpp, ggml_c)
+    if not fork_types:
+        raise BuildError(f"fork {fork.ref}: no KV cache type list in common/arg.cpp", hint="is this llama.cpp?")
+    known = {"f16"}
+    for a in contract.kv_allowlists(o_dir):
+        if a.function == "kvCacheBytesPerElement":
+            known |= set(a.types)
+    new = [t for t in fork_types if t not in known]
+    verified = _verify(f_dir, fork, opts)
+    all_blocks = list(blocks.derive(f_dir, fork_types).values())  # recorded: plans for this build use them
+    cache_blocks = [b for b in all_blocks if b.name in new]
+    dropped: list[str] = []
+    patch_results: list[dict[str, str]] = []
+    adaptations: list[dict[str, str]] = []
+    grep = _grep(ollama)
+    skipped: list[go_rules.Outcome] = []
+    per_model: dict[str, Any] = {"supported": False, "param": go_rules.PER_MODEL_PARAM}
+    if info.era == sources.ERA_C:
+        flags = contract.server_flags((o_dir / "llm/llama_server.go").read_text())
+        have = fork_sources.fork_flags(arg_cpp)
+        dropped = [f.name for f in flags if f.always and f.name not in have]
+        kv_rules = kv_bytes_rules(cache_blocks)
+        needed, why_not = go_rules.kv_bytes_needed(grep, _enclosing(ollama))
+        rule_list = kv_rules if needed else []
+        skipped += [] if needed else [go_rules.Outcome(r.name, r.file, "not needed", None, why_not) for r in kv_rules]
+        skipped += go_rules.allowlists_not_needed(grep, cache_blocks)
+        rule_list += drop_flag_rules(dropped) + go_rules.per_model_rules(fork_types)
+        per_model = {"supported": True, "param": go_rules.PER_MODEL_PARAM, "allowed": fork_types}
+        patches = sorted(str(p.relative_to(o_dir)) for p in (o_dir / "llama/compat").rglob("*.patch"))
+        patch_results = _check_compat(ollama, fork, patches, probe)
+        if fork.exists("tools/server/CMakeLists.txt"):
+            adaptations = build_era_c.fork_cmake_adaptations(fork.read("tools/server/CMakeLists.txt"))
+    else:
+        rule_list = kv_bytes_rules(cache_blocks) + era_b_rules(cache_blocks)
+        per_model["why_not"] = ("era B runs llama.cpp inside Ollama through cgo, with one cache type per process; "
+                                "a cache type per model needs an era C Ollama (v0.30.0 or later)")
+        patches = sorted(str(p.relative_to(o_dir)) for p in (o_dir / "llama/patches").glob("*.patch"))
+    # every rule must apply now, so a moved anchor is found before anything is built; where it applies is
+    # recorded (file:line of the anchor in Ollama's own source)
+    texts: dict[str, str] = {}
+    applied: list[go_rules.Outcome] = []
+    for r in rule_list:
+        if r.file not in texts:
+            if not ollama.exists(r.file):
+                raise rules.RuleError(f"{r.file}: rule {r.name}: file not found in Ollama {ollama.ref}",
+                                      hint="Ollama has moved this code; update ollama_turbo/builder/go_rules.py. "
+                                           "Nothing was built")
+            texts[r.file] = ollama.read(r.file)
+        applied.append(go_rules.Outcome(r.name, r.file, "applied", rules.anchor_line(texts[r.file], r), r.why))
+        texts[r.file] = rules.apply_rule(texts[r.file], r)
+    # a build's identity, in the one name every later stage uses (dist folder, release, /api/version):
+    # readable parts (fork commit, backend) and a digest of everything that makes two builds differ
+    identity = build_identity(ollama.sha, fork.sha, backend, identity_preset(backend, preset), rule_list,
+                              [a["define"] for a in adaptations], cuda_arch=cuda_arch)
+    version = f"{info.version}-{settings.build.version_suffix}+{fork.short}.{backend}.{identity[:6]}"
+    # the up-to-date check: the build's identity, its version stamp and the tool that builds it
+    key = hashlib.sha256(json.dumps({"identity": identity, "version": version, "tool": __version__},
+                                    sort_keys=True).encode()).hexdigest()
+    plan = Plan(version=version, identity=identity, era=info.era, backend=backend, preset=preset, ollama=ollama,
+                fork=fork,
+                info=info, cache_blocks=cache_blocks, all_blocks=all_blocks, dropped_flags=dropped, rules=rule_list,
+                patches=patches,
+                dist=ws / "dist" / version, key=key, notes=notes, verify=verified,
+                outcomes=applied + skipped, per_model_kv=per_model, patch_results=patch_results,
+                adaptations=adaptations, cuda_arch=cuda_arch)
+    ld = build_era_c.ldflags(version)
+    server_cmake = o_dir / "llama/server/CMakeLists.txt"
+    if server_cmake.is_file():
+        plan.targets = build_era_c.install_targets(server_cmake.read_text(errors="replace"))
+    if info.era == sources.ERA_C:
+        base_preset = gpu_part.BASE_PRESET if backend == "cuda" else preset
+        base = [
+            "go mod download (through GOPROXY, vendor/ or the module cache; before any CMake work)",
+            f"cmake -S llama/server -B <build> --preset {base_preset} -DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP=<fork copy>"
+            + "".join(f" {a['define']}" for a in adaptations),
+            f"cmake --build <build> --target {' '.join(plan.targets)}",
+            "cmake --install <build> --component llama-server",
+            f'go build -trimpath -ldflags "{ld}" -o bin/ollama .']
+        gpu = [
+            f"cmake -S llama/server -B <build-gpu> --preset {preset} "
+            f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch or '<arch>'} -DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP=<fork copy>"
+            + "".join(f" {a['define']}" for a in adaptations),
+            "cmake --build <build-gpu> --target ggml-cuda",
+            f"cmake --install <build-gpu> --component llama-server   # lib/ollama/{gpu_part.runner_dir(preset)}/"]
+        if backend != "cuda":
+            plan.commands = base
+        elif opts.part:
+            plan.commands = [*base, f"# then, on the GPU box: --base-from <parts/{version}>"]
+        elif opts.base_from:
+            plan.commands = [f"# base part from {opts.base_from} (Go binary, llama-server, tools)", *gpu]
+        else:
+            plan.commands = [*base, *gpu]
+    else:
+        plan.commands = [
+            "go mod download (through GOPROXY, vendor/ or the module cache)",
+            f"make -f Makefile.sync UPSTREAM={fork.git_dir} FETCH_HEAD={fork.sha} clean apply-patches sync",
+            f'go build -trimpath -ldflags "{ld}" -o bin/ollama .']
+    return plan
