@@ -1,0 +1,168 @@
+"""What every task shares: the task class and its short flags, error-to-exit-code mapping, output-flag checks,
+the settings, and small writers."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+from invoke.exceptions import Exit
+from invoke.tasks import Task, task
+
+from ollama_turbo.core import manifest as manifest_mod
+from ollama_turbo.core import proc, settings_files
+from ollama_turbo.core import settings as config
+from ollama_turbo.core.errors import ConfigError, TurboError, UsageError
+
+# Short flags are chosen here, by hand, and mean the same in every task (invoke's automatic
+# ones gave -d three meanings and produced a broken flag for --n-predict).
+SHORT_FLAGS = {"verbose": "v", "dry_run": "n"}
+
+
+SOURCE_HELP = {
+    "ollama": "Ollama source: a local checkout or a git URL "
+              "(default: turbo.sources.ollama.url)",
+    "ollama_ref": "Ollama ref (default: turbo.sources.ollama.ref)",
+    "fork": "fork source: a local checkout or a git URL (default: turbo.sources.fork.url)",
+    "fork_ref": "fork ref (default: turbo.sources.fork.ref)",
+}
+
+
+PACKAGED_SPECS = Path(__file__).resolve().parent / "examples" / "modelfiles"
+
+
+PACKAGED_FLEET = Path(__file__).resolve().parent / "examples" / "fleet.yaml"
+
+
+class TurboTask(Task[Any]):
+    """A task whose only short flags are the ones in :data:`SHORT_FLAGS`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["auto_shortflags"] = False
+        super().__init__(*args, **kwargs)
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
+        if name in SHORT_FLAGS:
+            opts["names"].append(SHORT_FLAGS[name])
+        return opts
+
+
+def entry(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a task body; turn TurboError into its exit code."""
+
+    @wraps(fn)
+    def wrapper(c: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("verbose"):
+            proc.set_verbose(True)
+        try:
+            for flag, kind in OUTPUT_FLAGS.items():  # before any work: a result that cannot be written is no result
+                if isinstance(kwargs.get(flag), str) and kwargs[flag]:
+                    check_output(kwargs[flag], flag, kind)
+            return fn(c, *args, **kwargs)
+        except TurboError as err:
+            if isinstance(err, ConfigError) and not err.hint:  # every usage error says what to do next
+                err.hint = "fix that setting (settings-show prints them all, with where each came from)"
+            elif isinstance(err, UsageError) and not err.hint:
+                err.hint = f"see --help {fn.__name__.replace('_', '-')} for what each flag takes"
+            raise Exit(f"error: {err}", code=err.exit_code) from None
+
+    return wrapper
+
+
+OUTPUT_FLAGS = {"json": "file", "markdown": "file", "out": "dir", "dest": "dir"}
+
+
+def check_output(value: str, flag: str, kind: str) -> None:
+    """``--flag value`` names a file or folder this run can write: its folder exists (or is made) and is writable."""
+    path = Path(value).expanduser()
+    folder = path if kind == "dir" else path.parent
+    name = "--" + flag.replace("_", "-")
+    if kind == "file" and path.is_dir():
+        raise UsageError(f"{name} {value}: is a folder, not a file", hint=f"give {name} a file name")
+    blocker = next((a for a in [folder, *folder.parents] if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"{name} {value}: {blocker} is a file, not a folder",
+                         hint=f"give {name} a path in a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{name} {value}: cannot make the folder {folder}: {exc.strerror or exc}",
+                         hint=f"give {name} a path in a writable folder") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{name} {value}: the folder {folder} is not writable",
+                         hint=f"give {name} a path in a writable folder")
+
+
+def turbo_task(**help: str) -> Callable[[Callable[..., Any]], TurboTask]:
+    def deco(fn: Callable[..., Any]) -> TurboTask:
+        made: TurboTask = task(help=help, klass=TurboTask)(entry(fn))
+        return made
+
+    return deco
+
+
+def project_dir(c: Any) -> Path:
+    """Where ``invoke.yaml``, ``modelfiles/`` and ``.apiignore`` are looked for."""
+    configured = c.config.get("ollama_turbo", {}).get("project_dir")
+    return Path(configured) if configured else Path.cwd()
+
+
+def settings(c: Any) -> config.Settings:
+    return settings_files.settings(c.config, project_dir(c))
+
+
+def specs_dir(c: Any, given: str) -> Path:
+    """``--specs``, else ``modelfiles/`` in the project, else the example specs shipped with the package."""
+    if given:
+        return Path(given)
+    local = project_dir(c) / "modelfiles"
+    return local if local.is_dir() else PACKAGED_SPECS
+
+
+def block_table(c: Any, manifest: str = "", fork: str = "", fork_ref: str = "") -> Any:
+    """The block formats a plan uses: a build's (``--manifest``), a fork's (``--fork``), else the built-in table."""
+    from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
+
+    if manifest and fork:
+        raise UsageError("give --manifest (a build's block formats) or --fork (a fork's), not both")
+    if manifest:
+        m = manifest_mod.load(Path(manifest))
+        return BlockTable.from_manifest(m, str(manifest))
+    if fork:
+        from ollama_turbo.core import sources
+        from ollama_turbo.fork import blocks
+
+        s = settings(c)
+        co = sources.open_configured(s, "fork", fork, fork_ref)
+        return blocks.table_for_checkout(co)
+    return BUILTIN
+
+
+def write_json(path: str, payload: Any) -> None:
+    if path:
+        Path(path).write_text(jsonlib.dumps(payload, indent=2, default=str) + "\n")
+
+
+def print_checklist(render: Callable[..., str], payload: Any, code: int, json: str, markdown: str) -> None:
+    """A checklist's text on stdout, its JSON and Markdown where asked, and its exit code."""
+    print(render(), end="")
+    write_json(json, payload)
+    if markdown:
+        Path(markdown).write_text(render(markdown=True))
+    if code:
+        raise Exit(code=code)
+
+
+def load_bench(path: str) -> dict[str, Any]:
+    p = Path(path)
+    p = p / "bench.json" if p.is_dir() else p
+    try:
+        data: dict[str, Any] = jsonlib.loads(p.read_text())
+        return data
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the bench report {p}: {exc}", hint="pass a bench output directory") from None

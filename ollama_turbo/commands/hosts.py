@@ -1,0 +1,84 @@
+"""Tasks that change or read a host: deploy, rollback, status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke.exceptions import Exit
+
+from ollama_turbo.commands.base import settings, specs_dir, turbo_task, write_json
+from ollama_turbo.core.errors import UsageError
+
+
+@turbo_task(
+    host="a host under turbo.hosts",
+    hosts="a rolling deploy to these hosts, comma-separated: the first is the canary",
+    group="a rolling deploy to the hosts of this group (turbo.groups)",
+    batch="rolling deploy: hosts per wave after the canary (default 2)",
+    dist="the build to deploy (default: the newest in <workspace>/dist)",
+    dry_run="print the plan (files to send, service config diff, commands) and change nothing",
+    specs="Modelfile specs to create on the host after the switch (default: modelfiles/, else the examples "
+          "shipped with ollama-turbo)",
+    accept_unmeasured="deploy a K/V config that invoke quality has not measured for the host's models",
+    json="write the result as JSON to this file",
+    verbose="echo every command",
+)
+def deploy(c, host="", hosts="", group="", batch=2, dist="", dry_run=False, specs="", accept_unmeasured=False,
+           json="", verbose=False):
+    """Install a build as a service on a host (or a fleet, canary first), switch atomically, verify, roll back."""
+    from ollama_turbo.deploy import dists, releases, rolling
+
+    s = settings(c)
+    if hosts or group:
+        if host:
+            raise UsageError("give --host, or --hosts / --group for a rolling deploy, not both")
+        names = rolling.hosts_for(s, hosts, group)
+        d = Path(dist) if dist else dists.latest_dist(s)
+        out = rolling.rollout(s, names, d, batch=int(batch), dry_run=dry_run, specs_dir=specs_dir(c, specs),
+                              accept_unmeasured=accept_unmeasured)
+        print(out.render())
+        write_json(json, out.to_json())
+        if not out.ok:
+            raise Exit(f"error: rolling deploy stopped at {out.stopped_at}: "
+                       + next(o.error for o in out.outcomes if o.host == out.stopped_at), code=1)
+        return
+    if not host:
+        raise UsageError("give --host H (or --hosts / --group for a rolling deploy)")
+    target = s.host(host)  # an unknown host is named before anything else is looked at
+    d = Path(dist) if dist else dists.latest_dist(s)
+    r = releases.deploy(s, target, d, dry_run=dry_run, specs_dir=specs_dir(c, specs),
+                        accept_unmeasured=accept_unmeasured)
+    print(r.render(host))
+    write_json(json, r.to_json())
+
+
+@turbo_task(host="a host under turbo.hosts", to="the release to go back to (default: the previous one)",
+            dry_run="say which release it would switch to, and change nothing",
+            json="write the result as JSON to this file")
+def rollback(c, host, to="", dry_run=False, json=""):
+    """Switch a host back to the previous (or a given) release and restart it."""
+    from ollama_turbo.deploy.rollback import rollback as roll_back
+
+    s = settings(c)
+    r = roll_back(s, s.host(host), to or None, dry_run=dry_run)
+    if dry_run:
+        print(f"would switch {host} from {r['from']} to {r['to']} and restart it; dry run: nothing was changed")
+    else:
+        print(f"{host} now serves {r['to']} (was {r['from']}); downtime {r['downtime_s']:.2f} s")
+    write_json(json, r)
+
+
+@turbo_task(host="a host under turbo.hosts", json="write the status as JSON to this file")
+def status(c, host, json=""):
+    """Current and previous releases, service state and KV cache type of a host."""
+    from ollama_turbo.deploy import hostview
+
+    st = hostview.status(settings(c), settings(c).host(host))
+    for key in ("host", "service", "state", "current", "serving", "previous", "releases", "kv_cache", "kv_running",
+                "prefix"):
+        value = st[key]
+        print(f"{key:<10} {', '.join(value) if isinstance(value, list) else value}")
+    for i, m in enumerate(st.get("loaded") or []):
+        print(f"{'loaded' if i == 0 else '':<10} {m['name']}: ctx {m['context_length']:,}, K/V {m['configured']} "
+              f"({'its own kv_cache_type' if m['source'] == 'model' else 'host default'}); running {m['running']}")
+    write_json(json, st)

@@ -1,0 +1,180 @@
+"""Tasks that read the sources and plan: plan, modelfiles, api-check, verify-fork, build-ollama."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from invoke.exceptions import Exit
+
+from ollama_turbo.commands.base import (
+    PACKAGED_FLEET,
+    PACKAGED_SPECS,
+    SOURCE_HELP,
+    block_table,
+    print_checklist,
+    project_dir,
+    settings,
+    specs_dir,
+    turbo_task,
+    write_json,
+)
+from ollama_turbo.core import manifest as manifest_mod
+from ollama_turbo.core import settings as config
+from ollama_turbo.core.errors import ConfigError, UsageError
+
+
+@turbo_task(
+    model="GGUF file to read the geometry (and weights size) from",
+    layers="number of layers (instead of --model)",
+    kv_heads="KV heads per layer (instead of --model)",
+    head_dim="head size (instead of --model)",
+    heads="query heads (for the auto-asymmetric rule; default = kv heads)",
+    weights_gib="model weights in GiB, for the host budget (instead of --model)",
+    ctx="context sizes, comma-separated (e.g. 8192,32k,128k)",
+    types="cache types or K/V pairs, comma-separated (e.g. f16,q8_0,turbo4,q8_0/turbo4)",
+    host="size the largest context for this host's memory_gib",
+    reserve_gib="memory kept for OS, runtime and compute buffers (default 4)",
+    json="also write the plan as JSON to this file",
+    manifest="a build's manifest.json (or dist directory): use the block formats that build recorded",
+    fork="a fork (local checkout or git URL): use the block formats its sources define",
+    fork_ref="the fork's ref (default: what a local checkout has checked out, else turbo.sources.fork.ref)",
+)
+def plan(c, model="", layers=0, kv_heads=0, head_dim=0, heads=0, weights_gib=0.0,
+         ctx="4096,8192,32768,131072", types="f16,q8_0,q4_0,turbo4,turbo3,turbo2,q8_0/turbo4",
+         host="", reserve_gib=4.0, json="", manifest="", fork="", fork_ref=""):
+    """KV cache MiB per context and cache type, and the largest context a host fits."""
+    from ollama_turbo.kv import plan as plan_mod
+
+    p = plan_mod.plan_task(settings(c), model=model, layers=int(layers), kv_heads=int(kv_heads),
+                           head_dim=int(head_dim), heads=int(heads), weights_gib=float(weights_gib), ctx=ctx,
+                           types=types, host=host, reserve_gib=float(reserve_gib),
+                           blocks=block_table(c, manifest, fork, fork_ref))
+    print(p.render())
+    if json:
+        write_json(json, p.to_json())
+        print(f"\nwrote {json}")
+
+
+@turbo_task(host="render only for this host (default: every host)",
+            out="output directory (default: <workspace>/modelfiles)",
+            specs="directory of <name>.yaml specs (default: modelfiles/, else the examples shipped with "
+                  "ollama-turbo)",
+            reserve_gib="memory kept for OS, runtime and compute buffers (default 4)",
+            manifest="render for this build (its manifest.json or dist directory): its block formats, and "
+                     "whether it takes PARAMETER kv_cache_type (without: a build by this version, which does)")
+def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
+    """Render Modelfiles from modelfiles/*.yaml, num_ctx sized for each host's KV cache."""
+    from ollama_turbo.kv import modelfiles as modelfile
+
+    s = settings(c)
+    directory = specs_dir(c, specs)
+    if directory == PACKAGED_SPECS and not s.hosts:
+        import yaml
+
+        print(f"no hosts configured: the bundled example specs are rendered for the example fleet "
+              f"({PACKAGED_FLEET}; your own hosts go under turbo.hosts in invoke.yaml)")
+        fleet = yaml.safe_load(PACKAGED_FLEET.read_text(encoding="utf-8"))["turbo"]
+        s = config.parse({**fleet, "workspace": str(s.workspace)})
+    spec_list = modelfile.load_specs(directory)
+    out_dir = Path(out) if out else s.workspace / "modelfiles"
+    m = manifest_mod.load(Path(manifest)) if manifest else None
+    per_model, why_not, allowed = modelfile.per_model_support(m)
+    rendered = modelfile.render_all(s, spec_list, out_dir, host=host or None, reserve_gib=float(reserve_gib),
+                                    blocks=block_table(c, manifest), per_model=per_model, why_not=why_not,
+                                    allowed=allowed)
+    if not rendered:
+        print("no spec targets " + (f"host {host}" if host else "any configured host")
+              + " (add host names under 'hosts:' in the specs)")
+    for r in rendered:
+        ctx = f"num_ctx {r.num_ctx:,}" if r.num_ctx else "num_ctx from the model"
+        kv = f"KV {r.type_k}/{r.type_v}" + (" (model)" if r.per_model else " (host)")
+        print(f"{r.host:<12} {r.spec.name:<24} {ctx:<22} {kv:<26} -> {r.path}")
+
+
+@turbo_task(
+    **SOURCE_HELP,
+    upstream="upstream llama.cpp, for the tag an era C Ollama pins (default: turbo.sources.upstream.url)",
+    target="layouts for this target: arm64-apple-macos (default), x86_64-linux-gnu, aarch64-linux-gnu",
+    json="write the report as JSON to this file",
+    markdown="write the report as Markdown to this file",
+    scan_ollama="check against several Ollama refs (v0.30.0,v0.31.0 or v0.30.0..v0.32.0) and rank them",
+    apiignore="accepted changes (YAML); default: .apiignore in the project",
+    verbose="echo every command",
+)
+def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", target="arm64-apple-macos",
+              json="", markdown="", scan_ollama="", apiignore="", verbose=False):
+    """Can this fork replace the llama.cpp that this Ollama pins? Exit 0 ok, 4 review, 8 incompatible."""
+    from ollama_turbo.check import apicheck
+    from ollama_turbo.core import sources
+    from ollama_turbo.core.capi import TARGETS
+
+    if target not in TARGETS:
+        raise UsageError(f"--target {target}: not a target api-check lays out records for",
+                         hint=f"one of: {', '.join(TARGETS)}")
+    s = settings(c)
+    supp = apicheck.load_apiignore(Path(apiignore) if apiignore else project_dir(c) / ".apiignore")
+    ollama_url = ollama or s.sources.ollama.url
+    fork_co = sources.open_configured(s, "fork", fork, fork_ref)
+    if scan_ollama:
+        rows = apicheck.scan(s, ollama_url=ollama_url, refs=scan_ollama, fork=fork_co,
+                             upstream_url=upstream or None, target=target, suppressions=supp)
+        print(apicheck.render_scan(rows))
+        write_json(json, [vars(r) for r in rows])
+        best = next((r for r in rows if r.verdict != "error"), None)
+        if best is None:
+            raise Exit("error: no Ollama ref could be checked", code=1)
+        if best.exit_code:
+            raise Exit(code=best.exit_code)
+        return
+    ollama_co = sources.open_configured(s, "ollama", ollama, ollama_ref)
+    report = apicheck.check(s, ollama=ollama_co, fork=fork_co, upstream_url=upstream or None,
+                            target=target, suppressions=supp)
+    print_checklist(partial(apicheck.render, report), report.to_json(), report.exit_code(), json, markdown)
+
+
+@turbo_task(
+    fork="the fork: a local checkout (read at what is checked out) or a git URL (default: turbo.sources.fork.url)",
+    fork_ref="the fork's ref (default: a local checkout's HEAD, else turbo.sources.fork.ref)",
+    json="write the checklist as JSON to this file",
+    markdown="write the checklist as Markdown to this file",
+    static_only="skip the dynamic check (compiling and running the fork's CPU quantizer)",
+)
+def verify_fork(c, fork="", fork_ref="", json="", markdown="", static_only=False):
+    """Check the fork's quantizer against theory: codebooks, backends, rotation, layout. Exit 0, 4 review, 8 fail."""
+    from ollama_turbo.check import verify_fork as verify
+
+    s = settings(c)
+    report = verify.verify_checkout(s, fork or s.sources.fork.url, fork_ref, dynamic=not static_only)
+    print_checklist(report.render, report.to_json(), report.exit_code(), json, markdown)
+
+
+@turbo_task(
+    **SOURCE_HELP,
+    backend="metal, cuda or cpu (default: turbo.build.backend)",
+    dry_run="print the plan (sources, pins, rules, patches, commands) and change nothing",
+    force="rebuild even when the inputs are unchanged",
+    allow_dirty="build a local checkout that has uncommitted changes (the committed ref is built)",
+    json="write the result (the manifest, or the plan on --dry-run) as JSON to this file",
+    skip_verify="build even when verify-fork's static checks fail (recorded in the manifest)",
+    cuda_arch="--backend cuda: the GPU architecture, e.g. 90 for H100/H200 (default: turbo.build.cuda_arch, "
+              "else this machine's GPU)",
+    part="base: build all but the GPU backend (no CUDA toolkit needed) into <workspace>/parts/<version>",
+    base_from="a base part built elsewhere (--part base): build the GPU backend here and assemble one dist",
+    verbose="echo every command",
+)
+def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", backend="", dry_run=False, force=False,
+                 allow_dirty=False, json="", skip_verify=False, cuda_arch="", part="", base_from="", verbose=False):
+    """Build Ollama around the fork: patched, version-stamped, with a provenance manifest."""
+    from ollama_turbo.builder import build_ollama as build
+
+    s = settings(c)
+    if backend and backend not in config.BACKENDS:
+        raise ConfigError(f"--backend {backend!r} is not one of: {', '.join(config.BACKENDS)}")
+    opts = build.Options(ollama=ollama, ollama_ref=ollama_ref, fork=fork, fork_ref=fork_ref, backend=backend,
+                         dry_run=dry_run, force=force, allow_dirty=allow_dirty, skip_verify=skip_verify,
+                         cuda_arch=cuda_arch, part=part, base_from=base_from)
+    r = build.run(s, opts)
+    print(r.render())
+    write_json(json, r.to_json())
+    print(r.dist)
