@@ -198,3 +198,16 @@ def test_quality_uses_this_machines_cores_and_records_how_it_ran(measured: dict,
     assert (again["threads"], again["gpu_layers"], again["baseline_reused"], again["passes"]) == (3, 0, True, 1)
     log = (out / "llama-perplexity.log").read_text()
     assert " -t 3 -ngl 0" in log
+
+
+def test_a_baseline_of_another_text_is_refused_before_llama_perplexity_runs(built: tuple, measured: dict,
+                                                                            tmp_path: Path) -> None:
+    world, dist, ws = built
+    corpus = tmp_path / "other.txt"
+    corpus.write_text("A different text entirely. " * 400)
+    r = invoke("quality", "--model", str(world.model), "--manifest", str(dist), "--types", "q8_0", "--ctx", "512",
+               "--corpus", str(corpus), "--baseline", str(ws / "q1"), "--out", str(tmp_path / "q"),
+               env={"INVOKE_TURBO_WORKSPACE": str(ws)})
+    assert r.returncode == 2
+    assert f"the baseline in {ws / 'q1'} was measured on another text (ollama-turbo's README" in r.stderr
+    assert not (tmp_path / "q" / "llama-perplexity.log").exists()

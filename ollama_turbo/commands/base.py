@@ -32,10 +32,10 @@ SOURCE_HELP = {
 }
 
 
-PACKAGED_SPECS = Path(__file__).resolve().parent / "examples" / "modelfiles"
+PACKAGED_SPECS = Path(__file__).resolve().parents[1] / "examples" / "modelfiles"
 
 
-PACKAGED_FLEET = Path(__file__).resolve().parent / "examples" / "fleet.yaml"
+PACKAGED_FLEET = Path(__file__).resolve().parents[1] / "examples" / "fleet.yaml"
 
 
 class TurboTask(Task[Any]):

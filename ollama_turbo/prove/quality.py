@@ -151,8 +151,8 @@ def _run(binary: Path, model: Path, corpus: Path, ctx: int, base: Path, pair: tu
     return text
 
 
-def check_baseline(previous: Path, model_sha: str, binary_sha: str) -> None:
-    """A baseline reused from an earlier run must come from the same model and the same build."""
+def check_baseline(previous: Path, model_sha: str, binary_sha: str, corpus_sha: str | None = None) -> None:
+    """A baseline reused from an earlier run must come from the same model, the same build and the same text."""
     try:
         old = json.loads((previous / "quality.json").read_text())
     except (OSError, ValueError) as exc:
@@ -164,6 +164,10 @@ def check_baseline(previous: Path, model_sha: str, binary_sha: str) -> None:
     if old.get("build", {}).get("llama_perplexity_sha256") != binary_sha:
         raise UsageError(f"the baseline in {previous} was measured with another build of llama-perplexity",
                          hint="run quality without --baseline to measure a new f16 baseline")
+    if corpus_sha and old.get("corpus", {}).get("sha256") not in (None, corpus_sha):
+        raise UsageError(f"the baseline in {previous} was measured on another text ({old['corpus'].get('name')})",
+                         hint="give the same --corpus, or run quality without --baseline to measure a new f16 "
+                              "baseline")
 
 
 def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | None = None,
@@ -189,7 +193,7 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
         corpus_name = str(corpus)
     model_sha, binary_sha = sha256(model), sha256(binary)
     if baseline is not None:
-        check_baseline(baseline, model_sha, binary_sha)
+        check_baseline(baseline, model_sha, binary_sha, hashlib.sha256(corpus.read_bytes()).hexdigest())
     log = out / "llama-perplexity.log"
     rows: list[dict[str, Any]] = []
     tokens = 0  # the corpus, as llama-perplexity counted it (when it says)
