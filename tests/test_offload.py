@@ -108,5 +108,8 @@ def test_a_kv_line_of_a_cache_per_sequence_counts_its_sequences() -> None:
     lines = kv_lines("llama_kv_cache: size = 1360.00 MiB ( 40960 cells,  16 layers,  4/4 seqs), "
                      "K (turbo4):  680.00 MiB, V (turbo4):  680.00 MiB\n"
                      "llama_kv_cache: size =   12.00 MiB (  2048 cells,   4 layers), K (f16):   6.00 MiB, "
-                     "V (f16):   6.00 MiB\n")
-    assert [(x.cells, x.seqs, x.mib) for x in lines] == [(40960, 4, 1360.0), (2048, 1, 12.0)]
+                     "V (f16):   6.00 MiB\n"
+                     "llama_kv_cache: size =  340.00 MiB ( 40960 cells,  16 layers,  4/1 seqs), "
+                     "K (turbo4):  170.00 MiB, V (turbo4):  170.00 MiB\n")
+    # n_seq_max/n_stream: four sequences in one unified cache is one cache
+    assert [(x.cells, x.seqs, x.mib) for x in lines] == [(40960, 4, 1360.0), (2048, 1, 12.0), (40960, 1, 340.0)]

@@ -89,14 +89,14 @@ def load_part(path: Path, *, identity: str, version: str, platform: dict[str, st
         raise UsageError(f"--base-from {path}: not a base part of invoke build-ollama ({exc})",
                          hint="build one with invoke build-ollama --backend cuda --part base, and copy "
                               "<workspace>/parts/<version>/ here") from None
+    if data.get("platform") != platform:
+        raise UsageError(f"--base-from {root}: built for {data.get('platform')}, this machine is {platform}",
+                         hint="build the base part on a machine of the GPU box's OS and CPU architecture")
     if data.get("version") != version or data.get("identity") != identity:
         raise UsageError(f"--base-from {root}: the base part is {data.get('version')} (identity "
                          f"{str(data.get('identity'))[:12]}), this build is {version} (identity {identity[:12]})",
                          hint="build both parts from the same Ollama and fork commits, rules, settings and "
                               "--cuda-arch; invoke build-ollama --dry-run prints the identity")
-    if data.get("platform") != platform:
-        raise UsageError(f"--base-from {root}: built for {data.get('platform')}, this machine is {platform}",
-                         hint="build the base part on a machine of the GPU box's OS and CPU architecture")
     bad = manifest.verify(root, {"files": data.get("files", {})})
     bad = [b for b in bad if b != PART]
     if bad:

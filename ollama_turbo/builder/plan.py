@@ -174,6 +174,11 @@ def _check_backend(backend: str, era: str, notes: list[str] | None = None) -> st
             notes.append(f"the build itself needs macOS (this is {host}): run it on the Mac")
         return "darwin"
     if backend == "cuda":
+        if host != "Linux":  # refused even for a base part: it could only be completed on a machine like this one
+            raise UsageError(f"--backend cuda builds for Linux GPU boxes (this is {host}): its base part runs only "
+                             "on the OS and CPU it was built on",
+                             hint="build on the GPU box, or --part base on a Linux machine of the box's CPU "
+                                  "architecture")
         if era == sources.ERA_B:
             raise UsageError("--backend cuda: this Ollama is era B (it builds llama.cpp into its own binary "
                              "through cgo, with CUDA runners that its Makefile builds outside our build); "

@@ -69,14 +69,26 @@ class Options:
     blocks: BlockTable = BUILTIN
     extra_args: tuple[str, ...] = ()
     threads: int = 0  # llama-perplexity's -t (0: every core of this machine; the KL divergence runs on the CPU)
-    gpu_layers: int | None = None  # -ngl (None: every layer where the build has a GPU backend, else none)
+    gpu_layers: int | None = None  # -ngl (None: all with the build's GPU backend, 0 on a cpu build, else llama.cpp's)
+    backend: str = ""  # the build's backend (its manifest), when known
     env: dict[str, str] = field(default_factory=dict)  # the build's tool environment (its GPU backend)
 
     def resolved_threads(self) -> int:
-        return self.threads or os.cpu_count() or 2
+        """``--threads``, else the CPUs this process may run on (a container's, not the host's)."""
+        if self.threads:
+            return self.threads
+        try:
+            return len(os.sched_getaffinity(0)) or 2
+        except AttributeError:  # macOS
+            return os.cpu_count() or 2
 
-    def resolved_gpu_layers(self) -> int:
-        return self.gpu_layers if self.gpu_layers is not None else (999 if self.env.get("GGML_BACKEND_PATH") else 0)
+    def resolved_gpu_layers(self) -> int | None:
+        """None: no ``-ngl``, llama.cpp's own default (all layers on a Metal or static CUDA build)."""
+        if self.gpu_layers is not None:
+            return self.gpu_layers
+        if self.env.get("GGML_BACKEND_PATH"):
+            return 999
+        return 0 if self.backend == "cpu" else None
 
 
 NUM = r"([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
@@ -126,7 +138,10 @@ def default_corpus() -> tuple[str, str]:
 def _run(binary: Path, model: Path, corpus: Path, ctx: int, base: Path, pair: tuple[str, str] | None,
          opts: Options, log: Path) -> str:
     argv: list[str | Path] = [binary, "-m", model, "-f", corpus, "-c", str(ctx), "--kl-divergence-base", base,
-                              "-fa", "on", "-t", str(opts.resolved_threads()), "-ngl", str(opts.resolved_gpu_layers())]
+                              "-fa", "on", "-t", str(opts.resolved_threads())]
+    ngl = opts.resolved_gpu_layers()
+    if ngl is not None:
+        argv += ["-ngl", str(ngl)]
     if pair is None:
         argv += ["-ctk", "f16", "-ctv", "f16"]
     else:
@@ -269,7 +284,9 @@ def markdown(report: dict[str, Any]) -> str:
              "(up to twice: BORDERLINE)", ""]
     run = report.get("run")
     if run:
-        lines += [f"llama-perplexity: {run['threads']} threads, {run['gpu_layers']} layers on the GPU"
+        layers = "llama.cpp's default GPU offload" if run["gpu_layers"] is None else \
+            f"{run['gpu_layers']} layers on the GPU"
+        lines += [f"llama-perplexity: {run['threads']} threads, {layers}"
                   + (f" ({run['gpu_backend']})" if run.get("gpu_backend") else "")
                   + f"; {run['passes']} passes in {run['seconds']:.1f} s", ""]
     lines += [

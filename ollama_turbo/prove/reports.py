@@ -12,6 +12,7 @@ from typing import Any
 
 from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core.errors import UsageError
+from ollama_turbo.fork.cache_types import label
 from ollama_turbo.prove import bench, bench_report, criteria, depth, llama_bench, quality
 from ollama_turbo.prove.client import Endpoint
 
@@ -60,8 +61,10 @@ def run_quality(workspace: Path, model: Path, binary: Path, tools: Tools, opts: 
                 say: Say = print) -> tuple[dict[str, Any], list[criteria.Row]]:
     """Measure, add the pass criteria (with a bench report: speed, memory, OOM rows), write quality.json and
     quality.md, and record the verdicts in the workspace's quality index."""
-    opts.env = tools.env
-    say(f"quality: {model}, {opts.resolved_threads()} threads, {opts.resolved_gpu_layers()} layers on the GPU"
+    opts.env, opts.backend = tools.env, str(tools.manifest.get("backend") or "")
+    ngl = opts.resolved_gpu_layers()
+    say(f"quality: {model}, {opts.resolved_threads()} threads, "
+        + ("llama.cpp's default GPU offload" if ngl is None else f"{ngl} layers on the GPU")
         + (f" ({tools.env['GGML_BACKEND_PATH']})" if tools.env else ""))
     report = quality.run(binary, model, opts, out, corpus=corpus, baseline=baseline, provenance=tools.provenance,
                          say=say)
@@ -93,8 +96,10 @@ def run_bench(targets: list[tuple[Endpoint, Starter]], opts: bench.Options, out:
     report = bench.run(targets, opts, out, provenance)
     if side_by_side:
         binary, gguf, pairs = side_by_side
+        fell = {r["label"] for r in report["results"] if r.get("cpu_fallback")} if not opts.measure_fallback else set()
+        depths = {label(*p): opts.depths[:1] if label(*p) in fell else opts.depths for p in pairs}
         report["llama_bench"] = llama_bench.measure(
-            binary, gguf, list(pairs), opts.depths, n_prompt=depth.PREFILL_TOKENS, n_gen=opts.n_predict,
+            binary, gguf, list(pairs), depths, n_prompt=depth.PREFILL_TOKENS, n_gen=opts.n_predict,
             reps=opts.reps, env=tools.env if tools else {}, log=out / "llama-bench.log")
         bench_report.write_outputs(report, out)
     return report

@@ -30,7 +30,7 @@ def file_reader(path: Path) -> LogReader:
 
     return read
 
-KV_LINE = re.compile(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells,[^)]*?(?:(\d+)/\d+ seqs)?\), "
+KV_LINE = re.compile(r"llama_kv_cache: size = +([\d.]+) MiB \( *(\d+) cells,[^)]*?(?:\d+/(\d+) seqs)?\), "
                      r"K \((\w+)\): +([\d.]+) MiB, V \((\w+)\): +([\d.]+) MiB")
 
 
@@ -44,7 +44,8 @@ class KVLine:
     k_mib: float
     type_v: str
     v_mib: float
-    seqs: int = 1  # the sequences the line counts (``4/4 seqs``: four caches of ``cells`` each)
+    seqs: int = 1  # the caches the line counts: ``n_seq_max/n_stream seqs``, ``4/4``: four of ``cells`` each
+    #                (a cache per sequence); ``4/1``: one, shared (unified)
 
 
 def kv_lines(log: str) -> list[KVLine]:
