@@ -125,3 +125,20 @@ def test_a_ref_is_given_only_when_the_user_sets_it(tmp_path: Path) -> None:
     assert not s.sources.ollama.ref_given and s.sources.ollama.ref == "main"
     s = config.parse({"sources": {"ollama": {"url": "/src/ollama", "ref": "v0.30.0"}}})
     assert s.sources.ollama.ref_given and not s.sources.fork.ref_given
+
+
+@pytest.mark.parametrize(("knob", "value", "words"), [
+    ("TURBO_LAYER_ADAPTIVE", "x", "'x' is not a layer-adaptive mode of the fork: one of 0, 1, 2, 5, 6, 7"),
+    ("TURBO_LAYER_ADAPTIVE", "3", "'3' is not a layer-adaptive mode of the fork"),
+    ("TURBO_AUTO_ASYMMETRIC", "yes", "'yes': the fork reads 0 (off) or 1 (on)"),
+])
+def test_a_fork_knob_the_fork_would_misread_stops_every_task_at_the_start(tmp_path: Path, knob: str, value: str,
+                                                                          words: str) -> None:
+    f = tmp_path / "knobs.yaml"
+    f.write_text(f"turbo:\n  kv:\n    env: {{{knob}: \"{value}\"}}\n")
+    for task in (["plan", "--layers", "8", "--kv-heads", "2", "--head-dim", "64", "--ctx", "4k"],
+                 ["modelfiles", "--out", str(tmp_path / "mf")]):
+        r = invoke("-f", str(f), *task)
+        assert r.returncode == 2, (task, r.stdout, r.stderr)
+        assert f"error: turbo.kv.env.{knob}: {words}" in r.stderr and "next step:" in r.stderr
+    assert not list((tmp_path / "mf").glob("*"))  # nothing rendered

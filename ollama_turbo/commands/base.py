@@ -113,7 +113,13 @@ def project_dir(c: Any) -> Path:
 
 
 def settings(c: Any) -> config.Settings:
-    return settings_files.settings(c.config, project_dir(c))
+    """The settings, read and checked once per task: the fork's knobs in ``turbo.kv.env`` too, so a bad one
+    stops every task at the start, naming its key, instead of the stage that first reads it."""
+    from ollama_turbo.fork.behaviour import ForkBehaviour
+
+    s = settings_files.settings(c.config, project_dir(c))
+    ForkBehaviour.from_env(s.kv.env)
+    return s
 
 
 def specs_dir(c: Any, given: str) -> Path:

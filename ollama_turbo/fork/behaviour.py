@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..core.errors import UsageError
+from ..core.errors import ConfigError, UsageError
 from .cache_types import cache_type, label
 
 LAYER_ADAPTIVE_MODES = (0, 1, 2, 5, 6, 7)
@@ -31,14 +31,24 @@ class ForkBehaviour:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ForkBehaviour:
+        """The fork's knobs from a server's environment (``turbo.kv.env``), each value checked: a knob the fork
+        would read differently from what was meant is a settings error, named, when the settings are read."""
         la = env.get("TURBO_LAYER_ADAPTIVE")
         mode = None
         if la is not None and str(la).strip() != "":
             try:
                 mode = int(la)
             except ValueError:
-                raise UsageError(f"TURBO_LAYER_ADAPTIVE={la!r} is not a number") from None
-        return cls(auto_asymmetric=str(env.get("TURBO_AUTO_ASYMMETRIC", "1")) != "0", layer_adaptive=mode)
+                mode = -1
+            if mode not in LAYER_ADAPTIVE_MODES:
+                raise ConfigError(f"{la!r} is not a layer-adaptive mode of the fork: one of "
+                                  f"{', '.join(map(str, LAYER_ADAPTIVE_MODES))}", key="kv.env.TURBO_LAYER_ADAPTIVE",
+                                  hint="0 turns it off; leave it out for the fork's default")
+        asym = str(env.get("TURBO_AUTO_ASYMMETRIC", "1")).strip()
+        if asym not in ("0", "1"):
+            raise ConfigError(f"{asym!r}: the fork reads 0 (off) or 1 (on)", key="kv.env.TURBO_AUTO_ASYMMETRIC",
+                              hint="give 0 or 1")
+        return cls(auto_asymmetric=asym != "0", layer_adaptive=mode)
 
     @classmethod
     def none(cls) -> ForkBehaviour:
