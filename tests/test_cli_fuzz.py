@@ -172,3 +172,13 @@ def test_a_bad_port_in_a_hosts_ssh_is_a_settings_error(tmp_path: Path) -> None:
     with isolated(tmp_path):
         code, err = check(["-f", str(fleet), "status", "--host", "h"])
     assert code == 2 and "turbo.hosts.h.ssh" in err and "'me@host:x' is not user@host" in err
+
+
+def test_an_apiignore_that_is_a_folder_or_unreadable_is_a_usage_error(tmp_path: Path) -> None:
+    """Found by the fuzz above (``api-check --apiignore /``): a traceback before; now exit 2 naming it."""
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00 not text")
+    for path, words in (("/", "--apiignore /: is a folder, not a file"), (str(binary), "cannot be read")):
+        with isolated(tmp_path):
+            got, err = check(["api-check", "--apiignore", path])
+        assert got == 2 and words in err and "next step:" in err, (path, got, err)

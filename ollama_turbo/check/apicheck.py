@@ -46,10 +46,15 @@ class Suppression:
 def load_apiignore(path: Path) -> list[Suppression]:
     if not path.exists():
         return []
+    if path.is_dir():
+        raise ConfigError(f"--apiignore {path}: is a folder, not a file", hint="give the .apiignore file itself")
     try:
-        data = yaml.safe_load(path.read_text()) or []
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or []
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {getattr(exc, 'strerror', None) or exc}",
+                          hint="give a readable UTF-8 .apiignore, or leave --apiignore out") from None
     if not isinstance(data, list):
         raise ConfigError(f"{path}: expected a list of {{symbol, reason, kind}} entries")
     out = []
