@@ -158,19 +158,21 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         data = redact.tree({**data, "part": "base", "built_on": platform.node(),
                             "files": manifest.file_sums(stage)})
         gpu_part.write_part(stage, data)
-        if plan.dist.exists():
-            shutil.rmtree(plan.dist)
-        plan.dist.parent.mkdir(parents=True, exist_ok=True)
-        stage.rename(plan.dist)
-        shutil.rmtree(work, ignore_errors=True)
+        _publish(stage, plan.dist, work)
         return Result("base-part", plan, plan.dist, data, time.perf_counter() - t0, log)
     manifest.write(stage, redact.tree(data))  # the manifest travels to every host: no credentials in it
-    if plan.dist.exists():
-        shutil.rmtree(plan.dist)
-    stage.rename(plan.dist)
-    shutil.rmtree(work, ignore_errors=True)
+    _publish(stage, plan.dist, work)
     written = manifest.read(plan.dist) or data
     return Result("built", plan, plan.dist, written, time.perf_counter() - t0, log)
+
+
+def _publish(stage: Path, dest: Path, work: Path) -> None:
+    """The finished stage becomes ``dest`` (a dist or a base part) in one rename; the scratch copies go."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage.rename(dest)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _now() -> str:
@@ -187,10 +189,11 @@ def _build_gpu(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, sta
     out, key = step(f"build the CUDA backend (cmake preset {plan.preset}, sm_{plan.cuda_arch}; cached by source "
                     "hash)",
                     lambda: gpu_part.build_backend(ollama_dir, fork_dir, work, cache, preset=plan.preset,
-                                                   arch=plan.cuda_arch, fork_sha=plan.fork.sha,
+                                                   arch=plan.cuda_arch, toolkit=plan.cuda_toolkit,
+                                                   fork_sha=plan.fork.sha,
                                                    defines=tuple(a["define"] for a in plan.adaptations), log=log))
     shutil.copytree(out / "lib", stage / "lib", dirs_exist_ok=True)
-    return gpu_part.record(plan.preset, plan.cuda_arch, key)
+    return gpu_part.record(plan.preset, plan.cuda_arch, plan.cuda_toolkit, key)
 
 
 def _clone_fork(plan: Plan, fork_dir: Path, log: Path) -> None:
@@ -219,9 +222,8 @@ def _toolchain(plan: Plan, *, go: bool = True, cuda: bool = False) -> dict[str, 
     if go:
         go_mod = plan.ollama.read("go.mod")
         tools["go"] = str(toolchain.require_go(toolchain.go_mod_version(go_mod)))
-    if cuda:
-        nvcc = proc.run([proc.which("nvcc", hint="install the CUDA toolkit 12 or 13"), "--version"]).stdout
-        tools["nvcc"] = nvcc.strip().splitlines()[-1] if nvcc.strip() else "nvcc"
+    if cuda:  # the plan read it (and refused a build without nvcc)
+        tools["nvcc"] = plan.cuda_toolkit
     if plan.era == sources.ERA_C:
         tools["cmake"] = str(toolchain.require_cmake("3.24"))
     else:

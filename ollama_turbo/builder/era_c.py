@@ -8,7 +8,6 @@ from pathlib import Path
 from ollama_turbo.builder.llama_server import cmake_build
 from ollama_turbo.core import proc, toolchain
 
-PRESETS = {"cpu": "cpu", "metal": "darwin", "cuda": "llama_cuda_v13_linux"}
 VERSION_VAR = "github.com/ollama/ollama/version.Version"
 MODE_VAR = "github.com/ollama/ollama/server.mode"
 

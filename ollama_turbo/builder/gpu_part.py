@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_turbo.builder.llama_server import cmake_build, publish
-from ollama_turbo.core import manifest, proc, toolchain
+from ollama_turbo.core import manifest, proc
 from ollama_turbo.core.errors import TurboError, UsageError
 
 BASE_PRESET = "cpu"  # the base of a GPU build: Ollama's CPU preset (llama-server, libllama, CPU variants)
@@ -38,14 +38,14 @@ def build_key(fork_sha: str, server_tree: str, preset: str, arch: str, nvcc: str
 
 
 def build_backend(ollama_dir: Path, fork_dir: Path, work: Path, cache: Path, *, preset: str, arch: str,
-                  fork_sha: str, defines: tuple[str, ...], log: Path) -> tuple[Path, str]:
-    """Build (or reuse) the CUDA backend module for ``arch`` with Ollama's ``preset``; (installed tree, key).
+                  toolkit: str, fork_sha: str, defines: tuple[str, ...], log: Path) -> tuple[Path, str]:
+    """Build (or reuse) the CUDA backend module for ``arch`` with Ollama's ``preset`` and the CUDA ``toolkit``
+    (nvcc's version line); (installed tree, key).
 
     The tree holds ``lib/ollama/<runner_dir>/``: libggml-cuda.so and the cuBLAS/cudart libraries it links.
     """
-    nvcc = proc.run(["nvcc", "--version"]).stdout.strip().splitlines()[-1:]
     key = build_key(fork_sha, manifest.tree_hash(ollama_dir, ["llama/server", "llama/compat"]), preset, arch,
-                    " ".join(nvcc))
+                    toolkit)
     out = cache / key
     done = out / "lib" / "ollama" / runner_dir(preset)
     if done.is_dir():
@@ -69,11 +69,10 @@ def module(preset: str) -> str:
     return f"lib/ollama/{runner_dir(preset)}/libggml-cuda.so"
 
 
-def record(preset: str, arch: str, key: str) -> dict[str, Any]:
+def record(preset: str, arch: str, toolkit: str, key: str) -> dict[str, Any]:
     """The manifest's ``gpu`` entry: what a deploy checks and what the tools load."""
-    nvcc = proc.run(["nvcc", "--version"], check=False).stdout.strip().splitlines()
     return {"backend": "cuda", "arch": arch, "preset": preset, "runner_dir": f"lib/ollama/{runner_dir(preset)}",
-            "module": module(preset), "toolkit": nvcc[-1] if nvcc else "", "cache_key": key}
+            "module": module(preset), "toolkit": toolkit, "cache_key": key}
 
 
 def write_part(root: Path, data: dict[str, Any]) -> None:
@@ -104,6 +103,3 @@ def load_part(path: Path, *, identity: str, version: str, platform: dict[str, st
                          hint="copy the base part again (e.g. rsync -a), or rebuild it")
     return root, data
 
-
-def require_nvcc() -> None:
-    toolchain.require("nvcc")

@@ -23,7 +23,7 @@ from ollama_turbo.builder.go_rules import drop_flag_rules, era_b_rules, kv_bytes
 from ollama_turbo.check import contract, verify_fork
 from ollama_turbo.core import gpu, proc, rules, sources
 from ollama_turbo.core.errors import SourceError, ToolMissing, TurboError, UsageError
-from ollama_turbo.core.settings import CUDA_ARCH_PATTERN, Settings
+from ollama_turbo.core.settings import CUDA_ARCH_EXAMPLES, CUDA_ARCH_PATTERN, Settings
 from ollama_turbo.fork import blocks
 from ollama_turbo.fork import sources as fork_sources
 
@@ -82,6 +82,7 @@ class Plan:
     adaptations: list[dict[str, str]] = field(default_factory=list)  # CMake defines for the fork, each with why
     targets: tuple[str, ...] = ()  # era C: the programs Ollama's llama/server installs, built beside each other
     cuda_arch: str = ""  # --backend cuda: the one GPU architecture built for (CMAKE_CUDA_ARCHITECTURES)
+    cuda_toolkit: str = ""  # --backend cuda: nvcc's version line here ("" where the GPU backend is not built)
 
     def render(self) -> str:
         lines = [
@@ -143,8 +144,7 @@ def _cuda_arch(given: str, notes: list[str] | None) -> str:
     if given:
         if not re.fullmatch(CUDA_ARCH_PATTERN, given):
             raise UsageError(f"--cuda-arch {given!r} is not a CUDA architecture",
-                             hint="give the compute capability without the dot, e.g. 90 (H100/H200), 89 (L4), "
-                                  "86 (A10), 80 (A100)")
+                             hint=f"give the compute capability without the dot, e.g. {CUDA_ARCH_EXAMPLES}")
         return given
     gpus = gpu.local_gpus()
     archs = sorted({a for _, a in gpus})
@@ -155,16 +155,16 @@ def _cuda_arch(given: str, notes: list[str] | None) -> str:
         return archs[0]
     if notes is None:
         raise UsageError("--backend cuda: no NVIDIA GPU found here (nvidia-smi) to build for",
-                         hint="give the GPU's architecture: --cuda-arch 90 (H100/H200), 89 (L4), 86 (A10), "
-                              "80 (A100), or turbo.build.cuda_arch in the settings")
+                         hint=f"give the GPU's architecture: --cuda-arch {CUDA_ARCH_EXAMPLES}, or "
+                              "turbo.build.cuda_arch in the settings")
     notes.append("no NVIDIA GPU here: the build needs --cuda-arch (or turbo.build.cuda_arch) or a GPU to detect")
     return ""
 
 
-def _check_backend(backend: str, era: str, notes: list[str] | None = None) -> str:
-    """The CMake preset for ``backend`` here. With ``notes`` (a dry run, or a Go part, which builds no
-    native code) what only the native build needs (macOS, nvcc) becomes a note in the plan instead of an
-    error."""
+def _check_backend(backend: str, era: str, notes: list[str] | None = None) -> tuple[str, str]:
+    """The CMake preset for ``backend`` here, and for CUDA the toolkit's version line (nvcc's last, "" where
+    nvcc is absent). With ``notes`` (a dry run, or a base part, which builds no GPU code) what only the native
+    build needs (macOS, nvcc) becomes a note in the plan instead of an error."""
     host = platform.system()
     if backend == "metal":
         if host != "Darwin":
@@ -172,7 +172,7 @@ def _check_backend(backend: str, era: str, notes: list[str] | None = None) -> st
                 raise UsageError(f"--backend metal builds on macOS only (this is {host})",
                                  hint="use --backend cpu here, or build on the Mac")
             notes.append(f"the build itself needs macOS (this is {host}): run it on the Mac")
-        return "darwin"
+        return "darwin", ""
     if backend == "cuda":
         if host != "Linux":  # refused even for a base part: it could only be completed on a machine like this one
             raise UsageError(f"--backend cuda builds for Linux GPU boxes (this is {host}): its base part runs only "
@@ -191,10 +191,11 @@ def _check_backend(backend: str, era: str, notes: list[str] | None = None) -> st
                 raise ToolMissing("--backend cuda needs nvcc (the CUDA toolkit) on PATH",
                                   hint="install the CUDA toolkit 12 or 13, or use --backend cpu")
             notes.append("the native build needs nvcc (the CUDA toolkit 12 or 13); it picks the matching preset there")
-            return "llama_cuda_v13_linux"
+            return "llama_cuda_v13_linux", ""
         out = proc.run(["nvcc", "--version"]).stdout
-        return "llama_cuda_v12_linux" if "release 12." in out else "llama_cuda_v13_linux"
-    return "cpu"
+        toolkit = (out.strip().splitlines() or ["nvcc"])[-1]
+        return ("llama_cuda_v12_linux" if "release 12." in out else "llama_cuda_v13_linux"), toolkit
+    return "cpu", ""
 
 
 def _verify(f_dir: Path, fork: sources.Checkout, opts: Options) -> dict[str, Any]:
@@ -278,11 +279,9 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     if opts.part and opts.base_from:
         raise UsageError("--part base and --base-from are the two halves of one build: give one of them")
     lenient = opts.dry_run or bool(opts.part)  # a base part builds no GPU code: nvcc need not be here
-    preset = _check_backend(backend, info.era, notes if lenient else None)
+    preset, toolkit = _check_backend(backend, info.era, notes if lenient else None)
     cuda_arch = _cuda_arch(opts.cuda_arch or settings.build.cuda_arch, notes if opts.dry_run else None) \
         if backend == "cuda" else ""
-    if backend == "cuda" and info.era != sources.ERA_C:
-        raise UsageError("--backend cuda needs an era C Ollama", hint="use --ollama-ref v0.30.0 or later")
     o_dir = ollama.export(probe / "ollama", PROBE_PATHS)
     f_dir = fork.export(probe / "fork", [*fork_sources.FORK_PATHS, "ggml/src/ggml-common.h", "ggml/src"])
     arg_cpp, ggml_c = fork_sources.read_fork_sources(f_dir)
@@ -350,7 +349,7 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                 patches=patches,
                 dist=ws / "dist" / version, key=key, notes=notes, verify=verified,
                 outcomes=applied + skipped, per_model_kv=per_model, patch_results=patch_results,
-                adaptations=adaptations, cuda_arch=cuda_arch)
+                adaptations=adaptations, cuda_arch=cuda_arch, cuda_toolkit=toolkit)
     ld = build_era_c.ldflags(version)
     server_cmake = o_dir / "llama/server/CMakeLists.txt"
     if server_cmake.is_file():

@@ -20,6 +20,7 @@ BACKENDS = ("metal", "cuda", "cpu")
 HOST_OS = ("darwin", "linux")
 SERVICES = ("launchd", "systemd", "none")
 CUDA_ARCH_PATTERN = r"[1-9]\d{1,2}[af]?"  # a compute capability as CMake names it: 90, 89, 90a, 120
+CUDA_ARCH_EXAMPLES = "90 (H100/H200), 89 (L4/RTX 40), 86 (A10/RTX 30), 80 (A100)"
 
 DEFAULTS: dict[str, Any] = {
     "workspace": ".turbo",
@@ -263,7 +264,7 @@ class _Validator:
         text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
         if text is None or text and not re.fullmatch(CUDA_ARCH_PATTERN, text):
             raise self.fail(key, f"{value!r} is not a CUDA architecture: give the compute capability without the "
-                                 "dot, e.g. 90 (H100/H200), 89 (L4/RTX 40), 86 (A10/RTX 30), 80 (A100)")
+                                 f"dot, e.g. {CUDA_ARCH_EXAMPLES}")
         return text
 
     def prefix(self, value: Any, key: str) -> str:

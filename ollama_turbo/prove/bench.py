@@ -323,11 +323,9 @@ def run(endpoints: list[tuple[Endpoint, Callable[[], AbstractContextManager[Endp
             res: dict[str, Any] = {"label": placeholder.label, "type_k": placeholder.type_k,
                                    "type_v": placeholder.type_v}
             report["results"].append(res)
-            f16 = next((r.get("placement", {}).get("graph_splits") for r in report["results"]
-                        if r["label"] == "f16" and (r.get("placement") or {}).get("gpu_layers")), None)
             try:
                 with starter() as ep:
-                    bench_endpoint(ep, opts, tick, res, save, reference=f16)
+                    bench_endpoint(ep, opts, tick, res, save, reference=f16_splits(report))
             except FAULTS as exc:
                 res["error"] = str(exc)
             save()
@@ -336,20 +334,21 @@ def run(endpoints: list[tuple[Endpoint, Callable[[], AbstractContextManager[Endp
     return report
 
 
+def f16_splits(report: dict[str, Any]) -> int | None:
+    """The f16 cache's graph splits on this server, where f16 was measured with layers on a GPU: the reference
+    a config's splits are held against."""
+    f16 = next((offload.Placement.from_json(r.get("placement")) for r in report["results"]
+                if r.get("label") == "f16"), None)
+    return f16.splits if f16 and f16.on_gpu else None
+
+
 def flag_fallbacks(report: dict[str, Any]) -> None:
     """Mark each config whose graph leaves the GPU (``cpu_fallback``), against the f16 cache's graph splits
-    when f16 was measured on the same server."""
-    def where(r: dict[str, Any]) -> offload.Placement | None:
-        p = r.get("placement") or {}
-        if p.get("graph_splits") is None:
-            return None
-        layers = p.get("gpu_layers")
-        return offload.Placement(int(p["graph_splits"]), (int(layers[0]), int(layers[1])) if layers else None)
-
-    f16 = next((where(r) for r in report["results"] if r.get("label") == "f16"), None)
+    when f16 was measured on the same server (also when it was measured after the config)."""
+    reference = f16_splits(report)
     for r in report["results"]:
-        p = where(r)
+        p = offload.Placement.from_json(r.get("placement"))
         if p is not None and not r.get("cpu_fallback"):
-            r["cpu_fallback"] = offload.fallback(p, f16.splits if f16 and f16.on_gpu else None)
+            r["cpu_fallback"] = offload.fallback(p, reference)
 
 

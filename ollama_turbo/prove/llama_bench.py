@@ -39,10 +39,10 @@ def parse(text: str) -> dict[str, Any]:
     return out
 
 
-def measure(binary: Path, gguf: Path, pairs: list[tuple[str, str]], depths: list[int] | dict[str, list[int]], *,
+def measure(binary: Path, gguf: Path, pairs: list[tuple[str, str]], depths: dict[str, list[int]], *,
             n_prompt: int, n_gen: int, reps: int, env: dict[str, str], log: Path) -> dict[str, Any]:
-    """Per K/V label, llama-bench's prefill at depth 0 and decode at each depth (a failing config: its error).
-    ``depths`` may differ per label (a dict): a config that falls back to the CPU is measured at its first."""
+    """Per K/V label, llama-bench's prefill at depth 0 and decode at each of that label's ``depths`` (a config
+    that falls back to the CPU is given its first only); a failing config: its error."""
     if not binary.is_file():
         raise LlamaBenchError(f"llama-bench not found at {binary}",
                               hint="rebuild with invoke build-ollama (it builds llama-bench beside llama-server), "
@@ -50,8 +50,7 @@ def measure(binary: Path, gguf: Path, pairs: list[tuple[str, str]], depths: list
     out: dict[str, Any] = {}
     log.parent.mkdir(parents=True, exist_ok=True)
     for pair in pairs:
-        at = depths.get(label(*pair), []) if isinstance(depths, dict) else depths
-        args = argv(binary, gguf, pair, at or [0], n_prompt=n_prompt, n_gen=n_gen, reps=reps)
+        args = argv(binary, gguf, pair, depths.get(label(*pair)) or [0], n_prompt=n_prompt, n_gen=n_gen, reps=reps)
         r = proc.run(args, check=False, timeout=3600, extra_env=env or None)
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"+ {' '.join(map(str, args))}\n{r.stdout}{r.stderr}\n")

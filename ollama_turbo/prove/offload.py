@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 SPLITS = re.compile(r"graph splits = (\d+)")
 OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
@@ -27,6 +28,14 @@ class Placement:
 
     def to_json(self) -> dict[str, object]:
         return {"graph_splits": self.splits, "gpu_layers": list(self.layers) if self.layers else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Placement | None:
+        """A placement a report recorded (:meth:`to_json`); None when it recorded no graph splits."""
+        if not data or data.get("graph_splits") is None:
+            return None
+        layers = data.get("gpu_layers")
+        return cls(int(data["graph_splits"]), (int(layers[0]), int(layers[1])) if layers else None)
 
 
 def placement(log: str) -> Placement:

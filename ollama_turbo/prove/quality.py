@@ -206,9 +206,9 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
         if not corpus.is_file():
             raise UsageError(f"corpus file not found: {corpus}")
         corpus_name = str(corpus)
-    model_sha, binary_sha = sha256(model), sha256(binary)
+    model_sha, binary_sha, corpus_sha = sha256(model), sha256(binary), sha256(corpus)
     if baseline is not None:
-        check_baseline(baseline, model_sha, binary_sha, hashlib.sha256(corpus.read_bytes()).hexdigest())
+        check_baseline(baseline, model_sha, binary_sha, corpus_sha)
     log = out / "llama-perplexity.log"
     rows: list[dict[str, Any]] = []
     tokens = 0  # the corpus, as llama-perplexity counted it (when it says)
@@ -253,7 +253,7 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
         "build": {"llama_perplexity": str(binary), "llama_perplexity_sha256": binary_sha, **(provenance or {})},
         "corpus": {"name": corpus_name, "path": str(corpus), "tokens": tokens or None,
                    "evaluated_tokens": {str(k): v for k, v in evaluated.items()},
-                   "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest()},
+                   "sha256": corpus_sha},
         "thresholds": {"max_kld": opts.thresholds.max_kld, "max_dppl": opts.thresholds.max_dppl},
         "contexts": opts.contexts, "results": rows,
         "run": {"threads": opts.resolved_threads(), "gpu_layers": opts.resolved_gpu_layers(),

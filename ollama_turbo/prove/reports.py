@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_turbo.core import manifest as manifest_mod
-from ollama_turbo.core.errors import UsageError
+from ollama_turbo.core.errors import ToolMissing, UsageError
 from ollama_turbo.fork.cache_types import label
 from ollama_turbo.prove import bench, bench_report, criteria, depth, llama_bench, quality
 from ollama_turbo.prove.client import Endpoint
@@ -50,7 +50,7 @@ class Tools:
         binary = manifest_mod.tool_path(self.dist, self.manifest, name)
         if not binary.is_file():
             why = ((self.manifest.get("build_flags") or {}).get("tools") or {}).get(name, "not recorded")
-            raise quality.QualityError(
+            raise ToolMissing(
                 f"the build {self.manifest.get('version')} has no {binary.relative_to(self.dist)} ({why})",
                 hint=f"rebuild with invoke build-ollama --force, or pass --{name} BIN")
         return binary
