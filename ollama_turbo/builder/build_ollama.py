@@ -115,7 +115,10 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         extra.pop("ldflags", None)
         patch_results.extend(part.get("patches") or [])
         tools.update({k: v for k, v in (part.get("toolchain") or {}).items() if k not in tools})
-        parts["base"] = {"built_on": part.get("built_on"), "built_at": part.get("built_at"), "from": str(root)}
+        # the dist's toolchain is this machine's (it built the GPU backend); the base's binaries were made
+        # with the base part's, kept beside it
+        parts["base"] = {"built_on": part.get("built_on"), "built_at": part.get("built_at"), "from": str(root),
+                         "toolchain": part.get("toolchain") or {}}
     else:
         n_mods = len(go_modules.required((ollama_dir / "go.mod").read_text()))
         step(f"download the {n_mods} Go modules Ollama requires (GOPROXY, vendor/ or the module cache)",
