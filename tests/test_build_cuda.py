@@ -85,6 +85,20 @@ def test_a_cuda_arch_that_is_no_architecture_is_refused(world: sample.World, tmp
     assert "90 (H100/H200)" in err
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    (["--cuda-arch", "9.0"], "--cuda-arch '9.0' is not a CUDA architecture"),
+    (["--part", "top"], "--part 'top': the only part built alone is 'base'"),
+    (["--part", "base", "--base-from", "/x"], "the two halves of one build: give one of them"),
+    (["--base-from", "/no/such/part"], "--base-from /no/such/part: no such base part"),
+])
+def test_bad_cuda_flags_are_refused_before_any_source_is_opened(world: sample.World, tmp_path: Path,
+                                                                 args: list[str], words: str) -> None:
+    # the sources do not exist: a flag error must come first, and nothing is fetched or made
+    code, _, err = build(world, tmp_path / "ws", *args, ollama=tmp_path / "no-ollama")
+    assert code == 2 and words in err, err
+    assert not (tmp_path / "ws").exists()
+
+
 def test_cuda_for_an_era_b_ollama_is_refused_with_the_reason(world: sample.World, tmp_path: Path) -> None:
     code, _, err = build(world, tmp_path / "ws", "--cuda-arch", "90", "--dry-run", ollama=world.ollama_b)
     assert code == 2
@@ -92,9 +106,9 @@ def test_cuda_for_an_era_b_ollama_is_refused_with_the_reason(world: sample.World
 
 
 def test_parts_belong_to_cuda_builds_only(world: sample.World, tmp_path: Path) -> None:
-    r = invoke("build-ollama", "--ollama", str(world.ollama_c), "--fork", str(world.fork), "--backend", "cpu",
+    r = invoke("build-ollama", "--ollama", str(tmp_path / "no-ollama"), "--fork", str(world.fork), "--backend", "cpu",
                "--part", "base", env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
-    assert r.returncode == 2 and "a cpu build is built in one piece" in r.stderr
+    assert r.returncode == 2 and "a cpu build is built in one piece" in r.stderr  # before the sources are opened
 
 
 def test_a_base_part_is_built_without_cuda_and_checked_where_it_is_completed(world: sample.World,

@@ -141,10 +141,7 @@ def identity_preset(backend: str, preset: str) -> str:
 def _cuda_arch(given: str, notes: list[str] | None) -> str:
     """The GPU architecture a CUDA build is for: ``given`` (flag or turbo.build.cuda_arch), else this
     machine's GPU. With ``notes`` (a dry run) a machine without a GPU gets a note instead of an error."""
-    if given:
-        if not re.fullmatch(CUDA_ARCH_PATTERN, given):
-            raise UsageError(f"--cuda-arch {given!r} is not a CUDA architecture",
-                             hint=f"give the compute capability without the dot, e.g. {CUDA_ARCH_EXAMPLES}")
+    if given:  # checked already: the flag by _check_options, the setting when the settings were read
         return given
     gpus = gpu.local_gpus()
     archs = sorted({a for _, a in gpus})
@@ -257,8 +254,28 @@ def _check_compat(ollama: sources.Checkout, fork: sources.Checkout, patches: lis
     return [{"patch": r.patch, "status": r.status} for r in results]
 
 
+def _check_options(opts: Options, backend: str) -> None:
+    """The flags that need no source: refused before any checkout is opened or fetched."""
+    if (opts.part or opts.base_from) and backend != "cuda":
+        raise UsageError(f"--part/--base-from split a CUDA build (the GPU backend is built where the CUDA toolkit "
+                         f"is); a {backend} build is built in one piece", hint="drop the option, or --backend cuda")
+    if opts.part not in ("", "base"):
+        raise UsageError(f"--part {opts.part!r}: the only part built alone is 'base'",
+                         hint="--part base builds all but the GPU backend; --base-from PATH builds the rest")
+    if opts.part and opts.base_from:
+        raise UsageError("--part base and --base-from are the two halves of one build: give one of them")
+    if opts.base_from and not Path(opts.base_from).expanduser().exists():
+        raise UsageError(f"--base-from {opts.base_from}: no such base part",
+                         hint="copy <workspace>/parts/<version>/ of the build machine here and name that folder")
+    if opts.cuda_arch and not re.fullmatch(CUDA_ARCH_PATTERN, opts.cuda_arch):
+        raise UsageError(f"--cuda-arch {opts.cuda_arch!r} is not a CUDA architecture",
+                         hint=f"give the compute capability without the dot, e.g. {CUDA_ARCH_EXAMPLES}")
+
+
 def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     ws = settings.workspace
+    backend = opts.backend or settings.build.backend
+    _check_options(opts, backend)
     ollama = sources.open_configured(settings, "ollama", opts.ollama, opts.ollama_ref)
     fork = sources.open_configured(settings, "fork", opts.fork, opts.fork_ref)
     for co in (ollama, fork):
@@ -268,16 +285,7 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                               f"uses the committed {co.ref} ({co.short}) and would not contain them",
                               hint="commit or stash them, or pass --allow-dirty to build the committed tree anyway")
     info = sources.detect(ollama)
-    backend = opts.backend or settings.build.backend
     notes: list[str] = []
-    if (opts.part or opts.base_from) and backend != "cuda":
-        raise UsageError(f"--part/--base-from split a CUDA build (the GPU backend is built where the CUDA toolkit "
-                         f"is); a {backend} build is built in one piece", hint="drop the option, or --backend cuda")
-    if opts.part not in ("", "base"):
-        raise UsageError(f"--part {opts.part!r}: the only part built alone is 'base'",
-                         hint="--part base builds all but the GPU backend; --base-from PATH builds the rest")
-    if opts.part and opts.base_from:
-        raise UsageError("--part base and --base-from are the two halves of one build: give one of them")
     lenient = opts.dry_run or bool(opts.part)  # a base part builds no GPU code: nvcc need not be here
     preset, toolkit = _check_backend(backend, info.era, notes if lenient else None)
     cuda_arch = _cuda_arch(opts.cuda_arch or settings.build.cuda_arch, notes if opts.dry_run else None) \

@@ -211,7 +211,8 @@ def _deploy_locked(run: Run, res: DeployResult) -> DeployResult:
     if previous and previous != version:
         set_previous(t, layout, previous)
     attempt.step = "the restart and health check"
-    say(f"[{host.name}] restart the {host.service} service, wait for /api/version = {version}")
+    what = "the server" if host.service == "none" else f"the {host.service} service"
+    say(f"[{host.name}] restart {what}, wait for /api/version = {version}")
     try:
         mgr.install(run.config)
         t_restart = time.perf_counter()
