@@ -87,8 +87,7 @@ def test_era_c_build_runs_turbo4_with_the_stamped_version(
 
 
 def test_manifest_records_provenance_and_checksums(era_c_build: build.Result) -> None:
-    m = manifest.read(era_c_build.dist)
-    assert m is not None
+    m = manifest.load(era_c_build.dist).data
     assert m["era"] == "C" and m["backend"] == "cpu" and m["pinned"] == {"tag": "b110"}
     assert m["fork"]["sha"] == era_c_build.plan.fork.sha and m["ollama"]["version"] == "0.31.0"
     assert m["cache_types"]["turbo4"] == {"ggml_type": "GGML_TYPE_TURBO4_0", "block": 128, "bytes": 68}
@@ -105,7 +104,7 @@ def test_manifest_records_provenance_and_checksums(era_c_build: build.Result) ->
     assert m["build_flags"]["tool_paths"] == {"llama-perplexity": "lib/ollama/llama-perplexity"}
     for rel, digest in m["files"].items():
         assert manifest.sha256(era_c_build.dist / rel) == digest
-    assert manifest.verify(era_c_build.dist, m) == []
+    assert manifest.load(era_c_build.dist).verify() == []
 
 
 def test_era_b_build_accepts_turbo4(worlds: dict[str, sample.World], tmp_path: Path) -> None:
@@ -120,8 +119,8 @@ def test_era_b_build_accepts_turbo4(worlds: dict[str, sample.World], tmp_path: P
     text = log.read_text(errors="replace")
     assert "unsupported OLLAMA_KV_CACHE_TYPE" not in text and "K (turbo4):" in text
     assert f"llama.cpp={r.plan.fork.sha}" in text  # build-info regenerated from the fork
-    m = manifest.read(r.dist)
-    assert m and {x["rule"] for x in m["rules"]} >= {"supports-kv-cache-type", "llama-kv-type-turbo4",
+    m = manifest.load(r.dist).data
+    assert {x["rule"] for x in m["rules"]} >= {"supports-kv-cache-type", "llama-kv-type-turbo4",
                                                      "engine-kv-type-turbo4", "ml-dtypes"}
     assert [p["status"] for p in m["patches"]] == ["applied", "applied"]
 
@@ -192,7 +191,7 @@ def test_fork_without_an_always_passed_flag_drops_it_loudly(
     assert r.returncode == 0, r.stderr
     assert "WARNING: dropping --kv-unified" in r.stdout
     dist = Path(r.stdout.strip().splitlines()[-1])
-    assert (manifest.read(dist) or {})["dropped_flags"] == ["--kv-unified"]
+    assert manifest.load(dist).data["dropped_flags"] == ["--kv-unified"]
     log = tmp_path / "serve.log"
     with serving(dist / "bin/ollama", log, {"OLLAMA_MODELS": str(tmp_path / "m")}) as client:
         client.create("s", gguf=w.model)
@@ -451,12 +450,13 @@ def test_plans_for_a_build_use_its_blocks_when_the_fork_changed_turbo4(
 
     world = worlds["fork-2026-06"]
     r = do_build(world, "C", tmp_path / "ws")
-    m = manifest.read(r.dist) or {}
+    built = manifest.load(r.dist)
+    m = built.data
     assert m["cache_types"]["turbo4"] == {"ggml_type": "GGML_TYPE_TURBO4_0", "block": 128, "bytes": 66}
     assert m["cache_types"]["q8_0"]["bytes"] == 34  # every type the fork accepts is recorded
     logged = kv_lines(_served_kv(r.dist, world.model, "turbo4", tmp_path))[-1]
     geo = geometry.geometry_from_gguf(world.model)
-    from_build = memory.estimate(geo, logged.cells, "turbo4", blocks=BlockTable.from_manifest(m, "manifest.json"))
+    from_build = memory.estimate(geo, logged.cells, "turbo4", blocks=BlockTable.from_manifest(built))
     from_constants = memory.estimate(geo, logged.cells, "turbo4", blocks=BUILTIN)
     assert abs(from_build.mib - logged.mib) / logged.mib < 0.01, (from_build.mib, logged.mib)
     assert abs(from_constants.mib - logged.mib) / logged.mib > 0.02  # what the planner said before
@@ -599,13 +599,32 @@ def test_deploy_refuses_a_build_for_another_platform(era_c_build: build.Result, 
     s = _local_host(tmp_path)
     mac = tmp_path / "dist-mac"
     sh.copytree(era_c_build.dist, mac)
-    m = manifest_mod.read(mac) or {}
+    m = manifest_mod.load(mac).data
     manifest_mod.write(mac, dict(m, platform={"os": "darwin", "arch": "arm64"}))
     with pytest.raises(releases.DeployError, match=r"dist-mac was built on darwin; here is os: linux"):
         releases.deploy(s, s.host("here"), mac, say=lambda line: None, accept_unmeasured=True)
     manifest_mod.write(mac, dict(m, backend="metal"))
     with pytest.raises(releases.DeployError, match=r"dist-mac is a metal build; here is os: linux"):
         releases.deploy(s, s.host("here"), mac, say=lambda line: None, accept_unmeasured=True)
+    assert not (tmp_path / "host").exists()
+
+
+def test_a_cache_type_the_builds_fork_lacks_is_refused_before_the_host_is_contacted(
+        era_c_build: build.Result, tmp_path: Path) -> None:
+    import shutil as sh
+
+    from ollama_turbo.core import manifest as manifest_mod
+    from ollama_turbo.deploy import releases
+
+    s = _local_host(tmp_path)
+    older = tmp_path / "dist-older-fork"
+    sh.copytree(era_c_build.dist, older)
+    m = manifest_mod.load(older).data
+    manifest_mod.write(older, dict(m, cache_types={k: v for k, v in m["cache_types"].items() if k != "turbo4"}))
+    with pytest.raises(releases.DeployError) as info:
+        releases.deploy(s, s.host("here"), older, say=lambda line: None, accept_unmeasured=True)
+    assert f"{m['version']} cannot run turbo.kv (turbo4): its fork has no turbo4 cache type (it has f32" in str(
+        info.value)
     assert not (tmp_path / "host").exists()
 
 
@@ -621,7 +640,7 @@ def test_the_newest_build_is_chosen_by_its_build_time_not_its_mtime(era_c_build:
     for name, built_at in (("new", "2026-11-26T10:00:00+00:00"), ("old", "2026-11-01T10:00:00+00:00")):
         d = tmp_path / "ws/dist" / name
         sh.copytree(era_c_build.dist, d)
-        manifest_mod.write(d, dict(manifest_mod.read(d) or {}, built_at=built_at))
+        manifest_mod.write(d, dict(manifest_mod.load(d).data, built_at=built_at))
     os.utime(tmp_path / "ws/dist/old", None)  # copied last: the newest mtime
     assert dists.latest_dist(s).name == "new"
 

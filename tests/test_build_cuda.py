@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ollama_turbo import sample
-from ollama_turbo.core import gpu
+from ollama_turbo.core import gpu, manifest
 
 from .conftest import invoke
 
@@ -172,9 +172,9 @@ class _Host:
 def test_a_cuda_dist_is_refused_on_a_host_without_its_gpu_architecture(answer: str, words: str) -> None:
     from ollama_turbo.deploy import dists
 
-    m = {"backend": "cuda", "gpu": {"arch": "90"}}
+    m = _cuda_manifest("90", "dist/0.30.0-turbo+abc.cuda.123456")
     with pytest.raises(dists.DeployError) as info:
-        dists.check_gpu(m, _Host(answer), _Host(answer), Path("dist/0.30.0-turbo+abc.cuda.123456"))  # type: ignore[arg-type]
+        dists.check_gpu(m, _Host(answer), _Host(answer))  # type: ignore[arg-type]
     assert "is a CUDA build for sm_90" in str(info.value) and words in str(info.value)
 
 
@@ -182,5 +182,13 @@ def test_a_cuda_dist_passes_on_its_own_gpu_and_cpu_dists_ask_nothing() -> None:
     from ollama_turbo.deploy import dists
 
     host = _Host("NVIDIA H200, 9.0\n")
-    dists.check_gpu({"backend": "cuda", "gpu": {"arch": "90"}}, host, host, Path("d"))  # type: ignore[arg-type]
-    dists.check_gpu({"backend": "cpu"}, host, _Host("unused"), Path("d"))  # type: ignore[arg-type]
+    dists.check_gpu(_cuda_manifest("90", "d"), host, host)  # type: ignore[arg-type]
+    dists.check_gpu(_cuda_manifest("", "d"), host, _Host("unused"))  # type: ignore[arg-type]
+
+
+def _cuda_manifest(arch: str, dist: str) -> manifest.Manifest:
+    """A CUDA build's manifest for ``arch`` (a cpu build's for "")."""
+    gpu_entry = {"arch": arch, "runner_dir": "lib/ollama/cuda_v13", "module": "lib/ollama/cuda_v13/libggml-cuda.so"}
+    data = {"version": "v", "era": "C", "files": {}, **({"backend": "cuda", "gpu": gpu_entry} if arch
+                                                        else {"backend": "cpu"})}
+    return manifest.parse(json.dumps(data), Path(dist) / "manifest.json")

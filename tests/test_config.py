@@ -43,7 +43,10 @@ def test_hosts_get_defaults_by_os() -> None:
     ({"build": {"cuda_arch": "9.0"}}, "turbo.build.cuda_arch", "not a CUDA architecture"),
     ({"build": {"cuda_arch": True}}, "turbo.build.cuda_arch", "compute capability without the dot"),
     ({"kv": {"type_k": 8}}, "turbo.kv.type_k", "non-empty string"),
-    ({"kv": {"type_v": "Turbo 4"}}, "turbo.kv.type_v", "not a cache type"),
+    ({"kv": {"type_v": "Turbo 4"}}, "turbo.kv.type_v", "not a cache type the fork has"),
+    ({"kv": {"type_k": "turbo5"}}, "turbo.kv.type_k", "'turbo5' is not a cache type the fork has; known: f32, f16"),
+    ({"kv": {"env": {"TURBO_LAYER_ADAPTIVE": "x"}}}, "turbo.kv.env.TURBO_LAYER_ADAPTIVE",
+     "not a layer-adaptive mode"),
     ({"kv": {"env": {"turbo layer": 1}}}, "turbo.kv.env.turbo layer", "environment variable"),
     ({"sources": {"fork": {"ref": ""}}}, "turbo.sources.fork.ref", "non-empty string"),
     ({"sources": "here"}, "turbo.sources", "expected a mapping"),
@@ -120,6 +123,16 @@ def test_every_task_has_help() -> None:
     assert "--scenario" in r.stdout and "empty directory" in r.stdout
 
 
+def test_the_cache_is_typed_once_with_the_forks_knobs() -> None:
+    s = config.parse({"kv": {"type_k": "Q8_0", "type_v": "turbo4",
+                             "env": {"TURBO_LAYER_ADAPTIVE": 7, "TURBO_AUTO_ASYMMETRIC": False}}})
+    assert (s.kv.type_k, s.kv.label) == ("q8_0", "q8_0/turbo4")
+    assert (s.kv.fork.layer_adaptive, s.kv.fork.auto_asymmetric) == (7, False)
+    assert s.kv.env == {"TURBO_LAYER_ADAPTIVE": "7", "TURBO_AUTO_ASYMMETRIC": "0"}  # as the server is given them
+    d = config.parse({}).kv
+    assert (d.label, d.fork.layer_adaptive, d.fork.auto_asymmetric) == ("turbo4", None, True)
+
+
 def test_a_ref_is_given_only_when_the_user_sets_it(tmp_path: Path) -> None:
     s = config.parse({})
     assert not s.sources.ollama.ref_given and s.sources.ollama.ref == "main"
@@ -140,5 +153,5 @@ def test_a_fork_knob_the_fork_would_misread_stops_every_task_at_the_start(tmp_pa
                  ["modelfiles", "--out", str(tmp_path / "mf")]):
         r = invoke("-f", str(f), *task)
         assert r.returncode == 2, (task, r.stdout, r.stderr)
-        assert f"error: turbo.kv.env.{knob}: {words}" in r.stderr and "next step:" in r.stderr
+        assert f"error: turbo.kv.env.{knob} (in {f}): {words}" in r.stderr and "next step:" in r.stderr
     assert not list((tmp_path / "mf").glob("*"))  # nothing rendered

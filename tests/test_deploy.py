@@ -12,6 +12,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -61,7 +62,7 @@ def env(sshd: ssh_host.SSHHost, tmp_path_factory: pytest.TempPathFactory) -> dic
             fork.commit(f"revision {i}")
         r = build.run(s, build.Options(ollama=str(world.ollama_c), fork=str(world.fork)), say=lambda x: None)
         # launchd runs only on macOS: these Linux builds stand in for Mac builds on the emulated Mac host
-        m = manifest.read(r.dist) or {}
+        m = manifest.load(r.dist).data
         manifest.write(r.dist, dict(m, platform={"os": "darwin", "arch": m["platform"]["arch"]}))
         dists.append(r.dist)
     # the quality gate: the sample model with turbo4, measured once with the build's llama-perplexity
@@ -74,7 +75,7 @@ def env(sshd: ssh_host.SSHHost, tmp_path_factory: pytest.TempPathFactory) -> dic
     # so what stops the deploy is the health check (a server that exits at once races launchd's state)
     (broken / "bin/ollama").write_text("#!/bin/sh\necho 'ollama: cannot start (broken on purpose)' >&2\n"
                                        "sleep 2\nexit 1\n")
-    m = manifest.read(broken) or {}
+    m = manifest.load(broken).data
     manifest.write(broken, dict(m, version=m["version"] + ".broken"))
     specs = root / "specs"
     specs.mkdir()
@@ -143,7 +144,7 @@ def version(env: dict) -> str | None:
 
 
 def version_of(dist: Path) -> str:
-    return (manifest.read(dist) or {})["version"]
+    return manifest.load(dist).version
 
 
 def test_dry_run_changes_nothing(fresh: dict) -> None:
@@ -155,6 +156,13 @@ def test_dry_run_changes_nothing(fresh: dict) -> None:
     assert "<key>OLLAMA_KV_CACHE_TYPE</key>" in out and "dry run: nothing was changed" in out
     assert not (env["sshd"].home / ".ollama-turbo").exists()
     assert not (env["sshd"].home / "Library").exists()
+    # the plan printed is the plan applied: the same steps, in the same order, with the same words
+    steps = re.findall(r"^  (\d+)\. (.+)$", out, re.M)
+    assert [k for k, _ in steps] == [str(i) for i in range(1, 8)] and "upload 3 files (0 already there)" in out
+    code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][0]), "--specs", str(env["specs"]))
+    assert code == 0, out + err
+    applied = re.findall(r"^\[mac\] (\d+)/7 (.+)$", out, re.M)
+    assert applied == steps
 
 
 def test_unknown_host_key_is_refused(env: dict, tmp_path: Path) -> None:
@@ -357,7 +365,8 @@ def test_a_plist_with_markup_and_spaces_round_trips_through_plistlib_and_the_emu
     s = config.parse({"hosts": {"mac": {"os": "darwin"}},
                       "kv": {"env": {"TURBO_NOTE": "a & b < c > d \"quoted\" 100% with spaces"}}})
     layout = services.Layout(home=str(tmp_path), prefix=str(tmp_path / "my models & more"), models=str(tmp_path))
-    text = services.render(s.host("mac"), layout, services.service_env(s, s.host("mac"), layout, "C"))
+    env = services.service_env(s.kv, s.host("mac"), layout, "C", (s.kv.type_k, s.kv.type_v))
+    text = services.render(s.host("mac"), layout, env)
     data = plistlib.loads(text.encode())
     assert data["EnvironmentVariables"]["TURBO_NOTE"] == "a & b < c > d \"quoted\" 100% with spaces"
     assert data["ProgramArguments"][0] == f"{tmp_path}/my models & more/current/bin/ollama"
@@ -375,14 +384,14 @@ def test_systemd_unit_rendering(tmp_path: Path) -> None:
                              "env": {"TURBO_LAYER_ADAPTIVE": 7, "TURBO_NOTE": 'keep 100% "as is"'}}})
     host = s.host("box")
     layout = services.Layout(home=str(tmp_path), prefix=str(tmp_path / "p"), models=str(tmp_path / "m"))
-    env = services.service_env(s, host, layout, "C")
+    env = services.service_env(s.kv, host, layout, "C", (s.kv.type_k, s.kv.type_v))
     unit = services.render(host, layout, env)
     assert 'Environment="LLAMA_ARG_CACHE_TYPE_K=q8_0"' in unit and 'Environment="LLAMA_ARG_CACHE_TYPE_V=turbo4"' in unit
     assert "OLLAMA_KV_CACHE_TYPE" not in unit and 'Environment="TURBO_LAYER_ADAPTIVE=7"' in unit
     assert f'ExecStart="{tmp_path}/p/current/bin/ollama" serve' in unit
     assert 'Environment="TURBO_NOTE=keep 100%% \\"as is\\""' in unit
     with pytest.raises(services.ServiceError, match="one cache type for K and V"):
-        services.service_env(s, host, layout, "B")
+        services.service_env(s.kv, host, layout, "B", (s.kv.type_k, s.kv.type_v))
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze is not installed")
     (tmp_path / "p/current/bin").mkdir(parents=True)
@@ -523,7 +532,7 @@ def test_a_cut_during_the_switch_or_the_health_check_rolls_back(fresh: dict, fla
     deployed(env, 0)
     v1 = version_of(env["dists"][0])
     # each cut is set off by the deploy's own progress line for that step: no timer races the deploy
-    for when, step_line in (("switch", "switch current ->"), ("health", "restart the launchd service")):
+    for when, step_line in (("switch", "/7 switch "), ("health", "restart the launchd service")):
         def fault(line: str, proxy: Proxy, step_line: str = step_line) -> None:
             if step_line in line:
                 proxy.cut()
@@ -542,7 +551,7 @@ def test_a_stall_past_the_timeout_rolls_back(fresh: dict, flaky: tuple, monkeypa
     monkeypatch.setenv("TURBO_SSH_COMMAND_TIMEOUT", "4")
 
     def fault(line: str, proxy: Proxy) -> None:
-        if "switch current ->" in line:
+        if "/7 switch " in line:
             proxy.stall()
             threading.Timer(7.0, proxy.resume).start()
 

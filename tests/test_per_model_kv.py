@@ -7,6 +7,7 @@ rules the build applied.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def built(world: sample.World, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def test_the_build_records_per_model_cache_types_and_where_each_rule_applied(built: Path) -> None:
-    m = manifest.read(built) or {}
+    m = manifest.load(built).data
     pm = m["per_model_kv"]
     assert pm["supported"] is True and pm["param"] == "kv_cache_type"
     assert {"f16", "q8_0", "turbo3", "turbo4"} <= set(pm["allowed"])
@@ -114,14 +115,18 @@ def test_modelfiles_render_the_parameter_per_model_and_the_host_default(tmp_path
 
 def test_a_build_without_per_model_types_refuses_models_that_disagree(tmp_path: Path) -> None:
     specs = _specs(tmp_path, a="q8_0/turbo4", b="turbo3")
-    era_b = {"version": "0.24.0-turbo+x", "per_model_kv": {"supported": False, "why_not": "era B runs llama.cpp "
-                                                                                          "inside Ollama"}}
+    era_b = _manifest({"version": "0.24.0-turbo+x", "era": "B", "per_model_kv": {
+        "supported": False, "why_not": "era B runs llama.cpp inside Ollama"}})
     ok, why, _ = modelfile.per_model_support(era_b)
     assert not ok
     with pytest.raises(ConfigError, match="one KV cache type for every model \\(era B runs llama.cpp inside Ollama"):
         modelfile.render_all(_fleet(tmp_path), specs, tmp_path / "out", per_model=ok, why_not=why)
     # a build from before per-model support (no record at all) is refused the same way
-    assert modelfile.per_model_support({"version": "old"})[0] is False
+    assert modelfile.per_model_support(_manifest({"version": "old", "era": "C"}))[0] is False
+
+
+def _manifest(data: dict) -> manifest.Manifest:
+    return manifest.parse(json.dumps({"files": {}, **data}), Path("dist/manifest.json"))
 
 
 def test_a_type_the_build_lacks_is_refused_before_anything_reaches_a_host(tmp_path: Path) -> None:

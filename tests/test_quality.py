@@ -178,6 +178,9 @@ def test_bad_input(built: tuple, measured: dict, tmp_path: Path) -> None:
     nodist.mkdir()
     (nodist / "manifest.json").write_text(json.dumps({"version": "0.0.1", "build_flags": {}}))
     r = invoke("quality", "--model", str(world.model), "--manifest", str(nodist), env=env)
+    assert r.returncode == 2 and f"{nodist / 'manifest.json'}: not a build manifest (no era, files)" in r.stderr
+    (nodist / "manifest.json").write_text(json.dumps({"version": "0.0.1", "era": "C", "files": {}}))
+    r = invoke("quality", "--model", str(world.model), "--manifest", str(nodist), env=env)
     assert r.returncode == 1 and "the build 0.0.1 has no tools/llama-perplexity" in r.stderr
     r = invoke(*base, "--ctx", "512", "--max-kld", "tiny", env=env)
     assert r.returncode == 2 and "--max-kld 'tiny' is not a number" in r.stderr

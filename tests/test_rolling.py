@@ -58,7 +58,23 @@ def test_dry_run_shows_the_order(dist: Path, fleet: tuple[Path, dict[str, int]],
     r = invoke("-f", str(f), "deploy", "--group", "all", "--batch", "2", "--dist", str(dist), "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "rolling deploy order: wave 0 (canary): a | wave 1: b, c | wave 2: d" in r.stdout
+    assert "  d: server K/V turbo4; models: none" in r.stdout
     assert not (tmp_path / "a").exists()
+
+
+def test_every_hosts_deploy_is_decided_before_the_canary_is_touched(
+        dist: Path, fleet: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
+    """A model of the last host with no quality measurement stops the rollout before any host changes."""
+    f, _ = fleet
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    model = next((dist.parents[2] / "world").rglob("*.gguf"))  # the sample world's model, never measured here
+    (specs / "late.yaml").write_text(f"from: {model}\nnum_ctx: 2048\nhosts: [d]\n")
+    r = invoke("-f", str(f), "deploy", "--group", "all", "--dist", str(dist), "--specs", str(specs))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "error: late has no quality measurement with turbo4" in r.stderr and "--accept-unmeasured" in r.stderr
+    assert not any((tmp_path / name).exists() for name in "abcd")  # not even the canary was reached
+    assert "wave 0" not in r.stdout
 
 
 def test_a_failing_canary_stops_the_rollout(dist: Path, fleet: tuple[Path, dict[str, int]], tmp_path: Path) -> None:

@@ -86,9 +86,8 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
     if opts.dry_run:
         return Result("dry-run", plan, plan.dist, seconds=time.perf_counter() - t0)
     existing = manifest.read(plan.dist) if not opts.part else None
-    if existing and not opts.force and existing.get("inputs_key") == plan.key and not manifest.verify(
-            plan.dist, existing):
-        return Result("up-to-date", plan, plan.dist, existing, time.perf_counter() - t0)
+    if existing and not opts.force and existing.inputs_key == plan.key and not existing.verify():
+        return Result("up-to-date", plan, plan.dist, existing.data, time.perf_counter() - t0)
     tools = _toolchain(plan, go=base is None, cuda=plan.backend == "cuda" and not opts.part)
     ws = settings.workspace
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -165,8 +164,7 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         return Result("base-part", plan, plan.dist, data, time.perf_counter() - t0, log)
     manifest.write(stage, redact.tree(data))  # the manifest travels to every host: no credentials in it
     _publish(stage, plan.dist, work)
-    written = manifest.read(plan.dist) or data
-    return Result("built", plan, plan.dist, written, time.perf_counter() - t0, log)
+    return Result("built", plan, plan.dist, manifest.load(plan.dist).data, time.perf_counter() - t0, log)
 
 
 def _publish(stage: Path, dest: Path, work: Path) -> None:

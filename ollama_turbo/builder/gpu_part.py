@@ -96,7 +96,7 @@ def load_part(path: Path, *, identity: str, version: str, platform: dict[str, st
                          f"{str(data.get('identity'))[:12]}), this build is {version} (identity {identity[:12]})",
                          hint="build both parts from the same Ollama and fork commits, rules, settings and "
                               "--cuda-arch; invoke build-ollama --dry-run prints the identity")
-    bad = manifest.verify(root, {"files": data.get("files", {})})
+    bad = manifest.verify(root, data.get("files", {}))
     bad = [b for b in bad if b != PART]
     if bad:
         raise UsageError(f"--base-from {root}: files differ from its record: {', '.join(bad[:5])}",

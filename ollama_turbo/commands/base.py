@@ -113,13 +113,9 @@ def project_dir(c: Any) -> Path:
 
 
 def settings(c: Any) -> config.Settings:
-    """The settings, read and checked once per task: the fork's knobs in ``turbo.kv.env`` too, so a bad one
-    stops every task at the start, naming its key, instead of the stage that first reads it."""
-    from ollama_turbo.fork.behaviour import ForkBehaviour
-
-    s = settings_files.settings(c.config, project_dir(c))
-    ForkBehaviour.from_env(s.kv.env)
-    return s
+    """The settings, read and checked once per task (cache types and the fork's knobs in ``turbo.kv`` too, so a
+    bad one stops every task at the start, naming its key, instead of the stage that first reads it)."""
+    return settings_files.settings(c.config, project_dir(c))
 
 
 def specs_dir(c: Any, given: str) -> Path:
@@ -130,15 +126,16 @@ def specs_dir(c: Any, given: str) -> Path:
     return local if local.is_dir() else PACKAGED_SPECS
 
 
-def block_table(c: Any, manifest: str = "", fork: str = "", fork_ref: str = "") -> Any:
-    """The block formats a plan uses: a build's (``--manifest``), a fork's (``--fork``), else the built-in table."""
+def block_table(c: Any, manifest: str | manifest_mod.Manifest | None = "", fork: str = "", fork_ref: str = "") -> Any:
+    """The block formats a plan uses: a build's (``--manifest``, or its manifest already loaded), a fork's
+    (``--fork``), else the built-in table."""
     from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
 
     if manifest and fork:
         raise UsageError("give --manifest (a build's block formats) or --fork (a fork's), not both")
     if manifest:
-        m = manifest_mod.load(Path(manifest))
-        return BlockTable.from_manifest(m, str(manifest))
+        return BlockTable.from_manifest(manifest if isinstance(manifest, manifest_mod.Manifest)
+                                        else manifest_mod.load(Path(manifest)))
     if fork:
         from ollama_turbo.core import sources
         from ollama_turbo.fork import blocks

@@ -32,7 +32,6 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
           baseline="", min_decode_ratio=0.9, max_ttft_ratio=1.1, json=""):
     """Prove the endpoint runs the intended build with the intended cache type, and measure it."""
     from ollama_turbo.fork import cache_types
-    from ollama_turbo.fork.behaviour import ForkBehaviour
     from ollama_turbo.prove import smoke as smoke_mod
     from ollama_turbo.prove.server_log import file_reader
 
@@ -43,7 +42,7 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
         raise UsageError(f"--api {api!r} is not one of: ollama, llama-server")
     type_k, type_v = cache_types.parse_pair(cache_type) if cache_type else (s.kv.type_k, s.kv.type_v)
     expect = smoke_mod.Expect(version=expect_version or None, type_k=type_k, type_v=type_v,
-                              fork=ForkBehaviour.from_env(s.kv.env))
+                              fork=s.kv.fork)
     provenance: dict[str, Any] = {"settings_kv": s.kv_summary()}
     with contextlib.ExitStack() as stack:
         log_reader = None
@@ -58,9 +57,9 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
         if manifest:
             m = manifest_mod.load(Path(manifest))
         if m:
-            expect.version = expect.version or m.get("version")
-            expect.era = m.get("era")
-            provenance["build"] = manifest_mod.summary(m)
+            expect.version = expect.version or m.version
+            expect.era = m.era
+            provenance["build"] = m.summary()
         if log:
             log_reader = file_reader(Path(log))
         if api == "ollama":
@@ -119,7 +118,7 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
     tools = reports.Tools.of(manifest)
     if manifest:
         provenance["build"] = tools.provenance
-        opts.blocks = block_table(c, manifest)
+        opts.blocks = block_table(c, tools.manifest)
     if llama_bench and not gguf:
         raise UsageError("--llama-bench needs --gguf MODEL (the file the server serves)")
     side_by_side = (tools.tool("llama-bench", "" if llama_bench == "auto" else llama_bench), Path(gguf),
@@ -130,7 +129,7 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
         targets = bench_host.bench_targets(s, s.host(host), targets_mod.pairs_for(types), model)
         deployed = hostview.deployed_manifest(s.host(host))
         if deployed and "build" not in provenance:
-            provenance["build"] = manifest_mod.summary(deployed)
+            provenance["build"] = deployed.summary()
         provenance.update(host=host, parallel=targets_mod.parallel_from(s.kv.env))
     else:
         targets = targets_mod.choose(url=url, log=log, api=api, model=model, types=types,
@@ -191,7 +190,7 @@ def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo
                                thresholds=quality_mod.Thresholds.parse(max_kld, max_dppl), threads=int(threads),
                                gpu_layers=None if int(gpu_layers) == -1 else int(gpu_layers))
     if manifest:
-        opts.blocks = block_table(c, manifest)
+        opts.blocks = block_table(c, tools.manifest)
     out_dir = Path(out) if out else reports.quality_out(s.workspace, Path(model))
     report, rows = reports.run_quality(s.workspace, Path(model), binary, tools, opts, out_dir,
                                        corpus=Path(corpus) if corpus else None,

@@ -81,7 +81,7 @@ def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
     m = manifest_mod.load(Path(manifest)) if manifest else None
     per_model, why_not, allowed = modelfile.per_model_support(m)
     rendered = modelfile.render_all(s, spec_list, out_dir, host=host or None, reserve_gib=float(reserve_gib),
-                                    blocks=block_table(c, manifest), per_model=per_model, why_not=why_not,
+                                    blocks=block_table(c, m), per_model=per_model, why_not=why_not,
                                     allowed=allowed)
     if not rendered:
         print("no spec targets " + (f"host {host}" if host else "any configured host")

@@ -1,15 +1,34 @@
-"""The provenance manifest of a build: what went in, and the sha256 of every file."""
+"""The provenance manifest of a build: what went in, and the sha256 of every file.
+
+A build writes it (:func:`write`); every task that takes a build reads it through one loader (:func:`load`, or
+:func:`read` where a missing or broken one only means "no build here", :func:`parse` for a host's copy) into a
+:class:`Manifest`: the fields the stages act on, checked and typed once; ``data`` keeps the whole record for
+reports and the hosts.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ollama_turbo.core.errors import TurboError, UsageError
+
 NAME = "manifest.json"
+ERAS = ("B", "C")
+SUMMARY_KEYS = ("version", "era", "ollama", "fork", "backend")
+
+
+class ManifestError(UsageError):
+    """A manifest that is missing, not JSON, or not a build manifest: names the file and the next step."""
+
+
+class DamagedBuild(TurboError):
+    """A build whose files differ from its manifest's checksums."""
 
 
 def sha256(path: Path) -> str:
@@ -47,57 +66,180 @@ def write(root: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def read(root: Path) -> dict[str, Any] | None:
-    p = root / NAME
-    if not p.is_file():
-        return None
-    try:
-        data: dict[str, Any] = json.loads(p.read_text())
-        return data
-    except ValueError:
-        return None
-
-
-def load(path: Path) -> dict[str, Any]:
-    """A manifest given as its file or as the dist directory that holds it."""
-    from ollama_turbo.core.errors import UsageError
-
-    p = path / NAME if path.is_dir() else path
-    try:
-        data: dict[str, Any] = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read the build manifest {p}: {exc}",
-                         hint="pass a dist directory of invoke build-ollama or its manifest.json") from None
-    return data
-
-
-def verify(root: Path, data: dict[str, Any]) -> list[str]:
-    """Files whose checksum differs from the manifest (or that are missing or extra)."""
-    want: dict[str, str] = data.get("files", {})
+def verify(root: Path, want: Mapping[str, str]) -> list[str]:
+    """Files under ``root`` whose checksum differs from ``want`` (or that are missing or extra)."""
     have = file_sums(root)
     return sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
 
 
-SUMMARY_KEYS = ("version", "era", "ollama", "fork", "backend")
 
 
-def summary(data: dict[str, Any]) -> dict[str, Any]:
-    """The part of a manifest that reports carry as their build's provenance."""
-    return {k: data.get(k) for k in SUMMARY_KEYS}
+@dataclass(frozen=True)
+class GPU:
+    """A CUDA build's GPU backend: the architecture it was compiled for and where its module lives."""
+
+    arch: str
+    runner_dir: str  # lib/ollama/cuda_v13
+    module: str      # the backend module, relative to the dist
+    preset: str = ""
+    toolkit: str = ""
 
 
-def tool_path(dist: Path, data: dict[str, Any], name: str) -> Path:
-    """Where a build keeps one of its tools (``build_flags.tool_paths``; builds from before it: ``tools/``)."""
-    rel = ((data.get("build_flags") or {}).get("tool_paths") or {}).get(name, f"tools/{name}")
-    return dist / str(rel)
+@dataclass(frozen=True)
+class PerModelKV:
+    """Whether the build takes a cache type per model (``PARAMETER kv_cache_type``), and which types."""
+
+    supported: bool
+    allowed: tuple[str, ...] | None = None  # the types its llama-server accepts; None: not recorded
+    why_not: str = ""
 
 
-def tool_env(dist: Path, m: dict[str, Any]) -> dict[str, str]:
-    """The environment a build's tools (llama-perplexity, llama-bench) need to run on its GPU backend, as
-    Ollama gives llama-server: the module in ``GGML_BACKEND_PATH``, its runtime libraries on the loader path."""
-    g = m.get("gpu") or {}
-    if not g.get("module"):
-        return {}
-    lib = str(dist / g["runner_dir"])
-    old = os.environ.get("LD_LIBRARY_PATH", "")
-    return {"GGML_BACKEND_PATH": str(dist / g["module"]), "LD_LIBRARY_PATH": lib + (":" + old if old else "")}
+@dataclass(frozen=True)
+class Manifest:
+    """A build's manifest, read once. ``path`` is its file; the dist is the directory holding it."""
+
+    path: Path
+    version: str
+    era: str
+    backend: str
+    files: dict[str, str]
+    built_at: str = ""
+    inputs_key: str = ""
+    platform: dict[str, str] = field(default_factory=dict)
+    gpu: GPU | None = None
+    cache_types: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (values, bytes) per block
+    per_model_kv: PerModelKV = PerModelKV(False)
+    tool_paths: dict[str, str] = field(default_factory=dict)
+    tools_why: dict[str, str] = field(default_factory=dict)  # why a tool is missing, as the build recorded it
+    data: dict[str, Any] = field(default_factory=dict, repr=False)  # the whole record
+
+    @property
+    def dist(self) -> Path:
+        return self.path.parent
+
+    def summary(self) -> dict[str, Any]:
+        """The part that reports carry as their build's provenance."""
+        return {k: self.data.get(k) for k in SUMMARY_KEYS}
+
+    def verify(self) -> list[str]:
+        """Files whose checksum differs from the manifest (or that are missing or extra)."""
+        return verify(self.dist, self.files)
+
+    def tool_path(self, name: str) -> Path:
+        """Where the build keeps one of its tools (``build_flags.tool_paths``; builds from before it: ``tools/``)."""
+        return self.dist / self.tool_paths.get(name, f"tools/{name}")
+
+    def tool_env(self) -> dict[str, str]:
+        """The environment the build's tools (llama-perplexity, llama-bench) need to run on its GPU backend, as
+        Ollama gives llama-server: the module in ``GGML_BACKEND_PATH``, its runtime libraries on the loader path."""
+        if self.gpu is None or not self.gpu.module:
+            return {}
+        old = os.environ.get("LD_LIBRARY_PATH", "")
+        lib = str(self.dist / self.gpu.runner_dir)
+        return {"GGML_BACKEND_PATH": str(self.dist / self.gpu.module),
+                "LD_LIBRARY_PATH": lib + (":" + old if old else "")}
+
+
+def load(path: Path, *, whole: bool = False) -> Manifest:
+    """The manifest of a build given as its dist directory or its manifest.json; with ``whole``, every file
+    must match its checksum too. Anything else is a :class:`ManifestError` naming the file."""
+    p = path / NAME if path.is_dir() else path
+    if not p.is_file():
+        raise ManifestError(f"{path} has no {NAME}: not a build of invoke build-ollama" if path.is_dir()
+                            else f"cannot read the build manifest {p}: no such file",
+                            hint="build one with invoke build-ollama, or pass a dist directory "
+                                 "(<workspace>/dist/<version>) or its manifest.json")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read the build manifest {p}: {exc}",
+                            hint="pass a dist directory of invoke build-ollama or its manifest.json") from None
+    m = parse(text, p)
+    if whole:
+        bad = m.verify()
+        if bad:
+            raise DamagedBuild(f"{m.dist}: files differ from the manifest: {', '.join(bad[:5])}",
+                                hint="rebuild with invoke build-ollama --force")
+    return m
+
+
+def read(root: Path) -> Manifest | None:
+    """The manifest in ``root``, or None where there is none or it is not a build manifest (a half-written or
+    foreign directory is not a build)."""
+    try:
+        return load(root) if (root / NAME).is_file() else None
+    except ManifestError:
+        return None
+
+
+def parse(text: str, path: Path) -> Manifest:
+    """A manifest's text (from ``path``: here, or a host's copy), checked: the fields the stages act on must be
+    there with their types; the rest is kept as written."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ManifestError(f"{path}: not JSON ({exc})", hint="rebuild with invoke build-ollama") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: not a build manifest (a JSON {type(data).__name__}, not an object)",
+                            hint="rebuild with invoke build-ollama")
+    missing = [k for k in ("version", "era", "files") if k not in data]
+    if missing:
+        raise ManifestError(f"{path}: not a build manifest (no {', '.join(missing)})",
+                            hint="rebuild with invoke build-ollama")
+    return _typed(data, path)
+
+
+def _typed(d: Mapping[str, Any], path: Path) -> Manifest:
+    def bad(key: str, want: str) -> ManifestError:
+        return ManifestError(f"{path}: {key} is {d.get(key)!r}, expected {want}",
+                             hint="rebuild with invoke build-ollama (the manifest was edited or is damaged)")
+
+    def text(key: str, default: str = "") -> str:
+        v = d.get(key, default)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise bad(key, "a string")
+        return v
+
+    def table(key: str) -> dict[str, Any]:
+        v = d.get(key) or {}
+        if not isinstance(v, dict):
+            raise bad(key, "an object")
+        return v
+
+    files = table("files")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise bad("files", "an object of file -> sha256")
+    era = text("era")
+    if era not in ERAS:
+        raise bad("era", " or ".join(ERAS))
+    version = text("version")
+    if not version:
+        raise bad("version", "a version")
+    g = table("gpu")
+    gpu = None
+    if g:
+        try:
+            gpu = GPU(arch=str(g["arch"]), runner_dir=str(g["runner_dir"]), module=str(g["module"]),
+                      preset=str(g.get("preset") or ""), toolkit=str(g.get("toolkit") or ""))
+        except KeyError as exc:
+            raise bad("gpu", f"an object with {exc.args[0]}") from None
+    try:
+        blocks = {str(n): (int(v["block"]), int(v["bytes"])) for n, v in table("cache_types").items()}
+    except (KeyError, TypeError, ValueError):
+        raise bad("cache_types", "a table of block and bytes per type") from None
+    pm = table("per_model_kv")
+    allowed = pm.get("allowed")
+    flags = table("build_flags")
+    return Manifest(
+        path=path, version=version, era=era, backend=text("backend"), files=dict(files),
+        built_at=text("built_at"), inputs_key=text("inputs_key"),
+        platform={str(k): str(v) for k, v in table("platform").items()},
+        gpu=gpu, cache_types=blocks,
+        per_model_kv=PerModelKV(bool(pm.get("supported")),
+                                tuple(map(str, allowed)) if isinstance(allowed, list) else None,
+                                str(pm.get("why_not") or "")),
+        tool_paths={str(k): str(v) for k, v in (flags.get("tool_paths") or {}).items()},
+        tools_why={str(k): str(v) for k, v in (flags.get("tools") or {}).items()},
+        data=dict(d))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_turbo.core.errors import ConfigError
+from ollama_turbo.core.kv_types import CACHE_TYPES, ForkBehaviour, label
 
 BACKENDS = ("metal", "cuda", "cpu")
 HOST_OS = ("darwin", "linux")
@@ -51,7 +52,6 @@ HOST_DEFAULTS: dict[str, Any] = {
 }
 
 _HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_CACHE_TYPE = re.compile(r"^[a-z0-9_]+$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 Origin = Callable[[str], str]
@@ -81,14 +81,23 @@ class Sources:
 
 @dataclass(frozen=True)
 class KV:
+    """The configured cache, typed once when the settings are read: two cache types the fork has, and its
+    knobs from ``env`` parsed into :class:`~ollama_turbo.core.kv_types.ForkBehaviour` (``fork``), which every
+    stage is handed instead of reading ``env`` again."""
+
     type_k: str
     type_v: str
     flash_attention: bool
     env: dict[str, str] = field(default_factory=dict)
+    fork: ForkBehaviour = field(default_factory=ForkBehaviour)
 
     @property
     def symmetric(self) -> bool:
         return self.type_k == self.type_v
+
+    @property
+    def label(self) -> str:
+        return label(self.type_k, self.type_v)
 
     def summary(self) -> dict[str, Any]:
         """The configured cache, as reports record it beside what the server really ran."""
@@ -200,12 +209,13 @@ def parse(raw: Mapping[str, Any], origin: Origin = _no_origin, *, base: Path | N
         for name in ("ollama", "fork", "upstream")
     })
     kvm = v.mapping(full["kv"], "kv", allowed={"type_k", "type_v", "flash_attention", "env"})
-    env = v.mapping(kvm["env"], "kv.env")
+    env_raw = v.mapping(kvm["env"], "kv.env")
+    env = {v.env_name(k, f"kv.env.{k}"): v.scalar_str(val, f"kv.env.{k}") for k, val in env_raw.items()}
     kv = KV(
         type_k=v.cache_type(kvm["type_k"], "kv.type_k"),
         type_v=v.cache_type(kvm["type_v"], "kv.type_v"),
         flash_attention=v.boolean(kvm["flash_attention"], "kv.flash_attention"),
-        env={v.env_name(k, f"kv.env.{k}"): v.scalar_str(val, f"kv.env.{k}") for k, val in env.items()},
+        env=env, fork=ForkBehaviour.from_env(env, origin),
     )
     bm = v.mapping(full["build"], "build", allowed={"backend", "version_suffix", "cuda_arch"})
     build = Build(
@@ -295,9 +305,12 @@ class _Validator:
         return str(value)
 
     def cache_type(self, value: Any, key: str) -> str:
+        """A cache type the fork has (its table as this project knows it; a build's own table is checked
+        against when one is deployed or planned with)."""
         s = self.string(value, key).lower()
-        if not _CACHE_TYPE.match(s):
-            raise self.fail(key, f"{value!r} is not a cache type name (e.g. f16, q8_0, turbo4)")
+        if s not in CACHE_TYPES:
+            raise self.fail(key, f"{value!r} is not a cache type the fork has; known: {', '.join(CACHE_TYPES)}",
+                            hint="e.g. turbo4, turbo3, q8_0 or f16")
         return s
 
     def env_name(self, value: Any, key: str) -> str:

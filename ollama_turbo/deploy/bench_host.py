@@ -4,7 +4,6 @@ host's lock), measured, and restored."""
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,7 +12,7 @@ from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.hostview import wait_version
 from ollama_turbo.deploy.lock import host_lock
 from ollama_turbo.deploy.services import Manager, render, service_env
-from ollama_turbo.deploy.store import current_release, layout_of
+from ollama_turbo.deploy.store import current_manifest, current_release, layout_of
 from ollama_turbo.deploy.transport import connect
 from ollama_turbo.fork.cache_types import label
 from ollama_turbo.prove.client import Endpoint
@@ -33,13 +32,16 @@ def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], 
                 mgr = Manager(t, host, layout)
                 # the host's lock, held from the rewrite to the restore: a deploy cannot run in between
                 with host_lock(t, layout, print):
-                    m = json.loads(t.read(f"{layout.current}/manifest.json"))
+                    m = current_manifest(t, layout, host)
+                    if m is None:
+                        raise DeployError(f"{host.name}: the current release has no readable manifest.json",
+                                          hint=f"deploy again: invoke deploy --host {host.name}")
                     original = t.read(mgr.config_path)
                     try:
-                        mgr.install(render(host, layout, service_env(settings, host, layout, m["era"], kv=(k, v))))
+                        mgr.install(render(host, layout, service_env(settings.kv, host, layout, m.era, (k, v))))
                         mgr.restart()
                         with t.forward(host.port, host.probe_host) as url:
-                            ok, why = wait_version(url, m["version"], host.health_timeout)
+                            ok, why = wait_version(url, m.version, host.health_timeout)
                             if not ok:
                                 raise DeployError(f"{host.name} with {k}/{v}: {why}")
                             yield Endpoint(label(k, v), k, v, url, "ollama", model, lambda: t.read(layout.log))

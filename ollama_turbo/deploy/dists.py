@@ -4,11 +4,11 @@ whether it runs on a host (its OS, CPU architecture, backend and GPU architectur
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ollama_turbo.core import gpu
 from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core.errors import UsageError
+from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.transport import Transport
@@ -16,7 +16,7 @@ from ollama_turbo.deploy.transport import Transport
 
 def latest_dist(settings: Settings) -> Path:
     """The newest build by the time its manifest says it was built (a copied directory keeps its age)."""
-    dists = [(m.get("built_at", ""), p) for p in (settings.workspace / "dist").glob("*")
+    dists = [(m.built_at, p) for p in (settings.workspace / "dist").glob("*")
              if (m := manifest_mod.read(p)) is not None]
     if not dists:
         raise UsageError(f"no build in {settings.workspace / 'dist'}", hint="run invoke build-ollama, or pass --dist")
@@ -26,10 +26,9 @@ def latest_dist(settings: Settings) -> Path:
 ARCH = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64"}
 
 
-def check_platform(m: dict[str, Any], host: Host, t: Transport, dist: Path) -> None:
+def check_platform(m: Manifest, host: Host, t: Transport) -> None:
     """A build runs only where it was built for: its OS, its CPU architecture, its backend."""
-    built = m.get("platform") or {}
-    backend = m.get("backend")
+    built, backend, dist = m.platform, m.backend, m.dist
     if backend == "metal" and host.os != "darwin" or backend == "cuda" and host.os != "linux":
         raise DeployError(f"{dist.name} is a {backend} build; {host.name} is os: {host.os}",
                           hint=f"build with --backend {'cpu' if host.os == 'linux' else 'metal'} for this host")
@@ -41,13 +40,13 @@ def check_platform(m: dict[str, Any], host: Host, t: Transport, dist: Path) -> N
         if arch and ARCH.get(arch, arch) != ARCH.get(built["arch"], built["arch"]):
             raise DeployError(f"{dist.name} was built for {built['arch']}; {host.name} is {arch}",
                               hint="build on a machine of the host's architecture")
-    check_gpu(m, host, t, dist)
+    check_gpu(m, host, t)
 
 
-def check_gpu(m: dict[str, Any], host: Host, t: Transport, dist: Path) -> None:
+def check_gpu(m: Manifest, host: Host, t: Transport) -> None:
     """A CUDA build runs on the GPU architecture it was built for: the host's GPUs, as nvidia-smi names them."""
-    want = str((m.get("gpu") or {}).get("arch") or m.get("cuda_arch") or "")
-    if m.get("backend") != "cuda" or not want:
+    want, dist = (m.gpu.arch if m.gpu else ""), m.dist
+    if m.backend != "cuda" or not want:
         return
     r = t.sh(gpu.QUERY + " 2>&1", check=False)
     found = gpu.parse_query(r.stdout)
@@ -62,17 +61,6 @@ def check_gpu(m: dict[str, Any], host: Host, t: Transport, dist: Path) -> None:
                           hint=f"build for that GPU: invoke build-ollama --backend cuda --cuda-arch {other[0][1]}")
 
 
-def load_dist(dist: Path) -> dict[str, Any]:
-    if not (dist / manifest_mod.NAME).is_file():
-        raise UsageError(f"{dist} has no manifest.json: not a build of invoke build-ollama",
-                         hint="build one with invoke build-ollama, or pass --dist <workspace>/dist/<version>")
-    m = manifest_mod.load(dist)  # a manifest that is not JSON says so, with the parser's words
-    missing = [k for k in ("version", "era", "files") if not isinstance(m, dict) or k not in m]
-    if missing:
-        raise UsageError(f"{dist / manifest_mod.NAME}: not a build manifest (no {', '.join(missing)})",
-                         hint="rebuild with invoke build-ollama")
-    bad = manifest_mod.verify(dist, m)
-    if bad:
-        raise DeployError(f"{dist}: files differ from the manifest: {', '.join(bad[:5])}",
-                          hint="rebuild with invoke build-ollama --force")
-    return m
+def load_dist(dist: Path) -> Manifest:
+    """The build to deploy: its manifest, and every file as the manifest says (a damaged build is never sent)."""
+    return manifest_mod.load(dist, whole=True)

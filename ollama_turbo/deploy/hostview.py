@@ -4,7 +4,6 @@ the service log, the deployed manifest), the K/V its service is configured with 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,10 +12,11 @@ import requests
 
 from ollama_turbo.core import poll
 from ollama_turbo.core.errors import TurboError
+from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.services import Manager
-from ollama_turbo.deploy.store import current_release, layout_of, previous_release, releases
+from ollama_turbo.deploy.store import current_manifest, current_release, layout_of, previous_release, releases
 from ollama_turbo.deploy.transport import connect, q
 from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.prove import loaded
@@ -67,7 +67,7 @@ def config_env(text: str, service: str) -> dict[str, str]:
 class HostView:
     url: str
     read_log: Callable[[], str]
-    current_manifest: Callable[[], dict[str, Any] | None]
+    current_manifest: Callable[[], Manifest | None]
 
 
 @contextlib.contextmanager
@@ -81,25 +81,18 @@ def host_view(host: Host) -> Iterator[HostView]:
             raise DeployError(f"{host.name} has no current release under {layout.prefix}: nothing was deployed "
                               "there", hint=f"invoke deploy --host {host.name}; or point --url at a running server")
 
-        def current_manifest() -> dict[str, Any] | None:
-            with contextlib.suppress(TurboError, ValueError, OSError):
-                data: dict[str, Any] = json.loads(t.read(f"{layout.current}/manifest.json"))
-                return data
-            return None
-
         with t.forward(host.port, host.probe_host) as url:
-            yield HostView(url, lambda: t.read(layout.log), current_manifest)
+            yield HostView(url, lambda: t.read(layout.log), lambda: current_manifest(t, layout, host))
     finally:
         t.close()
 
 
-def deployed_manifest(host: Host) -> dict[str, Any] | None:
+def deployed_manifest(host: Host) -> Manifest | None:
     """The manifest of the build a host runs now (None: nothing deployed, or unreadable)."""
     t = connect(host.name, host.ssh)
     try:
-        data: dict[str, Any] = json.loads(t.read(f"{layout_of(t, host).current}/manifest.json"))
-        return data
-    except (TurboError, ValueError, OSError):
+        return current_manifest(t, layout_of(t, host), host)
+    except (TurboError, OSError):
         return None
     finally:
         t.close()
@@ -111,10 +104,8 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
         layout = layout_of(t, host)
         mgr = Manager(t, host, layout)
         current = current_release(t, layout)
-        kv = None
-        if current:
-            with contextlib.suppress(TurboError, ValueError):
-                kv = json.loads(t.read(f"{layout.current}/manifest.json")).get("kv")
+        deployed = current_manifest(t, layout, host) if current else None
+        kv = deployed.data.get("kv") if deployed else None
         config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
         with t.forward(host.port, host.probe_host) as url:
 
@@ -137,7 +128,7 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
         return {"host": host.name, "service": host.service, "state": mgr.state(), "current": current,
                 "serving": served, "previous": previous_release(t, layout),
                 "releases": releases(t, layout), "kv_cache": env_kv or kv,
-                "kv_running": kv_running(log, env_kv, ForkBehaviour.from_env(settings.kv.env)),
+                "kv_running": kv_running(log, env_kv, settings.kv.fork),
                 "loaded": models, "prefix": layout.prefix}
     finally:
         t.close()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.fork.cache_types import BUILTIN, BlockTable, label
@@ -24,8 +25,8 @@ def server_kv(settings: Settings, rendered: list[modelfile.Rendered]) -> tuple[s
     return (shared[0].type_k, shared[0].type_v) if shared else (settings.kv.type_k, settings.kv.type_v)
 
 
-def render_models(settings: Settings, host: Host, specs_dir: Path | None, m: dict[str, Any] | None = None,
-                  dist: Path | None = None) -> list[modelfile.Rendered]:
+def render_models(settings: Settings, host: Host, specs_dir: Path | None,
+                  m: Manifest | None = None) -> list[modelfile.Rendered]:
     """The host's Modelfiles, rendered before anything on the host changes (bad specs stop here), for the build
     being deployed: its block formats, and a cache type per model where it takes ``PARAMETER kv_cache_type``
     (a spec's ``kv`` for a build without that must agree with every other model on the host)."""
@@ -34,8 +35,7 @@ def render_models(settings: Settings, host: Host, specs_dir: Path | None, m: dic
     specs = [s for s in modelfile.load_specs(specs_dir) if host.name in s.hosts]
     if not specs:
         return []
-    blocks = BlockTable.from_manifest(m, str((dist or Path(".")) / "manifest.json")) if m and m.get(
-        "cache_types") else BUILTIN
+    blocks = BlockTable.from_manifest(m) if m and m.cache_types else BUILTIN
     per_model, why_not, allowed = modelfile.per_model_support(m)
     return modelfile.render_all(settings, specs, settings.workspace / "modelfiles", host=host.name, blocks=blocks,
                                 per_model=per_model, why_not=why_not, allowed=allowed)

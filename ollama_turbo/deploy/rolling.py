@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ollama_turbo.core.errors import TurboError, UsageError
+from ollama_turbo.core.kv_types import label
 from ollama_turbo.core.settings import Settings
 from ollama_turbo.deploy import releases
+from ollama_turbo.deploy.deploy_plan import decide
 
 Say = Callable[[str], None]
 
@@ -81,16 +83,24 @@ class Rollout:
 
 
 def rollout(settings: Settings, names: list[str], dist: Path, *, batch: int = 2, dry_run: bool = False,
-            say: Say = print, **deploy_kw: Any) -> Rollout:
+            say: Say = print, specs_dir: Path | None = None, accept_unmeasured: bool = False) -> Rollout:
+    """Every host's deploy decided first (its models, caches and quality verdicts: a bad spec or a failed gate
+    for the last host stops the rollout before the canary is touched), then the waves, in order."""
     t0 = time.perf_counter()
     plan = waves(names, batch)
+    intents = {name: decide(settings, settings.host(name), dist, specs_dir=specs_dir,
+                            accept_unmeasured=accept_unmeasured) for name in names}
     r = Rollout()
     for i, wave in enumerate(plan):
         for name in wave:
-            r.outcomes.append(HostOutcome(name, i, "planned" if dry_run else "not reached"))
+            r.outcomes.append(HostOutcome(name, i, "planned" if dry_run else "not reached",
+                                          version=intents[name].build.version))
     if dry_run:
         say("rolling deploy order: " + " | ".join(
             f"wave {i}{' (canary)' if i == 0 else ''}: {', '.join(w)}" for i, w in enumerate(plan)))
+        for name, intent in intents.items():
+            models = ", ".join(f"{m} ({kv})" for m, kv in intent.model_kv.items()) or "none"
+            say(f"  {name}: server K/V {label(*intent.server_kv)}; models: {models}")
         return r
     by = {o.host: o for o in r.outcomes}
     for i, wave in enumerate(plan):
@@ -99,7 +109,7 @@ def rollout(settings: Settings, names: list[str], dist: Path, *, batch: int = 2,
             o = by[name]
             h0 = time.perf_counter()
             try:
-                res = releases.deploy(settings, settings.host(name), dist, say=say, **deploy_kw)
+                res = releases.carry_out(intents[name], say=say)
                 o.result, o.version, o.previous = "deployed", res.version, res.previous
             except TurboError as exc:
                 o.result, o.error = "failed", str(exc).splitlines()[0]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ollama_turbo.core import poll, templates
 from ollama_turbo.core.errors import TurboError
-from ollama_turbo.core.settings import Host, Settings
+from ollama_turbo.core.settings import KV, Host
 from ollama_turbo.deploy.transport import Transport, q
 
 LABEL = "com.ollama-turbo.ollama"
@@ -61,10 +61,10 @@ def expand(path: str, home: str) -> str:
     return home + path[1:] if path == "~" or path.startswith("~/") else path
 
 
-def service_env(settings: Settings, host: Host, layout: Layout, era: str,
-                kv: tuple[str, str] | None = None) -> list[tuple[str, str]]:
-    """The server's environment: listen address, models, KV cache type, flash attention, knobs."""
-    type_k, type_v = kv or (settings.kv.type_k, settings.kv.type_v)
+def service_env(cache: KV, host: Host, layout: Layout, era: str, kv: tuple[str, str]) -> list[tuple[str, str]]:
+    """The server's environment: listen address, models, its K/V cache type ``kv``, and from the configured
+    ``cache``: flash attention and the variables of ``turbo.kv.env`` (the fork's knobs)."""
+    type_k, type_v = kv
     env = [("OLLAMA_HOST", host.listen), ("OLLAMA_MODELS", layout.models)]
     if type_k == type_v:
         env.append(("OLLAMA_KV_CACHE_TYPE", type_k))
@@ -74,9 +74,9 @@ def service_env(settings: Settings, host: Host, layout: Layout, era: str,
     else:
         raise ServiceError(f"era B Ollama has one cache type for K and V; {type_k}/{type_v} is not possible",
                            hint="set turbo.kv.type_k and type_v to the same type")
-    if settings.kv.flash_attention:
+    if cache.flash_attention:
         env.append(("OLLAMA_FLASH_ATTENTION", "1"))
-    env += sorted(settings.kv.env.items())
+    env += sorted(cache.env.items())
     return env
 
 

@@ -9,7 +9,11 @@ switched with one rename), ``<prefix>/previous`` (the version to go back to), ``
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
+from ollama_turbo.core import manifest as manifest_mod
+from ollama_turbo.core.errors import TurboError
+from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import Host
 from ollama_turbo.deploy.services import Layout, expand
 from ollama_turbo.deploy.transport import Transport, q, url_host
@@ -36,6 +40,16 @@ def current_release(t: Transport, layout: Layout) -> str | None:
     """The release ``current`` points at (None before the first deploy)."""
     r = t.sh(f"readlink {q(layout.current)}", check=False)
     return (r.stdout.strip().rsplit("/", 1)[-1] or None) if r.ok else None
+
+
+def current_manifest(t: Transport, layout: Layout, host: Host) -> Manifest | None:
+    """The manifest of the release a host runs now, read through the one loader (None: nothing deployed, or a
+    manifest that is not one)."""
+    try:
+        return manifest_mod.parse(t.read(f"{layout.current}/manifest.json"),
+                                  Path(f"{host.name}:{layout.current}/manifest.json"))
+    except (TurboError, OSError):
+        return None
 
 
 def previous_release(t: Transport, layout: Layout) -> str | None:

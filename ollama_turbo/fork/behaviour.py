@@ -11,48 +11,12 @@ The one place that knows the fork's cache behaviours (read from its ``src/llama-
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..core.errors import ConfigError, UsageError
-from .cache_types import cache_type, label
+from ..core.errors import UsageError
+from ..core.kv_types import LAYER_ADAPTIVE_MODES, ForkBehaviour, cache_type, label
 
-LAYER_ADAPTIVE_MODES = (0, 1, 2, 5, 6, 7)
-
-
-@dataclass(frozen=True)
-class ForkBehaviour:
-    """Switches for the fork's size-changing behaviours (all on = what the fork does)."""
-
-    pad_turbo_heads: bool = True
-    auto_asymmetric: bool = True
-    layer_adaptive: int | None = None  # TURBO_LAYER_ADAPTIVE; None = unset (fork's default)
-    ubatch: int = 512
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ForkBehaviour:
-        """The fork's knobs from a server's environment (``turbo.kv.env``), each value checked: a knob the fork
-        would read differently from what was meant is a settings error, named, when the settings are read."""
-        la = env.get("TURBO_LAYER_ADAPTIVE")
-        mode = None
-        if la is not None and str(la).strip() != "":
-            try:
-                mode = int(la)
-            except ValueError:
-                mode = -1
-            if mode not in LAYER_ADAPTIVE_MODES:
-                raise ConfigError(f"{la!r} is not a layer-adaptive mode of the fork: one of "
-                                  f"{', '.join(map(str, LAYER_ADAPTIVE_MODES))}", key="kv.env.TURBO_LAYER_ADAPTIVE",
-                                  hint="0 turns it off; leave it out for the fork's default")
-        asym = str(env.get("TURBO_AUTO_ASYMMETRIC", "1")).strip()
-        if asym not in ("0", "1"):
-            raise ConfigError(f"{asym!r}: the fork reads 0 (off) or 1 (on)", key="kv.env.TURBO_AUTO_ASYMMETRIC",
-                              hint="give 0 or 1")
-        return cls(auto_asymmetric=asym != "0", layer_adaptive=mode)
-
-    @classmethod
-    def none(cls) -> ForkBehaviour:
-        return cls(pad_turbo_heads=False, auto_asymmetric=False, layer_adaptive=0)
+__all__ = ["Effective", "ForkBehaviour", "cache_k", "effective", "layer_types"]
 
 
 def cache_k(type_k: str, type_v: str, gqa_ratio: float, fb: ForkBehaviour) -> tuple[str, str | None]:

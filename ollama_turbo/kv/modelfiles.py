@@ -26,9 +26,10 @@ import yaml
 
 from ollama_turbo.core import templates
 from ollama_turbo.core.errors import ConfigError, TurboError
+from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.fork import cache_types
-from ollama_turbo.fork.behaviour import ForkBehaviour, effective
+from ollama_turbo.fork.behaviour import effective
 from ollama_turbo.fork.cache_types import BUILTIN, GIB, BlockTable
 from ollama_turbo.kv import geometry, memory
 from ollama_turbo.kv.geometry import Geometry
@@ -166,16 +167,16 @@ def host_kv(specs: Sequence[Spec], host: str, default: tuple[str, str], *,
     return next(iter(wanted)) if wanted else default
 
 
-def per_model_support(manifest: dict[str, Any] | None) -> tuple[bool, str, list[str] | None]:
+def per_model_support(manifest: Manifest | None) -> tuple[bool, str, list[str] | None]:
     """Can the build take ``PARAMETER kv_cache_type``, and if not why; the cache types its llama-server accepts
     (None: not recorded). With no build given: what a build makes now (supported, types unknown)."""
     if manifest is None:
         return True, "", None
-    pm = manifest.get("per_model_kv") or {}
-    if pm.get("supported"):
-        return True, "", pm.get("allowed")
-    why = pm.get("why_not") or (f"build {manifest.get('version', '?')} was made without per-model cache types "
-                                "(a plain Ollama, or a build by an older ollama-turbo)")
+    pm = manifest.per_model_kv
+    if pm.supported:
+        return True, "", list(pm.allowed) if pm.allowed is not None else None
+    why = pm.why_not or (f"build {manifest.version} was made without per-model cache types "
+                         "(a plain Ollama, or a build by an older ollama-turbo)")
     return False, why, None
 
 
@@ -237,7 +238,7 @@ def render_one(spec: Spec, host: Host, settings: Settings, type_k: str, type_v: 
             raise ConfigError("num_ctx: auto needs the host's memory", key=f"hosts.{host.name}.memory_gib",
                               hint=f"set turbo.hosts.{host.name}.memory_gib in invoke.yaml")
         geo = geometry_for(spec)
-        fb = ForkBehaviour.from_env(settings.kv.env)
+        fb = settings.kv.fork
         budget = Budget(host.name, host.memory_gib, geo.weights_bytes, reserve_gib)
         num_ctx = memory.max_context(geo, max(budget.kv_bytes, 0), type_k, type_v, fb, blocks=blocks,
                                     limit=geo.n_ctx_train or None)
@@ -261,7 +262,7 @@ def render_one(spec: Spec, host: Host, settings: Settings, type_k: str, type_v: 
     if spec.gguf or spec.from_.endswith(".gguf") or {"layers", "kv_heads", "head_dim"} <= set(spec.geometry):
         geo = geometry_for(spec)
         fork_note = effective(type_k, type_v, n_layer=geo.n_layer, gqa_ratio=geo.gqa_ratio,
-                              fb=ForkBehaviour.from_env(settings.kv.env)).explain()
+                              fb=settings.kv.fork).explain()
     params: list[tuple[str, str]] = []
     if per_model:
         params.append(("kv_cache_type", cache_types.label(type_k, type_v)))

@@ -186,4 +186,4 @@ def plan_task(settings: Settings, *, model: str = "", layers: int = 0, kv_heads:
                               hint="set it in invoke.yaml")
         budget = Budget(host, h.memory_gib, geo.weights_bytes, reserve_gib)
     return make_plan(geo, parse_sizes(ctx, option="--ctx"), parse_pairs(types),
-                     fb=ForkBehaviour.from_env(settings.kv.env), budget=budget, blocks=blocks)
+                     fb=settings.kv.fork, budget=budget, blocks=blocks)

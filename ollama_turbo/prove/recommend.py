@@ -15,7 +15,7 @@ from typing import Any
 
 from ollama_turbo.core.errors import ConfigError, UsageError
 from ollama_turbo.core.settings import Settings
-from ollama_turbo.fork.behaviour import ForkBehaviour, effective
+from ollama_turbo.fork.behaviour import effective
 from ollama_turbo.fork.cache_types import BUILTIN, GIB, BlockTable, label
 from ollama_turbo.kv import memory
 from ollama_turbo.kv.geometry import geometry_from_gguf, read_gguf_metadata
@@ -103,7 +103,7 @@ def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: di
     if ctx <= 0:
         raise UsageError(f"--ctx {ctx} must be positive")
     geo = geometry_from_gguf(model)
-    fb = ForkBehaviour.from_env(settings.kv.env)
+    fb = settings.kv.fork
     budget = Budget(host, h.memory_gib, geo.weights_bytes, reserve_gib)
     model_sha = quality.model_sha256(settings.workspace, model)
     options = []

@@ -12,6 +12,7 @@ from typing import Any
 
 from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core.errors import ToolMissing, UsageError
+from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.fork.cache_types import label
 from ollama_turbo.prove import bench, bench_report, criteria, depth, llama_bench, quality
 from ollama_turbo.prove.client import Endpoint
@@ -24,8 +25,7 @@ class Tools:
     """A build's tools as a task runs them: the binary, the build's provenance, and the environment that gives
     them the build's GPU backend."""
 
-    dist: Path | None = None
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest | None = None
     env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -34,24 +34,32 @@ class Tools:
         if not manifest:
             return cls()
         m = manifest_mod.load(Path(manifest))
-        dist = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
-        return cls(dist, m, manifest_mod.tool_env(dist, m))
+        return cls(m, m.tool_env())
+
+    @property
+    def dist(self) -> Path | None:
+        return self.manifest.dist if self.manifest else None
+
+    @property
+    def backend(self) -> str:
+        return self.manifest.backend if self.manifest else ""
 
     @property
     def provenance(self) -> dict[str, Any]:
-        return manifest_mod.summary(self.manifest) if self.manifest else {}
+        return self.manifest.summary() if self.manifest else {}
 
     def tool(self, name: str, given: str = "") -> Path:
         """``given`` (a binary the user named), else the build's own ``name``, which must exist."""
         if given:
             return Path(given)
-        if self.dist is None:
+        m = self.manifest
+        if m is None:
             raise UsageError(f"which {name}? give --manifest DIST (a build of invoke build-ollama) or the binary")
-        binary = manifest_mod.tool_path(self.dist, self.manifest, name)
+        binary = m.tool_path(name)
         if not binary.is_file():
-            why = ((self.manifest.get("build_flags") or {}).get("tools") or {}).get(name, "not recorded")
+            why = m.tools_why.get(name, "not recorded")
             raise ToolMissing(
-                f"the build {self.manifest.get('version')} has no {binary.relative_to(self.dist)} ({why})",
+                f"the build {m.version} has no {binary.relative_to(m.dist)} ({why})",
                 hint=f"rebuild with invoke build-ollama --force, or pass --{name} BIN")
         return binary
 
@@ -61,7 +69,7 @@ def run_quality(workspace: Path, model: Path, binary: Path, tools: Tools, opts: 
                 say: Say = print) -> tuple[dict[str, Any], list[criteria.Row]]:
     """Measure, add the pass criteria (with a bench report: speed, memory, OOM rows), write quality.json and
     quality.md, and record the verdicts in the workspace's quality index."""
-    opts.env, opts.backend = tools.env, str(tools.manifest.get("backend") or "")
+    opts.env, opts.backend = tools.env, tools.backend
     ngl = opts.resolved_gpu_layers()
     say(f"quality: {model}, {opts.resolved_threads()} threads, "
         + ("llama.cpp's default GPU offload" if ngl is None else f"{ngl} layers on the GPU")

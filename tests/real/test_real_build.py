@@ -41,13 +41,13 @@ def real_build(real_llama_repo: Path) -> build.Result:
 
 
 def test_real_llama_server_built_through_ollamas_cmake(real_build: build.Result) -> None:
-    m = manifest.read(real_build.dist)
-    assert m is not None and m["era"] == "C" and manifest.verify(real_build.dist, m) == []
+    m = manifest.load(real_build.dist)
+    assert m.era == "C" and m.verify() == []
     server = real_build.dist / "lib/ollama/llama-server"
     help_text = proc.run([server, "--help"]).stdout
     assert "--cache-type-k" in help_text and "--kv-unified" in help_text
     # real llama.cpp has no turbo types: the rules teach Ollama only what the fork has
-    assert "turbo4" not in m["cache_types"] and m["cache_types"]["q4_1"]["bytes"] == 20
+    assert "turbo4" not in m.cache_types and m.cache_types["q4_1"] == (32, 20)
 
 
 def test_sample_ollama_drives_the_real_server(real_build: build.Result, real_model: Path, tmp_path: Path) -> None:

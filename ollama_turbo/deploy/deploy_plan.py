@@ -1,0 +1,151 @@
+"""A deploy, decided before it is done: everything a deploy computes (the build, the rendered models, the
+server's K/V and environment, the quality verdicts, the files to send, the service config and its diff, the
+steps) in one :class:`DeployPlan`. ``--dry-run`` prints it; :mod:`ollama_turbo.deploy.releases` applies it in
+one pass, step by step in the plan's order, and nothing it applies is worked out anew on the way.
+
+Two halves: :func:`decide` needs only this machine (bad specs, a failed quality gate, a cache type the build
+lacks stop here, before any host is contacted); :func:`survey` adds what the host has (read under its lock
+for a real deploy).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ollama_turbo.core.kv_types import label
+from ollama_turbo.core.manifest import Manifest
+from ollama_turbo.core.settings import KV, Host, Settings
+from ollama_turbo.deploy.dists import load_dist
+from ollama_turbo.deploy.errors import DeployError
+from ollama_turbo.deploy.models import quality_gate, render_models, server_kv
+from ollama_turbo.deploy.services import Layout, Manager, render, service_env
+from ollama_turbo.deploy.store import current_release, remote_sums
+from ollama_turbo.deploy.transport import Transport, q
+from ollama_turbo.kv import modelfiles as modelfile
+
+
+@dataclass(frozen=True)
+class Intent:
+    """The half of a plan that needs no host: what is deployed, with which models and caches."""
+
+    host: Host
+    build: Manifest
+    models: tuple[modelfile.Rendered, ...]
+    server_kv: tuple[str, str]         # the host's default K/V (models without their own)
+    cache: KV                          # the configured cache: flash attention, turbo.kv.env, the fork's knobs
+    quality: tuple[dict[str, Any], ...]  # each model's recorded verdict with the K/V it will run
+
+    @property
+    def model_kv(self) -> dict[str, str]:
+        """Each model's K/V and whether it is its own or the host's default."""
+        return {r.spec.name: label(r.type_k, r.type_v) + (" own" if r.per_model else " host default")
+                for r in self.models}
+
+    @property
+    def smokes(self) -> list[tuple[str, tuple[str, str]]]:
+        """What is proven after the restart: every model with the cache it runs, or the server alone ("")."""
+        return [(r.spec.name, (r.type_k, r.type_v)) for r in self.models] or [("", self.server_kv)]
+
+
+def decide(settings: Settings, host: Host, dist: Path, *, specs_dir: Path | None = None,
+           accept_unmeasured: bool = False) -> Intent:
+    """The build (whole, as its manifest says), the host's models rendered for it, the server's K/V (a type the
+    build's fork has), the quality verdicts: all before any host is contacted."""
+    m = load_dist(dist)
+    models = render_models(settings, host, specs_dir, m)
+    kv = server_kv(settings, models)
+    _check_types(m, kv, models)
+    gate = quality_gate(settings, models, accept_unmeasured)
+    return Intent(host, m, tuple(models), kv, settings.kv, tuple(gate))
+
+
+def _check_types(m: Manifest, kv: tuple[str, str], models: list[modelfile.Rendered]) -> None:
+    """Every cache type the host will run is one the build's fork has (its recorded table, where it has one)."""
+    if not m.cache_types:
+        return
+    wanted = [(f"turbo.kv ({label(*kv)})", kv)] + [(f"{r.spec.name} ({label(r.type_k, r.type_v)})",
+                                                      (r.type_k, r.type_v)) for r in models]
+    for who, pair in wanted:
+        missing = [t for t in pair if t not in m.cache_types]
+        if missing:
+            raise DeployError(f"{m.version} cannot run {who}: its fork has no {missing[0]} cache type (it has "
+                              f"{', '.join(m.cache_types)})",
+                              hint="choose a type the build has (turbo.kv.type_k/type_v or the spec's kv:), or "
+                                   "build from a fork that has it")
+
+
+@dataclass(frozen=True)
+class Step:
+    key: str   # what apply calls it
+    text: str  # what the plan says and apply prints
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    """Everything one deploy will do to one host, worked out before the first change."""
+
+    intent: Intent
+    layout: Layout
+    config_path: str
+    config: str                  # the service config to install
+    config_diff: str             # against the host's
+    current: str | None          # the release the host runs now
+    send: tuple[str, ...]        # files to upload (differ on the host)
+    reused: tuple[str, ...]      # files already there
+    steps: tuple[Step, ...]
+
+    @property
+    def version(self) -> str:
+        return self.intent.build.version
+
+    @property
+    def release(self) -> str:
+        return f"{self.layout.releases}/{self.version}"
+
+    def step(self, key: str) -> str:
+        return next(s.text for s in self.steps if s.key == key)
+
+    def render(self) -> str:
+        host = self.intent.host.name
+        return "\n".join([
+            f"plan for {host}: {self.version} (current: {self.current or 'none'})",
+            f"files to send ({len(self.send)}): " + (", ".join(self.send) or "none"),
+            f"already on the host: {', '.join(self.reused) or 'none'}",
+            *[f"model {m}: KV {kv}" for m, kv in self.intent.model_kv.items()],
+            self.config_diff or "service config unchanged",
+            *[f"  {i}. {s.text}" for i, s in enumerate(self.steps, 1)],
+            "  on failure: switch back, restart the previous release",
+            "dry run: nothing was changed"])
+
+
+def survey(intent: Intent, t: Transport, layout: Layout, mgr: Manager) -> DeployPlan:
+    """The plan for this host as it is now: the files it lacks, its service config against the new one."""
+    host, m = intent.host, intent.build
+    config = render(host, layout, service_env(intent.cache, host, layout, m.era, intent.server_kv))
+    old_config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
+    diff = "".join(difflib.unified_diff(old_config.splitlines(True), config.splitlines(True),
+                                        mgr.config_path + " (on host)", mgr.config_path + " (new)"))
+    release = f"{layout.releases}/{m.version}"
+    have = remote_sums(t, release) if t.sh(f"test -d {q(release)}", check=False).ok else {}
+    partial = remote_sums(t, release + ".partial")
+    send = tuple(f for f, d in m.files.items() if have.get(f) != d and partial.get(f) != d)
+    reused = tuple(f for f in m.files if f not in send)
+    current = current_release(t, layout)
+    what = "the server" if host.service == "none" else f"the {host.service} service"
+    models = ", ".join(f"{name} ({kv})" for name, kv in intent.model_kv.items())
+    steps = (
+        Step("port", f"check port {host.port} is free or this service's"),
+        Step("upload", f"upload {len(send)} files ({len(reused)} already there) to {release}.partial, verify "
+                       f"sha256, rename to {release}"),
+        Step("switch", f"switch {layout.current} -> releases/{m.version} (one rename; previous: "
+                       f"{current or 'none'})"),
+        Step("restart", f"write {mgr.config_path}, restart {what}, wait for /api/version = {m.version}"),
+        Step("models", f"create models: {models}" if models else "create models: none"),
+        Step("smoke", "smoke " + (", ".join(f"{n} with {label(*kv)}" for n, kv in intent.smokes if n)
+                                  or f"the server with {label(*intent.server_kv)}")),
+        Step("prune", f"keep the newest {host.keep} releases (and the previous)"),
+    )
+    return DeployPlan(intent, layout, mgr.config_path, config, diff, current, send, reused, steps)
