@@ -32,6 +32,7 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
           baseline="", min_decode_ratio=0.9, max_ttft_ratio=1.1, json=""):
     """Prove the endpoint runs the intended build with the intended cache type, and measure it."""
     from ollama_turbo.fork import cache_types
+    from ollama_turbo.prove import reports
     from ollama_turbo.prove import smoke as smoke_mod
     from ollama_turbo.prove.server_log import file_reader
 
@@ -41,35 +42,21 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
     if api not in ("ollama", "llama-server"):
         raise UsageError(f"--api {api!r} is not one of: ollama, llama-server")
     type_k, type_v = cache_types.parse_pair(cache_type) if cache_type else (s.kv.type_k, s.kv.type_v)
-    expect = smoke_mod.Expect(version=expect_version or None, type_k=type_k, type_v=type_v,
-                              fork=s.kv.fork)
+    expect = smoke_mod.Expect(version=expect_version or None, type_k=type_k, type_v=type_v, fork=s.kv.fork)
     provenance: dict[str, Any] = {"settings_kv": s.kv_summary()}
     with contextlib.ExitStack() as stack:
-        log_reader = None
-        m = None
+        log_reader, build = None, None
         if host:
             from ollama_turbo.deploy.hostview import host_view
 
             view = stack.enter_context(host_view(s.host(host)))  # the tunnel closes when the smoke is done
-            url, log_reader = view.url, view.read_log
-            m = view.current_manifest()
+            url, log_reader, build = view.url, view.read_log, view.current_manifest()
             provenance["host"] = host
-        if manifest:
-            m = manifest_mod.load(Path(manifest))
-        if m:
-            expect.version = expect.version or m.version
-            expect.era = m.era
-            provenance["build"] = m.summary()
-        if log:
-            log_reader = file_reader(Path(log))
-        if api == "ollama":
-            r = smoke_mod.smoke_ollama(url, model=model or None, expect=expect, log=log_reader)
-        else:
-            r = smoke_mod.smoke_llama_server(url, expect=expect, log=log_reader)
-    r.provenance.update(provenance)
-    if baseline:
-        smoke_mod.apply_gates(r, smoke_mod.load_baseline(Path(baseline)),
-                              smoke_mod.Thresholds(float(min_decode_ratio), float(max_ttft_ratio)))
+        r = reports.run_smoke(url, api=api, model=model or None, expect=expect,
+                              log=file_reader(Path(log)) if log else log_reader,
+                              build=manifest_mod.load(Path(manifest)) if manifest else build, provenance=provenance,
+                              baseline=Path(baseline) if baseline else None,
+                              thresholds=smoke_mod.Thresholds(float(min_decode_ratio), float(max_ttft_ratio)))
     print(r.render())
     write_json(json, r.to_json())
     if not r.ok:

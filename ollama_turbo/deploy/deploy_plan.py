@@ -138,10 +138,9 @@ def survey(intent: Intent, t: Transport, layout: Layout, mgr: Manager) -> Deploy
     models = ", ".join(f"{name} ({kv})" for name, kv in intent.model_kv.items())
     steps = (
         Step("port", f"check port {host.port} is free or this service's"),
-        Step("upload", f"upload {len(send)} files ({len(reused)} already there) to {release}.partial, verify "
-                       f"sha256, rename to {release}"),
-        Step("switch", f"switch {layout.current} -> releases/{m.version} (one rename; previous: "
-                       f"{current or 'none'})"),
+        Step("upload", f"upload {len(send)} files ({len(reused)} already there) to releases/{m.version}.partial "
+                       f"under {layout.prefix}, verify sha256, rename it to releases/{m.version}"),
+        Step("switch", f"switch current -> releases/{m.version} (one rename; previous: {current or 'none'})"),
         Step("restart", f"write {mgr.config_path}, restart {what}, wait for /api/version = {m.version}"),
         Step("models", f"create models: {models}" if models else "create models: none"),
         Step("smoke", "smoke " + (", ".join(f"{n} with {label(*kv)}" for n, kv in intent.smokes if n)

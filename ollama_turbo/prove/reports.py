@@ -14,8 +14,9 @@ from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core.errors import ToolMissing, UsageError
 from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.fork.cache_types import label
-from ollama_turbo.prove import bench, bench_report, criteria, depth, llama_bench, quality
+from ollama_turbo.prove import bench, bench_report, criteria, depth, llama_bench, quality, smoke
 from ollama_turbo.prove.client import Endpoint
+from ollama_turbo.prove.server_log import LogReader
 
 Say = Callable[[str], None]
 
@@ -111,3 +112,22 @@ def run_bench(targets: list[tuple[Endpoint, Starter]], opts: bench.Options, out:
             reps=opts.reps, env=tools.env if tools else {}, log=out / "llama-bench.log")
         bench_report.write_outputs(report, out)
     return report
+
+
+def run_smoke(url: str, *, api: str, model: str | None, expect: smoke.Expect, log: LogReader | None,
+              build: Manifest | None, provenance: dict[str, Any], baseline: Path | None = None,
+              thresholds: smoke.Thresholds | None = None) -> smoke.SmokeResult:
+    """The smoke task end to end: the build's version and era expected, the checks, the provenance, the
+    baseline's gates."""
+    if build is not None:
+        expect.version = expect.version or build.version
+        expect.era = build.era
+        provenance["build"] = build.summary()
+    if api == "ollama":
+        r = smoke.smoke_ollama(url, model=model, expect=expect, log=log)
+    else:
+        r = smoke.smoke_llama_server(url, expect=expect, log=log)
+    r.provenance.update(provenance)
+    if baseline is not None:
+        smoke.apply_gates(r, smoke.load_baseline(baseline), thresholds or smoke.Thresholds())
+    return r
