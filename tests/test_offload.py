@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from ollama_turbo.core import settings as config
-from ollama_turbo.core.errors import UsageError
-from ollama_turbo.prove import bench, bench_report, llama_bench, offload, recommend, targets
+from ollama_turbo.prove import bench, bench_report, llama_bench, offload, recommend
 from ollama_turbo.prove.server_log import kv_lines
 from ollama_turbo.sample.model import write_model
 
@@ -79,11 +78,14 @@ def test_recommend_never_picks_a_config_that_falls_back_on_the_host(tmp_path: Pa
     assert fell.cpu_fallback and fell.note.startswith("CPU fallback: 62 graph splits")
 
 
-def test_the_bench_runs_its_server_with_the_hosts_parallel_sequences() -> None:
-    assert targets.parallel_from({}) == 1
-    assert targets.parallel_from({"OLLAMA_NUM_PARALLEL": "4"}) == 4
-    with pytest.raises(UsageError, match="OLLAMA_NUM_PARALLEL='four'"):
-        targets.parallel_from({"OLLAMA_NUM_PARALLEL": "four"})
+def test_the_hosts_parallel_sequences_are_read_once_with_the_settings() -> None:
+    from ollama_turbo.core import settings as config
+    from ollama_turbo.core.errors import ConfigError
+
+    assert config.parse({}).kv.parallel == 1
+    assert config.parse({"kv": {"env": {"OLLAMA_NUM_PARALLEL": 4}}}).kv.parallel == 4
+    with pytest.raises(ConfigError, match="OLLAMA_NUM_PARALLEL \\(in settings\\): 'four' is not a number of sequences"):
+        config.parse({"kv": {"env": {"OLLAMA_NUM_PARALLEL": "four"}}})
 
 
 def test_llama_bench_records_become_prefill_and_decode_per_depth() -> None:

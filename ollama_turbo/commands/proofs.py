@@ -117,14 +117,15 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
         deployed = hostview.deployed_manifest(s.host(host))
         if deployed and "build" not in provenance:
             provenance["build"] = deployed.summary()
-        provenance.update(host=host, parallel=targets_mod.parallel_from(s.kv.env))
+        provenance.update(host=host, parallel=s.kv.parallel)
     else:
         targets = targets_mod.choose(url=url, log=log, api=api, model=model, types=types,
                                      llama_server=llama_server, gguf=gguf, ctx=int(ctx), opts=opts,
-                                     logs_dir=out_dir / "logs", extra_env={**s.kv.env, **tools.env})
+                                     logs_dir=out_dir / "logs", extra_env={**s.kv.env, **tools.env},
+                                     parallel=s.kv.parallel)
         if llama_server:
             provenance.update(server=llama_server, host=f"{platform.node()} (here)",
-                              parallel=targets_mod.parallel_from(s.kv.env))
+                              parallel=s.kv.parallel)
             provenance.setdefault("build", {"version": targets_mod.server_version(Path(llama_server), tools.env)})
         else:
             provenance["url"] = url

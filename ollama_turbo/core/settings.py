@@ -90,6 +90,7 @@ class KV:
     flash_attention: bool
     env: dict[str, str] = field(default_factory=dict)
     fork: ForkBehaviour = field(default_factory=ForkBehaviour)
+    parallel: int = 1  # OLLAMA_NUM_PARALLEL: the sequences the server serves at once (Ollama's default 1)
 
     @property
     def symmetric(self) -> bool:
@@ -215,7 +216,7 @@ def parse(raw: Mapping[str, Any], origin: Origin = _no_origin, *, base: Path | N
         type_k=v.cache_type(kvm["type_k"], "kv.type_k"),
         type_v=v.cache_type(kvm["type_v"], "kv.type_v"),
         flash_attention=v.boolean(kvm["flash_attention"], "kv.flash_attention"),
-        env=env, fork=ForkBehaviour.from_env(env, origin),
+        env=env, fork=ForkBehaviour.from_env(env, origin), parallel=v.parallel(env),
     )
     bm = v.mapping(full["build"], "build", allowed={"backend", "version_suffix", "cuda_arch"})
     build = Build(
@@ -312,6 +313,17 @@ class _Validator:
             raise self.fail(key, f"{value!r} is not a cache type the fork has; known: {', '.join(CACHE_TYPES)}",
                             hint="e.g. turbo4, turbo3, q8_0 or f16")
         return s
+
+    def parallel(self, env: Mapping[str, str]) -> int:
+        """``OLLAMA_NUM_PARALLEL`` in ``kv.env``: the sequences a host's Ollama serves at once (passed to
+        llama-server as ``-np``); a bench runs its own llama-server the same way."""
+        key = "kv.env.OLLAMA_NUM_PARALLEL"
+        text = env.get("OLLAMA_NUM_PARALLEL", "").strip()
+        if not text:
+            return 1
+        if not text.isdigit() or int(text) < 1:
+            raise self.fail(key, f"{text!r} is not a number of sequences", hint='give 1 or more, e.g. "4"')
+        return int(text)
 
     def env_name(self, value: Any, key: str) -> str:
         if not isinstance(value, str) or not _ENV_NAME.match(value):

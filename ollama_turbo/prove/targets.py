@@ -32,14 +32,15 @@ def pairs_for(types: str) -> list[tuple[str, str]]:
 
 
 def choose(*, url: str, log: str, api: str, model: str, types: str, llama_server: str, gguf: str, ctx: int,
-           opts: Options, logs_dir: Path, extra_env: dict[str, str]) -> list[tuple[Endpoint, Starter]]:
+           opts: Options, logs_dir: Path, extra_env: dict[str, str], parallel: int = 1
+           ) -> list[tuple[Endpoint, Starter]]:
     """Servers for ``bench``: started here (``--llama-server``) or already running (``--url``)."""
     if llama_server:
         if not gguf:
             raise UsageError("--llama-server needs --gguf MODEL")
         size = ctx or max([*opts.depths, *opts.niah_lengths, 0]) + 1024
         return local_llama_server(Path(llama_server), Path(gguf), pairs_for(types), ctx=size, logs=logs_dir,
-                                  extra_env=extra_env, parallel=parallel_from(extra_env))
+                                  extra_env=extra_env, parallel=parallel)
     if url:
         urls = parse_urls(url)
         logs = {k: Path(v) for k, v in (parse_urls(log) if log else {}).items()}
@@ -47,19 +48,6 @@ def choose(*, url: str, log: str, api: str, model: str, types: str, llama_server
             raise UsageError(f"--types {types} does not match the types given in --url ({', '.join(urls)})")
         return static(urls, api, model, logs)
     raise UsageError("give --url TYPE=URL,..., --host H, or --llama-server BIN --gguf MODEL")
-
-
-def parallel_from(env: dict[str, str]) -> int:
-    """The sequences a host's Ollama serves at once (``OLLAMA_NUM_PARALLEL``, passed to llama-server as
-    ``-np``; Ollama's default 1). A bench runs its llama-server the same way: with several sequences the
-    server keeps a cache per sequence, and the GPU kernels it needs can differ."""
-    text = env.get("OLLAMA_NUM_PARALLEL", "").strip()
-    if not text:
-        return 1
-    if not text.isdigit() or int(text) < 1:
-        raise UsageError(f"OLLAMA_NUM_PARALLEL={text!r} (turbo.kv.env) is not a number of sequences",
-                         hint="give 1 or more, e.g. OLLAMA_NUM_PARALLEL: \"4\"")
-    return int(text)
 
 
 def parse_urls(spec: str) -> dict[str, str]:
