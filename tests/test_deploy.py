@@ -147,7 +147,14 @@ def version_of(dist: Path) -> str:
     return manifest.load(dist).version
 
 
-def test_dry_run_changes_nothing(fresh: dict) -> None:
+def test_unknown_host_key_is_refused(env: dict, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][0]), known_hosts=str(empty))
+    assert code == 1 and "is not known (ssh-ed25519 SHA256:" in err and "ssh-keyscan -p" in err
+
+
+def test_a_dry_run_changes_nothing_then_a_fresh_install_applies_its_plan(fresh: dict) -> None:
     env = fresh
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][0]), "--dry-run",
                          "--specs", str(env["specs"]))
@@ -156,27 +163,13 @@ def test_dry_run_changes_nothing(fresh: dict) -> None:
     assert "<key>OLLAMA_KV_CACHE_TYPE</key>" in out and "dry run: nothing was changed" in out
     assert not (env["sshd"].home / ".ollama-turbo").exists()
     assert not (env["sshd"].home / "Library").exists()
-    # the plan printed is the plan applied: the same steps, in the same order, with the same words
     steps = re.findall(r"^  (\d+)\. (.+)$", out, re.M)
     assert [k for k, _ in steps] == [str(i) for i in range(1, 8)] and "upload 3 files (0 already there)" in out
-    code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][0]), "--specs", str(env["specs"]))
-    assert code == 0, out + err
-    applied = re.findall(r"^\[mac\] (\d+)/7 (.+)$", out, re.M)
-    assert applied == steps
-
-
-def test_unknown_host_key_is_refused(env: dict, tmp_path: Path) -> None:
-    empty = tmp_path / "known_hosts"
-    empty.write_text("")
-    code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][0]), known_hosts=str(empty))
-    assert code == 1 and "is not known (ssh-ed25519 SHA256:" in err and "ssh-keyscan -p" in err
-
-
-def test_fresh_install(fresh: dict) -> None:
-    env = fresh
     v1 = version_of(env["dists"][0])
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][0]), "--specs", str(env["specs"]))
     assert code == 0, out + err
+    # the plan printed is the plan applied: the same steps, in the same order, with the same words
+    assert re.findall(r"^\[mac\] (\d+)/7 (.+)$", out, re.M) == steps
     assert f"deployed {v1} to mac" in out and "models: sample" in out
     assert "[1/3] bin/ollama:" in out and "MB sent in" in out
     assert version(env) == v1
@@ -226,6 +219,13 @@ def test_upgrade_switches_with_little_downtime(fresh: dict) -> None:
     gap = (max(failures) - min(failures) + 0.05) if failures else 0.0
     bench(f"deploy upgrade over SSH (launchd emulator): downtime {gap:.2f} s measured by polling /api/version "
           "every 50 ms (target 0.5 s)")
+    assert (env["sshd"].home / ".ollama-turbo/previous").read_text().strip() == v1
+    # a redeploy of the current release: its previous stays v1, in the plan and in what is applied
+    code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][1]), "--dry-run")
+    assert code == 0 and f"switch current -> releases/{v2} (one rename; previous: {v1})" in out, out + err
+    code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][1]))  # no models: quick
+    assert code == 0 and f"3/7 switch current -> releases/{v2} (one rename; previous: {v1})" in out, out + err
+    assert f"(previous: {v1})" in out.splitlines()[-1]
     assert (env["sshd"].home / ".ollama-turbo/previous").read_text().strip() == v1
 
 

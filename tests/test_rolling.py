@@ -70,9 +70,14 @@ def test_every_hosts_deploy_is_decided_before_the_canary_is_touched(
     specs.mkdir()
     model = next((dist.parents[2] / "world").rglob("*.gguf"))  # the sample world's model, never measured here
     (specs / "late.yaml").write_text(f"from: {model}\nnum_ctx: 2048\nhosts: [d]\n")
-    r = invoke("-f", str(f), "deploy", "--group", "all", "--dist", str(dist), "--specs", str(specs))
+    r = invoke("-f", str(f), "deploy", "--group", "all", "--dist", str(dist), "--specs", str(specs),
+               "--json", str(tmp_path / "r.json"))
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "error: late has no quality measurement with turbo4" in r.stderr and "--accept-unmeasured" in r.stderr
+    assert "rolling deploy stopped at d: late has no quality measurement with turbo4" in r.stderr
+    assert "stopped at d before any host was touched" in r.stdout
+    out = json.loads((tmp_path / "r.json").read_text())
+    assert [(h["host"], h["result"]) for h in out["hosts"]] == [("a", "not reached"), ("b", "not reached"),
+                                                                 ("c", "not reached"), ("d", "refused")]
     assert not any((tmp_path / name).exists() for name in "abcd")  # not even the canary was reached
     assert "wave 0" not in r.stdout
 

@@ -268,3 +268,41 @@ def test_the_command_deadline_caps_every_remote_command_and_rejects_a_bad_value(
         monkeypatch.setenv("TURBO_SSH_COMMAND_TIMEOUT", bad)
         with pytest.raises(UsageError, match=f"TURBO_SSH_COMMAND_TIMEOUT='{bad}' is not a positive number"):
             command_deadline(120)
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ({"version": "v", "era": "C"}, "not a build manifest (no files)"),
+    ({"version": "v", "era": "D", "files": {}}, "era is 'D', expected B or C"),
+    ({"version": "v", "era": "C", "files": {"bin/ollama": 3}}, "expected an object of file -> sha256"),
+    ({"version": "v", "era": "C", "files": {}, "gpu": {"arch": "90"}}, "expected an object with arch, runner_dir"),
+    ({"version": "v", "era": "C", "files": {}, "cache_types": {"turbo4": {"block": "x"}}}, "cache_types is"),
+    ({"version": "v", "era": "C", "files": {}, "build_flags": {"tool_paths": ["x"]}}, "whose tool_paths is"),
+    ([1, 2], "not a build manifest (a JSON list, not an object)"),
+])
+def test_a_manifest_is_checked_once_by_its_one_loader(data: object, words: str) -> None:
+    import json
+
+    from ollama_turbo.core import manifest
+
+    with pytest.raises(manifest.ManifestError) as info:
+        manifest.parse(json.dumps(data), Path("dist/manifest.json"))
+    assert str(info.value).startswith("dist/manifest.json: ") and words in str(info.value)
+    assert "next step: rebuild with invoke build-ollama" in str(info.value)
+
+
+def test_a_manifests_fields_are_typed() -> None:
+    import json
+
+    from ollama_turbo.core import manifest
+
+    m = manifest.parse(json.dumps({
+        "version": "0.30.0-turbo+a.cuda.b", "era": "C", "backend": "cuda", "files": {"bin/ollama": "ab"},
+        "platform": {"os": "linux", "arch": None},
+        "gpu": {"arch": "90", "runner_dir": "lib/ollama/cuda_v13", "module": "lib/ollama/cuda_v13/libggml-cuda.so"},
+        "cache_types": {"turbo4": {"block": 128, "bytes": 68}},
+        "per_model_kv": {"supported": True, "allowed": ["f16", "turbo4"]},
+        "build_flags": {"tool_paths": {"llama-bench": "lib/ollama/llama-bench"}}}), Path("/d/manifest.json"))
+    assert (m.dist, m.platform, m.cache_types["turbo4"]) == (Path("/d"), {"os": "linux"}, (128, 68))
+    assert m.gpu is not None and m.gpu.arch == "90" and m.per_model_kv.allowed == ("f16", "turbo4")
+    assert m.tool_path("llama-bench") == Path("/d/lib/ollama/llama-bench")
+    assert m.tool_env()["GGML_BACKEND_PATH"] == "/d/lib/ollama/cuda_v13/libggml-cuda.so"

@@ -47,6 +47,8 @@ def settings_show(c, key=""):
     import dataclasses
 
     value: Any = dataclasses.asdict(settings(c))
+    for derived in ("fork", "parallel"):  # parsed from kv.env, not keys of their own
+        value["kv"].pop(derived, None)
     for part in [p for p in key.split(".") if p]:
         if not isinstance(value, dict) or part not in value:
             raise ConfigError("no such setting", key=key)

@@ -220,11 +220,10 @@ def _typed(d: Mapping[str, Any], path: Path) -> Manifest:
     g = table("gpu")
     gpu = None
     if g:
-        try:
-            gpu = GPU(arch=str(g["arch"]), runner_dir=str(g["runner_dir"]), module=str(g["module"]),
-                      preset=str(g.get("preset") or ""), toolkit=str(g.get("toolkit") or ""))
-        except KeyError as exc:
-            raise bad("gpu", f"an object with {exc.args[0]}") from None
+        if not all(g.get(k) for k in ("arch", "runner_dir", "module")):
+            raise bad("gpu", "an object with arch, runner_dir and module")
+        gpu = GPU(arch=str(g["arch"]), runner_dir=str(g["runner_dir"]), module=str(g["module"]),
+                  preset=str(g.get("preset") or ""), toolkit=str(g.get("toolkit") or ""))
     try:
         blocks = {str(n): (int(v["block"]), int(v["bytes"])) for n, v in table("cache_types").items()}
     except (KeyError, TypeError, ValueError):
@@ -232,10 +231,13 @@ def _typed(d: Mapping[str, Any], path: Path) -> Manifest:
     pm = table("per_model_kv")
     allowed = pm.get("allowed")
     flags = table("build_flags")
+    for key in ("tool_paths", "tools"):
+        if not isinstance(flags.get(key) or {}, dict):
+            raise bad("build_flags", f"an object whose {key} is an object")
     return Manifest(
         path=path, version=version, era=era, backend=text("backend"), files=dict(files),
         built_at=text("built_at"), inputs_key=text("inputs_key"),
-        platform={str(k): str(v) for k, v in table("platform").items()},
+        platform={str(k): str(v) for k, v in table("platform").items() if v is not None},
         gpu=gpu, cache_types=blocks,
         per_model_kv=PerModelKV(bool(pm.get("supported")),
                                 tuple(map(str, allowed)) if isinstance(allowed, list) else None,

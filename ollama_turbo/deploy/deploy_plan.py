@@ -18,11 +18,10 @@ from typing import Any
 from ollama_turbo.core.kv_types import label
 from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import KV, Host, Settings
-from ollama_turbo.deploy.dists import load_dist
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.models import quality_gate, render_models, server_kv
 from ollama_turbo.deploy.services import Layout, Manager, render, service_env
-from ollama_turbo.deploy.store import current_release, remote_sums
+from ollama_turbo.deploy.store import current_release, previous_release, remote_sums
 from ollama_turbo.deploy.transport import Transport, q
 from ollama_turbo.kv import modelfiles as modelfile
 
@@ -50,11 +49,12 @@ class Intent:
         return [(r.spec.name, (r.type_k, r.type_v)) for r in self.models] or [("", self.server_kv)]
 
 
-def decide(settings: Settings, host: Host, dist: Path, *, specs_dir: Path | None = None,
+def decide(settings: Settings, host: Host, build: Manifest, *, specs_dir: Path | None = None,
            accept_unmeasured: bool = False) -> Intent:
-    """The build (whole, as its manifest says), the host's models rendered for it, the server's K/V (a type the
-    build's fork has), the quality verdicts: all before any host is contacted."""
-    m = load_dist(dist)
+    """For ``build`` (loaded whole by :func:`~ollama_turbo.deploy.dists.load_dist`): the host's models rendered
+    for it, the server's K/V (types the build's fork has, one type for an era B build), the quality verdicts:
+    all before any host is contacted."""
+    m = build
     models = render_models(settings, host, specs_dir, m)
     kv = server_kv(settings, models)
     _check_types(m, kv, models)
@@ -63,7 +63,11 @@ def decide(settings: Settings, host: Host, dist: Path, *, specs_dir: Path | None
 
 
 def _check_types(m: Manifest, kv: tuple[str, str], models: list[modelfile.Rendered]) -> None:
-    """Every cache type the host will run is one the build's fork has (its recorded table, where it has one)."""
+    """Every cache type the host will run is one the build's fork has (its recorded table, where it has one);
+    an era B Ollama has one cache type for K and V."""
+    if m.era == "B" and kv[0] != kv[1]:
+        raise DeployError(f"{m.version} is an era B Ollama: one cache type for K and V; {label(*kv)} is not possible",
+                          hint="set turbo.kv.type_k and type_v to the same type (or deploy an era C build)")
     if not m.cache_types:
         return
     wanted = [(f"turbo.kv ({label(*kv)})", kv)] + [(f"{r.spec.name} ({label(r.type_k, r.type_v)})",
@@ -83,6 +87,14 @@ class Step:
     text: str  # what the plan says and apply prints
 
 
+ON_FAILURE = "on failure: switch back, restart the previous release"
+
+# the steps apply runs, in its order, and what a lost connection's message calls each
+STEPS = {"port": "the port check", "upload": "the upload", "switch": "the switch",
+         "restart": "the restart and health check", "models": "the model creation", "smoke": "the smoke",
+         "prune": "the pruning of old releases"}
+
+
 @dataclass(frozen=True)
 class DeployPlan:
     """Everything one deploy will do to one host, worked out before the first change."""
@@ -92,7 +104,10 @@ class DeployPlan:
     config_path: str
     config: str                  # the service config to install
     config_diff: str             # against the host's
+    old_config: str              # the host's service config now ("" if none): what a rollback restores
     current: str | None          # the release the host runs now
+    previous: str | None         # the release a rollback goes to (the current one, unless it is redeployed)
+    old_previous: str | None     # the host's previous release now: restored after a rollback
     send: tuple[str, ...]        # files to upload (differ on the host)
     reused: tuple[str, ...]      # files already there
     steps: tuple[Step, ...]
@@ -117,7 +132,7 @@ class DeployPlan:
             *[f"model {m}: KV {kv}" for m, kv in self.intent.model_kv.items()],
             self.config_diff or "service config unchanged",
             *[f"  {i}. {s.text}" for i, s in enumerate(self.steps, 1)],
-            "  on failure: switch back, restart the previous release",
+            f"  {ON_FAILURE}",
             "dry run: nothing was changed"])
 
 
@@ -134,17 +149,20 @@ def survey(intent: Intent, t: Transport, layout: Layout, mgr: Manager) -> Deploy
     send = tuple(f for f, d in m.files.items() if have.get(f) != d and partial.get(f) != d)
     reused = tuple(f for f in m.files if f not in send)
     current = current_release(t, layout)
+    old_previous = previous_release(t, layout)
+    previous = old_previous if current == m.version else current  # a redeploy keeps its previous
     what = "the server" if host.service == "none" else f"the {host.service} service"
     models = ", ".join(f"{name} ({kv})" for name, kv in intent.model_kv.items())
     steps = (
         Step("port", f"check port {host.port} is free or this service's"),
         Step("upload", f"upload {len(send)} files ({len(reused)} already there) to releases/{m.version}.partial "
                        f"under {layout.prefix}, verify sha256, rename it to releases/{m.version}"),
-        Step("switch", f"switch current -> releases/{m.version} (one rename; previous: {current or 'none'})"),
+        Step("switch", f"switch current -> releases/{m.version} (one rename; previous: {previous or 'none'})"),
         Step("restart", f"write {mgr.config_path}, restart {what}, wait for /api/version = {m.version}"),
         Step("models", f"create models: {models}" if models else "create models: none"),
         Step("smoke", "smoke " + (", ".join(f"{n} with {label(*kv)}" for n, kv in intent.smokes if n)
                                   or f"the server with {label(*intent.server_kv)}")),
         Step("prune", f"keep the newest {host.keep} releases (and the previous)"),
     )
-    return DeployPlan(intent, layout, mgr.config_path, config, diff, current, send, reused, steps)
+    return DeployPlan(intent, layout, mgr.config_path, config, diff, old_config, current, previous, old_previous,
+                      send, reused, steps)

@@ -21,8 +21,8 @@ import requests
 
 from ollama_turbo.core.errors import TurboError
 from ollama_turbo.core.settings import Host, Settings
-from ollama_turbo.deploy.deploy_plan import DeployPlan, Intent, decide, survey
-from ollama_turbo.deploy.dists import check_platform
+from ollama_turbo.deploy.deploy_plan import ON_FAILURE, STEPS, DeployPlan, Intent, decide, survey
+from ollama_turbo.deploy.dists import check_platform, load_dist
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.hostview import wait_version
 from ollama_turbo.deploy.lock import host_lock, lock_owner
@@ -34,7 +34,6 @@ from ollama_turbo.deploy.store import (
     layout_of,
     log_tail,
     port_holder,
-    previous_release,
     prune,
     remote_sums,
     set_previous,
@@ -71,8 +70,9 @@ class DeployResult:
     @classmethod
     def of(cls, plan: DeployPlan, status: str) -> DeployResult:
         i = plan.intent
-        return cls(i.host.name, plan.version, status, previous=plan.current, uploaded=list(plan.send),
-                   reused=list(plan.reused), config_diff=plan.config_diff, commands=[s.text for s in plan.steps],
+        return cls(i.host.name, plan.version, status, previous=plan.previous, uploaded=list(plan.send),
+                   reused=list(plan.reused), config_diff=plan.config_diff,
+                   commands=[*(s.text for s in plan.steps), ON_FAILURE],
                    model_kv=i.model_kv, quality=list(i.quality), plan=plan)
 
     def to_json(self) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False,
     """Plan, then apply: everything that needs no host is decided first (bad specs, a failed quality gate, a
     damaged build stop here); the host's state is read under its lock into the plan; :func:`apply` runs it."""
     t0 = time.perf_counter()
-    intent = decide(settings, host, dist, specs_dir=specs_dir, accept_unmeasured=accept_unmeasured)
+    intent = decide(settings, host, load_dist(dist), specs_dir=specs_dir, accept_unmeasured=accept_unmeasured)
     return carry_out(intent, dry_run=dry_run, say=say, t0=t0)
 
 
@@ -139,12 +139,13 @@ class Run:
     done: list[str] = field(default_factory=list)
 
     def step(self, plan: DeployPlan, key: str) -> None:
-        """Announce the plan's next step; a step out of the plan's order is a bug, caught here."""
-        expected = plan.steps[len(self.done)].key
+        """Announce the plan's next step; a step out of the plan's order is refused (a bug), as a deploy error."""
+        expected = plan.steps[len(self.done)].key if len(self.done) < len(plan.steps) else "nothing"
         if key != expected:
-            raise AssertionError(f"deploy applied {key!r} where the plan has {expected!r}")
+            raise DeployError(f"the deploy would run {key!r} where its plan has {expected!r}: not applied",
+                              hint="report this as a bug of ollama-turbo")
         self.done.append(key)
-        self.attempt.step = f"the {key}"
+        self.attempt.step = STEPS[key]
         self.say(f"[{plan.intent.host.name}] {len(self.done)}/{len(plan.steps)} {plan.step(key)}")
 
 
@@ -153,6 +154,9 @@ def apply(plan: DeployPlan, run: Run) -> DeployResult:
     previous release."""
     intent, layout, t, mgr, attempt = plan.intent, plan.layout, run.t, run.mgr, run.attempt
     host, version = intent.host, plan.version
+    if tuple(s.key for s in plan.steps) != tuple(STEPS):  # before anything changes
+        raise DeployError(f"the plan's steps ({', '.join(s.key for s in plan.steps)}) are not the ones apply runs",
+                          hint="report this as a bug of ollama-turbo")
     res = DeployResult.of(plan, "failed")
     run.step(plan, "port")
     holder = port_holder(t, host.port, host.probe_host)
@@ -170,11 +174,8 @@ def apply(plan: DeployPlan, run: Run) -> DeployResult:
                      f"turbo.hosts.{host.name}.listen another port")
     run.step(plan, "upload")
     _upload(t, plan, run.say)
-    previous = plan.current
-    if previous == version:  # a redeploy of the current release: its previous stays the previous
-        previous = res.previous = previous_release(t, layout)
-    old_config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
-    old_previous = previous_release(t, layout)
+    previous = plan.previous  # on a redeploy of the current release, its previous stays the previous
+    old_config, old_previous = plan.old_config, plan.old_previous
     attempt.previous, attempt.old_previous, attempt.old_config = previous, old_previous, old_config
     run.step(plan, "switch")
     attempt.switched = True  # from here on, recovery checks where current points
@@ -249,7 +250,7 @@ def _upload(t: Transport, plan: DeployPlan, say: Say) -> None:
             if quality:
                 t.write(f"{release}/quality.json", json.dumps(quality, indent=2) + "\n")
             return
-        if version in (plan.current, previous_release(t, layout)):
+        if version in (plan.current, plan.old_previous):
             raise DeployError(f"release {version} on the host is a different build than {dist} "
                               f"({', '.join(plan.send[:3])} differ), and it is the host's current or "
                               "previous release, so it is not replaced in place",

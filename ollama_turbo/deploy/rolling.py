@@ -13,7 +13,8 @@ from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.core.kv_types import label
 from ollama_turbo.core.settings import Settings
 from ollama_turbo.deploy import releases
-from ollama_turbo.deploy.deploy_plan import decide
+from ollama_turbo.deploy.deploy_plan import Intent, decide
+from ollama_turbo.deploy.dists import load_dist
 
 Say = Callable[[str], None]
 
@@ -48,7 +49,7 @@ def waves(names: list[str], batch: int) -> list[list[str]]:
 class HostOutcome:
     host: str
     wave: int
-    result: str  # deployed | failed | not reached | planned
+    result: str  # deployed | failed | not reached | planned | refused (its deploy could not be decided)
     version: str = ""
     previous: str | None = None
     seconds: float = 0.0
@@ -73,8 +74,10 @@ class Rollout:
         for o in self.outcomes:
             lines.append(f"{o.host:<{hw}}{o.wave:>4}  {o.result:<13}{o.version:<{vw}}{o.previous or '-':<{vw}}"
                          f"{o.seconds:>6.1f}")
-        lines.append(f"stopped at {self.stopped_at}: the hosts not reached keep their release" if self.stopped_at
-                     else f"all {len(self.outcomes)} hosts deployed in {self.seconds:.1f} s")
+        refused = any(o.result == "refused" for o in self.outcomes)
+        lines.append(f"stopped at {self.stopped_at} before any host was touched: its deploy could not be decided"
+                     if refused else f"stopped at {self.stopped_at}: the hosts not reached keep their release"
+                     if self.stopped_at else f"all {len(self.outcomes)} hosts deployed in {self.seconds:.1f} s")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -88,13 +91,22 @@ def rollout(settings: Settings, names: list[str], dist: Path, *, batch: int = 2,
     for the last host stops the rollout before the canary is touched), then the waves, in order."""
     t0 = time.perf_counter()
     plan = waves(names, batch)
-    intents = {name: decide(settings, settings.host(name), dist, specs_dir=specs_dir,
-                            accept_unmeasured=accept_unmeasured) for name in names}
+    build = load_dist(dist)  # read and checked once for every host
     r = Rollout()
     for i, wave in enumerate(plan):
         for name in wave:
-            r.outcomes.append(HostOutcome(name, i, "planned" if dry_run else "not reached",
-                                          version=intents[name].build.version))
+            r.outcomes.append(HostOutcome(name, i, "planned" if dry_run else "not reached"))
+    by = {o.host: o for o in r.outcomes}
+    intents: dict[str, Intent] = {}
+    for name in names:  # every host decided before the canary is touched
+        try:
+            intents[name] = decide(settings, settings.host(name), build, specs_dir=specs_dir,
+                                   accept_unmeasured=accept_unmeasured)
+        except TurboError as exc:
+            by[name].result, by[name].error = "refused", str(exc).splitlines()[0]
+            r.stopped_at = name
+            r.seconds = time.perf_counter() - t0
+            return r
     if dry_run:
         say("rolling deploy order: " + " | ".join(
             f"wave {i}{' (canary)' if i == 0 else ''}: {', '.join(w)}" for i, w in enumerate(plan)))
@@ -102,7 +114,6 @@ def rollout(settings: Settings, names: list[str], dist: Path, *, batch: int = 2,
             models = ", ".join(f"{m} ({kv})" for m, kv in intent.model_kv.items()) or "none"
             say(f"  {name}: server K/V {label(*intent.server_kv)}; models: {models}")
         return r
-    by = {o.host: o for o in r.outcomes}
     for i, wave in enumerate(plan):
         say(f"wave {i}{' (canary)' if i == 0 else ''}: {', '.join(wave)}")
         for name in wave:

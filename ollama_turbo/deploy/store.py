@@ -44,11 +44,14 @@ def current_release(t: Transport, layout: Layout) -> str | None:
 
 def current_manifest(t: Transport, layout: Layout, host: Host) -> Manifest | None:
     """The manifest of the release a host runs now, read through the one loader (None: nothing deployed, or a
-    manifest that is not one)."""
+    manifest that is not one). A lost connection is not "no manifest": its TransportError goes up."""
+    path = f"{layout.current}/manifest.json"
+    r = t.sh(f"cat {q(path)} 2>/dev/null", check=False)
+    if not r.ok:
+        return None
     try:
-        return manifest_mod.parse(t.read(f"{layout.current}/manifest.json"),
-                                  Path(f"{host.name}:{layout.current}/manifest.json"))
-    except (TurboError, OSError):
+        return manifest_mod.parse(r.stdout, Path(f"{host.name}:{path}"))
+    except TurboError:
         return None
 
 
