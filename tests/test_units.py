@@ -306,3 +306,16 @@ def test_a_manifests_fields_are_typed() -> None:
     assert m.gpu is not None and m.gpu.arch == "90" and m.per_model_kv.allowed == ("f16", "turbo4")
     assert m.tool_path("llama-bench") == Path("/d/lib/ollama/llama-bench")
     assert m.tool_env()["GGML_BACKEND_PATH"] == "/d/lib/ollama/cuda_v13/libggml-cuda.so"
+
+
+def test_a_hosts_manifest_has_no_files_here() -> None:
+    import json
+
+    from ollama_turbo.core import manifest
+
+    m = manifest.parse(json.dumps({"version": "v", "era": "C", "files": {}}), Path("/p/current/manifest.json"),
+                       host="mac")
+    assert (m.version, m.summary()["era"]) == ("v", "C")
+    for files_here in (m.verify, lambda: m.tool_path("llama-bench")):
+        with pytest.raises(manifest.ManifestError, match="the manifest of a release on mac, not a build here"):
+            files_here()

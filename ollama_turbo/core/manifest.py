@@ -112,9 +112,14 @@ class Manifest:
     tool_paths: dict[str, str] = field(default_factory=dict)
     tools_why: dict[str, str] = field(default_factory=dict)  # why a tool is missing, as the build recorded it
     data: dict[str, Any] = field(default_factory=dict, repr=False)  # the whole record
+    host: str = ""  # where it was read from, when that is a host's release and not a dist here
 
     @property
     def dist(self) -> Path:
+        """The build's directory here (a host's copy has none: its files are on the host)."""
+        if self.host:
+            raise ManifestError(f"{self.path} is the manifest of a release on {self.host}, not a build here",
+                                hint="pass --manifest <workspace>/dist/<version> for the build's files")
         return self.path.parent
 
     def summary(self) -> dict[str, Any]:
@@ -172,8 +177,8 @@ def read(root: Path) -> Manifest | None:
         return None
 
 
-def parse(text: str, path: Path) -> Manifest:
-    """A manifest's text (from ``path``: here, or a host's copy), checked: the fields the stages act on must be
+def parse(text: str, path: Path, *, host: str = "") -> Manifest:
+    """A manifest's text (from ``path`` here, or on ``host``), checked: the fields the stages act on must be
     there with their types; the rest is kept as written."""
     try:
         data = json.loads(text)
@@ -186,10 +191,10 @@ def parse(text: str, path: Path) -> Manifest:
     if missing:
         raise ManifestError(f"{path}: not a build manifest (no {', '.join(missing)})",
                             hint="rebuild with invoke build-ollama")
-    return _typed(data, path)
+    return _typed(data, path, host)
 
 
-def _typed(d: Mapping[str, Any], path: Path) -> Manifest:
+def _typed(d: Mapping[str, Any], path: Path, host: str) -> Manifest:
     def bad(key: str, want: str) -> ManifestError:
         return ManifestError(f"{path}: {key} is {d.get(key)!r}, expected {want}",
                              hint="rebuild with invoke build-ollama (the manifest was edited or is damaged)")
@@ -244,4 +249,4 @@ def _typed(d: Mapping[str, Any], path: Path) -> Manifest:
                                 str(pm.get("why_not") or "")),
         tool_paths={str(k): str(v) for k, v in (flags.get("tool_paths") or {}).items()},
         tools_why={str(k): str(v) for k, v in (flags.get("tools") or {}).items()},
-        data=dict(d))
+        data=dict(d), host=host)

@@ -50,7 +50,7 @@ def current_manifest(t: Transport, layout: Layout, host: Host) -> Manifest | Non
     if not r.ok:
         return None
     try:
-        return manifest_mod.parse(r.stdout, Path(f"{host.name}:{path}"))
+        return manifest_mod.parse(r.stdout, Path(path), host=host.name)
     except TurboError:
         return None
 
