@@ -319,3 +319,16 @@ def test_a_hosts_manifest_has_no_files_here() -> None:
     for files_here in (m.verify, lambda: m.tool_path("llama-bench")):
         with pytest.raises(manifest.ManifestError, match="the manifest of a release on mac, not a build here"):
             files_here()
+
+
+def test_an_era_b_build_with_two_cache_types_is_refused_before_any_host() -> None:
+    import json
+
+    from ollama_turbo.core import manifest
+    from ollama_turbo.deploy import deploy_plan
+
+    s = config.parse({"kv": {"type_k": "q8_0", "type_v": "turbo4"},
+                      "hosts": {"box": {"ssh": "nowhere.invalid", "os": "linux"}}})
+    era_b = manifest.parse(json.dumps({"version": "0.24.0-turbo+x", "era": "B", "files": {}}), Path("d/manifest.json"))
+    with pytest.raises(services.ServiceError, match="era B Ollama has one cache type for K and V; q8_0/turbo4 is not"):
+        deploy_plan.decide(s, s.host("box"), era_b)

@@ -20,7 +20,7 @@ from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import KV, Host, Settings
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.models import quality_gate, render_models, server_kv
-from ollama_turbo.deploy.services import Layout, Manager, render, service_env
+from ollama_turbo.deploy.services import Layout, Manager, kv_env, render, service_env
 from ollama_turbo.deploy.store import current_release, previous_release, remote_sums
 from ollama_turbo.deploy.transport import Transport, q
 from ollama_turbo.kv import modelfiles as modelfile
@@ -54,20 +54,16 @@ def decide(settings: Settings, host: Host, build: Manifest, *, specs_dir: Path |
     """For ``build`` (loaded whole by :func:`~ollama_turbo.deploy.dists.load_dist`): the host's models rendered
     for it, the server's K/V (types the build's fork has, one type for an era B build), the quality verdicts:
     all before any host is contacted."""
-    m = build
-    models = render_models(settings, host, specs_dir, m)
+    models = render_models(settings, host, specs_dir, build)
     kv = server_kv(settings, models)
-    _check_types(m, kv, models)
+    kv_env(build.era, kv)  # a pair the build's era cannot be given stops here, not at the host
+    _check_types(build, kv, models)
     gate = quality_gate(settings, models, accept_unmeasured)
-    return Intent(host, m, tuple(models), kv, settings.kv, tuple(gate))
+    return Intent(host, build, tuple(models), kv, settings.kv, tuple(gate))
 
 
 def _check_types(m: Manifest, kv: tuple[str, str], models: list[modelfile.Rendered]) -> None:
-    """Every cache type the host will run is one the build's fork has (its recorded table, where it has one);
-    an era B Ollama has one cache type for K and V."""
-    if m.era == "B" and kv[0] != kv[1]:
-        raise DeployError(f"{m.version} is an era B Ollama: one cache type for K and V; {label(*kv)} is not possible",
-                          hint="set turbo.kv.type_k and type_v to the same type (or deploy an era C build)")
+    """Every cache type the host will run is one the build's fork has (its recorded table, where it has one)."""
     if not m.cache_types:
         return
     wanted = [(f"turbo.kv ({label(*kv)})", kv)] + [(f"{r.spec.name} ({label(r.type_k, r.type_v)})",

@@ -61,19 +61,22 @@ def expand(path: str, home: str) -> str:
     return home + path[1:] if path == "~" or path.startswith("~/") else path
 
 
+def kv_env(era: str, kv: tuple[str, str]) -> list[tuple[str, str]]:
+    """The variables that give a server of ``era`` the K/V pair ``kv``; an era B Ollama has one type for both."""
+    type_k, type_v = kv
+    if type_k == type_v:
+        return [("OLLAMA_KV_CACHE_TYPE", type_k)]
+    if era == "C":
+        # Ollama passes one OLLAMA_KV_CACHE_TYPE to both; llama-server reads these when no flag is given
+        return [("LLAMA_ARG_CACHE_TYPE_K", type_k), ("LLAMA_ARG_CACHE_TYPE_V", type_v)]
+    raise ServiceError(f"era B Ollama has one cache type for K and V; {type_k}/{type_v} is not possible",
+                       hint="set turbo.kv.type_k and type_v to the same type")
+
+
 def service_env(cache: KV, host: Host, layout: Layout, era: str, kv: tuple[str, str]) -> list[tuple[str, str]]:
     """The server's environment: listen address, models, its K/V cache type ``kv``, and from the configured
     ``cache``: flash attention and the variables of ``turbo.kv.env`` (the fork's knobs)."""
-    type_k, type_v = kv
-    env = [("OLLAMA_HOST", host.listen), ("OLLAMA_MODELS", layout.models)]
-    if type_k == type_v:
-        env.append(("OLLAMA_KV_CACHE_TYPE", type_k))
-    elif era == "C":
-        # Ollama passes one OLLAMA_KV_CACHE_TYPE to both; llama-server reads these when no flag is given
-        env += [("LLAMA_ARG_CACHE_TYPE_K", type_k), ("LLAMA_ARG_CACHE_TYPE_V", type_v)]
-    else:
-        raise ServiceError(f"era B Ollama has one cache type for K and V; {type_k}/{type_v} is not possible",
-                           hint="set turbo.kv.type_k and type_v to the same type")
+    env = [("OLLAMA_HOST", host.listen), ("OLLAMA_MODELS", layout.models), *kv_env(era, kv)]
     if cache.flash_attention:
         env.append(("OLLAMA_FLASH_ATTENTION", "1"))
     env += sorted(cache.env.items())
