@@ -70,11 +70,16 @@ def test_fork_behind_misses_a_flag_and_the_compat_patch_conflicts(
     code, rep, text = run(worlds["fork-behind"], "C", tmp_path)
     assert code == 12 and rep["verdict"] == "incompatible"
     missing = changes(rep, "flag_missing")
-    assert [(c["symbol"], c["counts_as"]) for c in missing] == [("--kv-unified", "incompatible")]
+    assert [(c["symbol"], c["counts_as"]) for c in missing] == [("--kv-unified", "review")]
+    assert "the build drops it from the argv" in missing[0]["detail"]
     assert "always" in missing[0]["detail"]
-    conflict = changes(rep, "patch_conflict")[0]
-    assert conflict["symbol"] == "0001-server-report-ollama-compat.patch"
-    assert "tools/server/server.cpp" in conflict["detail"]
+    refused = changes(rep, "patch_refused")[0]
+    assert refused["symbol"] == "0001-server-report-ollama-compat.patch" and refused["counts_as"] == "incompatible"
+    # the hunk rewrites the /health line, which the fork (b100) has as it was before b110 reworded it
+    assert "hunk 1 (tools/server/server.cpp" in refused["detail"]
+    assert "beside the hunk the fork has 'return \"{\\\"status\\\":\\\"ok\\\"}\";'" in refused["detail"]
+    assert "slots" in refused["detail"] and "it changes lines, so its context alone cannot place it" in \
+        refused["detail"]
     layout = [c for c in changes(rep, "record_layout") if c["symbol"] == "llama_context_params"][0]
     assert "kv_unified removed" in layout["detail"]
     assert "--kv-unified       always       MISSING" in text

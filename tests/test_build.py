@@ -88,11 +88,15 @@ def test_era_c_build_runs_turbo4_with_the_stamped_version(
 
 def test_manifest_records_provenance_and_checksums(era_c_build: build.Result) -> None:
     m = manifest.load(era_c_build.dist).data
-    assert m["era"] == "C" and m["backend"] == "cpu" and m["pinned"] == {"tag": "b110"}
+    assert m["era"] == "C" and m["backend"] == "cpu" and m["pinned"]["tag"] == "b110"
+    assert m["pinned"]["merge_base"].endswith(": not needed (no 3-way merge)")
     assert m["fork"]["sha"] == era_c_build.plan.fork.sha and m["ollama"]["version"] == "0.31.0"
     assert m["cache_types"]["turbo4"] == {"ggml_type": "GGML_TYPE_TURBO4_0", "block": 128, "bytes": 68}
     assert {r["rule"] for r in m["rules"]} >= {"kv-bytes-turbo2", "kv-bytes-turbo3", "kv-bytes-turbo4"}
-    assert m["patches"] == [{"patch": "llama/compat/0001-server-report-ollama-compat.patch", "status": "applied"}]
+    patch = m["patches"][0]
+    assert len(m["patches"]) == 1 and patch["patch"] == "llama/compat/0001-server-report-ollama-compat.patch"
+    assert patch["status"] == "applied" and [(h["method"], h["file"]) for h in patch["hunks"]] == \
+        [("plain", "tools/server/server.cpp")]
     assert set(m["toolchain"]) >= {"go", "cmake", "cc", "git"}
     assert "-X=github.com/ollama/ollama/version.Version=" in m["build_flags"]["ldflags"]
     assert set(m["files"]) == {"bin/ollama", "lib/ollama/llama-server", "lib/ollama/llama-perplexity"}
@@ -143,10 +147,11 @@ def test_conflicting_compat_patch_leaves_checkouts_untouched(
     w = worlds["fork-behind"]
     before = git_state(w.ollama_c), git_state(w.fork)
     r = invoke("build-ollama", "--ollama", str(w.ollama_c), "--fork", str(w.fork), "--backend", "cpu",
-               env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+               "--upstream", str(w.upstream), env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
     assert r.returncode == 1
-    assert "compat patch llama/compat/0001-server-report-ollama-compat.patch does not apply" in r.stderr
-    assert "tools/server/server.cpp" in r.stderr and "next step:" in r.stderr
+    assert "llama/compat/0001-server-report-ollama-compat.patch: hunk 1 (tools/server/server.cpp" in r.stderr
+    assert "cannot be placed in the fork: 3-way: a 3-way merge with llama.cpp b110" in r.stderr
+    assert "next step:" in r.stderr
     assert (git_state(w.ollama_c), git_state(w.fork)) == before
     assert not list((tmp_path / "ws").glob("dist/*/manifest.json"))
 

@@ -89,7 +89,11 @@ def test_the_compatibility_record_merges_and_renders(tmp_path: Path) -> None:
     compat.record(path, {"ollama": "v0.30.0", "fork": "69d8e4be4", "backend": "cpu",
                          "build": {"status": "built", "seconds": 874.0, "rules": {"applied": 8, "not needed": 26}}})
     compat.record(path, {"ollama": "v0.30.0", "fork": "69d8e4be4", "backend": "cpu",
-                         "smoke": {"turbo4": "PASS"}, "build": {"noop_seconds": 3.3}})
+                         "smoke": {"turbo4": "PASS"}, "build": {"noop_seconds": 3.3},
+                         "patches": [{"patch": "llama/compat/001-hooks.patch", "status": "carried",
+                                      "hunks": [{"method": "3-way"}, {"method": "3-way"}, {"method": "rule"}]},
+                                     {"patch": "llama/compat/models/003-laguna.patch", "status": "left-out",
+                                      "feature": "model architecture laguna", "hunks": []}]})
     compat.record(path, {"ollama": "v0.31.0", "fork": "69d8e4be4", "backend": "cpu",
                          "build": {"status": "refused", "conflict": "001-llama-cpp-hooks.patch: tools/mtmd/clip.cpp"}})
     rows = json.loads(path.read_text())
@@ -97,8 +101,9 @@ def test_the_compatibility_record_merges_and_renders(tmp_path: Path) -> None:
     assert rows[0]["build"] == {"status": "built", "seconds": 874.0, "rules": {"applied": 8, "not needed": 26},
                                 "noop_seconds": 3.3}
     md = path.with_suffix(".md").read_text()
-    assert ("| v0.30.0 | 69d8e4be4 | cpu | built (874 s cold, no-op 3.3 s) | 8 applied, 26 not needed | "
-            "turbo4: PASS |") in md
+    assert ("| v0.30.0 | 69d8e4be4 | cpu | built (874 s cold, no-op 3.3 s) | 001-hooks.patch: carried (2 3-way, "
+            "1 rule); 003-laguna.patch: left out: models of architecture laguna are not supported by this "
+            "build | 8 applied, 26 not needed | turbo4: PASS |") in md
     assert "refused: 001-llama-cpp-hooks.patch: tools/mtmd/clip.cpp" in md
     with pytest.raises(UsageError, match="missing: backend"):
         compat.merge([], {"ollama": "x", "fork": "y"})

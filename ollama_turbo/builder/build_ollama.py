@@ -26,6 +26,7 @@ from ollama_turbo.builder import go_modules, gpu_part
 from ollama_turbo.builder.llama_server import TOOLS, build_tools
 from ollama_turbo.builder.llama_server import publish as llama_publish
 from ollama_turbo.builder.plan import BuildError, Options, Plan, build_platform, make_plan
+from ollama_turbo.check.carry import CARRIED, LEFT_OUT, NOT_NEEDED, Carried
 from ollama_turbo.core import manifest, proc, redact, rules, sources, toolchain
 from ollama_turbo.core.errors import CommandError
 from ollama_turbo.core.settings import Settings
@@ -67,7 +68,10 @@ class Result:
         p = self.plan
         payload = self.manifest if self.status != "dry-run" else {
             "version": p.version, "era": p.era, "backend": p.backend, "dist": str(self.dist),
-            "rules": [o.to_json() for o in p.outcomes], "per_model_kv": p.per_model_kv, "patches": p.patches,
+            "rules": [o.to_json() for o in p.outcomes], "per_model_kv": p.per_model_kv,
+            "patches": p.contract.patch_records() if p.contract and p.era == "C" else p.patches,
+            "merge_base": p.contract.upstream if p.contract else "",
+            "carry_seconds": p.contract.carry_seconds if p.contract else 0.0,
             "dropped_flags": p.dropped_flags, "adaptations": p.adaptations, "commands": p.commands,
             "notes": p.notes}
         return {"status": self.status, "dist": str(self.dist), **payload}
@@ -98,6 +102,8 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
     stage = plan.dist.parent / f".{plan.dist.name}.staging"
     if stage.exists():
         shutil.rmtree(stage)
+    for line in [*plan.picked, *(f"NOTE: {n}" for n in plan.notes)]:
+        say(line)
     say(f"building Ollama {plan.version} (era {plan.era}, {plan.backend}); log: {log}")
     if plan.dropped_flags:
         say(f"WARNING: dropping {', '.join(plan.dropped_flags)} from Ollama's llama-server argv: "
@@ -136,7 +142,8 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         "ollama": {"url": plan.ollama.url, "ref": plan.ollama.ref, "sha": plan.ollama.sha,
                    "version": plan.info.version},
         "fork": {"url": plan.fork.url, "ref": plan.fork.ref, "sha": plan.fork.sha},
-        "pinned": {"tag": plan.info.pin} if plan.era == "C" else {"fetch_head": plan.info.pin},
+        "pinned": ({"tag": plan.info.pin, "merge_base": plan.contract.upstream if plan.contract else ""}
+                   if plan.era == "C" else {"fetch_head": plan.info.pin}),
         "backend": plan.backend, "preset": plan.preset if plan.era == "C" else None,
         "platform": build_platform(), "identity": plan.identity,
         "kv": {"type_k": settings.kv.type_k, "type_v": settings.kv.type_v,
@@ -242,7 +249,10 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
     preset = gpu_part.BASE_PRESET if plan.backend == "cuda" else plan.preset  # a GPU build's base: Ollama's CPU
     step(f"apply {len(plan.rules)} Go rules", lambda: rules.apply_rules(ollama_dir, plan.rules))
 
-    patch_results.extend(plan.patch_results)  # checked against the fork by the plan, before Go or CMake ran
+    if plan.contract is not None:  # carried onto the fork by the plan, before Go or CMake ran
+        step(f"give Ollama's CMake the {len(plan.contract.carried)} compat patches as carried onto the fork",
+             lambda: carry_into(ollama_dir, plan.contract.carried if plan.contract else []))
+        patch_results.extend(plan.contract.patch_records())
     cache_key = hashlib.sha256("\0".join([
         plan.fork.sha, manifest.tree_hash(ollama_dir, ["llama/server", "llama/compat"]), preset,
         str(toolchain.cmake_version()), "tools: " + " ".join(TOOLS), *[a["define"] for a in plan.adaptations],
@@ -282,6 +292,20 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
                                       extra_env=go_env))
     return {"cmake_preset": preset, "fetchcontent_source_dir": "scratch copy of the fork",
             "llama_server_cache_key": cache_key, "tools": tools, "tool_paths": tool_paths}
+
+
+def carry_into(ollama_dir: Path, carried: list[Carried]) -> None:
+    """Ollama's compat folder as the fork needs it: a patch carried hunk by hunk is replaced by the carried one
+    (which applies to the fork as it is), a patch left out or not needed is removed with the compat sources of a
+    left-out feature; Ollama's own apply-patch.cmake then applies what is there, in its order."""
+    for c in carried:
+        path = ollama_dir / c.patch
+        if c.status in (LEFT_OUT, NOT_NEEDED):
+            path.unlink()
+            for src in c.sources_left_out:
+                (ollama_dir / src).unlink(missing_ok=True)
+        elif c.status == CARRIED:
+            path.write_text(c.text, errors="surrogateescape")
 
 
 def _build_b(plan: Plan, work: Path, ollama_dir: Path, stage: Path, log: Path, step: _Steps,

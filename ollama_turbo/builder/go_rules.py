@@ -43,6 +43,18 @@ def drop_flag_rules(flags: list[str]) -> list[Rule]:
         why=f"the fork's llama-server does not define {f}, which Ollama always passes") for f in flags]
 
 
+def rename_flag_rules(renames: list[Any]) -> list[Rule]:
+    """Flags Ollama passes under a condition by a name upstream gave them after the fork's base (``--load-mode
+    none``): passed by the fork's own name (``--no-mmap``). ``renames``: the contract's, each with ``flag``,
+    ``value`` and ``fork_flag``."""
+    return [Rule(
+        name=f"rename-flag{r.flag}-{r.value}", file="llm/llama_server.go",
+        anchor=rf'"{re.escape(r.flag)}", "{re.escape(r.value)}"', action="replace", text=f'"{r.fork_flag}"',
+        expect=rf'"{re.escape(r.fork_flag)}"',
+        why=f"the fork's llama-server has no {r.flag} (a later name); it takes {r.fork_flag} for "
+            f"{r.flag} {r.value}") for r in renames]
+
+
 def era_b_rules(blocks: list[Block]) -> list[Rule]:
     names = ", ".join(f'"{b.name}"' for b in blocks)
     rules = [Rule(

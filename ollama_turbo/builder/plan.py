@@ -20,7 +20,8 @@ from ollama_turbo import __version__
 from ollama_turbo.builder import era_c as build_era_c
 from ollama_turbo.builder import go_rules, gpu_part
 from ollama_turbo.builder.go_rules import drop_flag_rules, era_b_rules, kv_bytes_rules
-from ollama_turbo.check import contract, verify_fork
+from ollama_turbo.check import carry_report, carry_rules, fork_contract, verify_fork
+from ollama_turbo.check.carry import Upstream
 from ollama_turbo.core import gpu, proc, rules, sources
 from ollama_turbo.core.errors import SourceError, ToolMissing, TurboError, UsageError
 from ollama_turbo.core.settings import CUDA_ARCH_EXAMPLES, CUDA_ARCH_PATTERN, Settings
@@ -54,6 +55,9 @@ class Options:
     cuda_arch: str = ""  # --backend cuda: the GPU architecture (default: turbo.build.cuda_arch, else this GPU's)
     part: str = ""  # "base": all but the GPU backend (no CUDA toolkit needed), into <workspace>/parts/<version>
     base_from: str = ""  # a base part built elsewhere: build the GPU backend here and assemble one dist
+    upstream: str = ""  # the llama.cpp Ollama pins (a checkout or URL), the base of 3-way merges
+    leave_out: tuple[str, ...] = ()  # model architectures whose compat patches to leave out (with the settings')
+    placements: str = ""  # a YAML file of placement rules (with turbo.build.placements)
 
 
 @dataclass
@@ -78,14 +82,15 @@ class Plan:
     verify: dict[str, Any] = field(default_factory=dict)  # verify-fork's static verdict, recorded in the manifest
     outcomes: list[go_rules.Outcome] = field(default_factory=list)  # every Go rule: applied (file:line) or not needed
     per_model_kv: dict[str, Any] = field(default_factory=dict)  # PARAMETER kv_cache_type: supported, allowed types
-    patch_results: list[dict[str, str]] = field(default_factory=list)  # era C: each compat patch on the fork
+    contract: fork_contract.Contract | None = None  # Ollama's contract with the fork: flags, patches carried
     adaptations: list[dict[str, str]] = field(default_factory=list)  # CMake defines for the fork, each with why
     targets: tuple[str, ...] = ()  # era C: the programs Ollama's llama/server installs, built beside each other
     cuda_arch: str = ""  # --backend cuda: the one GPU architecture built for (CMAKE_CUDA_ARCHITECTURES)
     cuda_toolkit: str = ""  # --backend cuda: nvcc's version line here ("" where the GPU backend is not built)
+    picked: list[str] = field(default_factory=list)  # why this Ollama ref, where none was named
 
     def render(self) -> str:
-        lines = [
+        lines = [*self.picked,
             f"ollama   {self.ollama.url} @ {self.ollama.ref} ({self.ollama.sha[:12]}), version {self.info.version}, "
             f"era {self.era}",
             f"fork     {self.fork.url} @ {self.fork.ref} ({self.fork.sha[:12]})",
@@ -98,8 +103,7 @@ class Plan:
             f"dist     {self.dist}",
             "Go rules:",
             *go_rules.render_outcomes(self.outcomes),
-            "patches applied by Ollama's own mechanism:" if self.patches else "patches: none",
-            *[f"  {p}" for p in self.patches],
+            *self._render_patches(),
         ]
         if self.verify:
             lines.append(f"verify-fork (static): {self.verify['verdict']}"
@@ -112,6 +116,17 @@ class Plan:
         lines += [f"  {c}" for c in self.commands]
         lines += [f"NOTE: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+    def _render_patches(self) -> list[str]:
+        if self.contract is None or self.era != "C":
+            return (["patches applied by Ollama's own mechanism:", *[f"  {p}" for p in self.patches]]
+                    if self.patches else ["patches: none"])
+        c = self.contract
+        lines = [f"compat patches, carried onto the fork (3-way base: {c.upstream}; {c.carry_seconds:.2f} s), "
+                 "then applied by Ollama's own CMake:"]
+        lines += carry_report.render(c.carried)
+        return lines
 
 
 def build_platform() -> dict[str, str]:
@@ -232,28 +247,6 @@ def _enclosing(co: sources.Checkout) -> Callable[[str, int], str | None]:
     return find
 
 
-def _check_compat(ollama: sources.Checkout, fork: sources.Checkout, patches: list[str],
-                  probe: Path) -> list[dict[str, str]]:
-    """Era C: Ollama's compat patches tried on the fork's files (a scratch copy), so a conflict stops the build
-    (and names itself in a dry run) before any Go or CMake work."""
-    o_dir = ollama.export(probe / "compat-ollama", ["llama/compat"])
-    files = [o_dir / p for p in patches]
-    targets = sorted({t for f in files for t in contract.patch_targets(f.read_text(errors="replace"))})
-    tree = fork.export(probe / "compat-fork", targets)
-    results = contract.try_compat_patches(files, tree, o_dir)
-    bad = [r for r in results if r.status not in ("applied", "already-applied")]
-    if bad:
-        r = bad[0]
-        detail = "; ".join(line.strip() for line in r.detail.splitlines() if line.strip())[:300]
-        raise BuildError(
-            f"Ollama {ollama.ref}'s compat patch {r.patch} does not apply to the fork {fork.ref} ({fork.short}): "
-            f"{r.status} in {', '.join(r.files)}" + (f"; the fork lacks {', '.join(r.missing)}" if r.missing else "")
-            + (f" ({detail})" if detail else ""),
-            hint="use an Ollama release whose pin the fork is based on (invoke api-check --scan-ollama), "
-                 "or rebase the fork; nothing was built or downloaded, your checkouts are untouched")
-    return [{"patch": r.patch, "status": r.status} for r in results]
-
-
 def _check_options(opts: Options, backend: str) -> None:
     """The flags that need no source: refused before any checkout is opened or fetched."""
     if (opts.part or opts.base_from) and backend != "cuda":
@@ -272,12 +265,76 @@ def _check_options(opts: Options, backend: str) -> None:
                          hint=f"give the compute capability without the dot, e.g. {CUDA_ARCH_EXAMPLES}")
 
 
+def pinned_upstream(settings: Settings, info: sources.OllamaInfo, flag: str = "") -> Upstream:
+    """The llama.cpp this Ollama pins (``--upstream``, else ``turbo.sources.upstream``) at the pinned tag: the base
+    of 3-way merges, opened only when a patch needs one."""
+    url = flag or settings.sources.upstream.url
+    return fork_contract.pinned_upstream(
+        lambda: sources.open_source("upstream", url, info.pin, settings.workspace), info.pin, url)
+
+
+NEWEST = "newest"  # a ref: the newest Ollama release whose compat patches the fork can take
+
+
+def release_tags(co: sources.Checkout) -> list[str]:
+    """Ollama's release tags (vX.Y.Z, no release candidates), newest first."""
+    tags = co.git("tag", "--list", "v*", "--sort=-version:refname").stdout.split()
+    return [t for t in tags if re.fullmatch(r"v\d+\.\d+\.\d+", t)]
+
+
+def _carried_at(settings: Settings, opts: Options, co: sources.Checkout, fork: sources.Checkout,
+                fork_dir: Path, probe: Path) -> fork_contract.Contract | None:
+    """The contract of this Ollama commit with the fork, or None for an era this build cannot make."""
+    try:
+        info = sources.detect(co)
+    except SourceError:
+        return None
+    o_dir = co.export(probe / f"ollama-{co.short}", PROBE_PATHS)
+    placements = opts.placements or settings.build.placements
+    return fork_contract.evaluate(
+        info, o_dir, fork, fork_dir, upstream=pinned_upstream(settings, info, opts.upstream),
+        scratch=probe / f"carry-{co.short}", leave_out=[*settings.build.leave_out, *opts.leave_out],
+        rules=carry_rules.load(Path(placements)) if placements else [])
+
+
+def newest_release(settings: Settings, opts: Options, url: str, fork: sources.Checkout, fork_dir: Path,
+                   probe: Path) -> tuple[str, list[str]]:
+    """The newest Ollama release whose compat patches the fork can take, and why each newer one was passed
+    over (api-check --scan-ollama ranks the same way)."""
+    base = sources.open_source("ollama", url, "HEAD", settings.workspace)
+    passed: list[str] = []
+    for tag in release_tags(base):
+        co = sources.open_source("ollama", url, tag, settings.workspace, fetch=False)
+        c = _carried_at(settings, opts, co, fork, fork_dir, probe)
+        if c is None:
+            passed.append(f"{tag}: not an Ollama this build can make (era A or unknown)")
+            continue
+        if not c.refused:
+            return tag, passed
+        why = c.refused[0]
+        passed.append(f"{tag}: {why.why[:240]}" + (f" (the way out: --leave-out {why.feature.split()[-1]})"
+                                                   if why.feature else ""))
+    raise BuildError(f"no release of Ollama in {url} can be carried onto the fork {fork.ref} ({fork.short}): "
+                     + "; ".join(passed[:3]), hint="name a ref with --ollama-ref, or see invoke api-check "
+                                                   "--scan-ollama")
+
+
 def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     ws = settings.workspace
     backend = opts.backend or settings.build.backend
     _check_options(opts, backend)
-    ollama = sources.open_configured(settings, "ollama", opts.ollama, opts.ollama_ref)
     fork = sources.open_configured(settings, "fork", opts.fork, opts.fork_ref)
+    url = opts.ollama or settings.sources.ollama.url
+    pick: list[str] = []
+    ref = opts.ollama_ref
+    no_ref = not ref and not settings.sources.ollama.ref_given and sources.is_url(url)
+    if ref == NEWEST or no_ref or (not ref and settings.sources.ollama.ref == NEWEST):
+        fork_dir = fork.export(probe / "fork-newest", [*fork_sources.FORK_PATHS, "src/llama-arch.h"])
+        ref, passed = newest_release(settings, opts, url, fork, fork_dir, probe / "newest")
+        pick = [f"Ollama {ref}: the newest release whose compat patches the fork can take"
+                + (" (no --ollama-ref or turbo.sources.ollama.ref named)" if no_ref else "")] + \
+            [f"  passed over {p}" for p in passed]
+    ollama = sources.open_configured(settings, "ollama", opts.ollama, ref)
     for co in (ollama, fork):
         changed = sources.dirty(co)
         if changed and not opts.allow_dirty:
@@ -285,19 +342,25 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                               f"uses the committed {co.ref} ({co.short}) and would not contain them",
                               hint="commit or stash them, or pass --allow-dirty to build the committed tree anyway")
     info = sources.detect(ollama)
-    notes: list[str] = []
+    notes: list[str] = [n for n in [sources.version_note(info.version)] if n]
     lenient = opts.dry_run or bool(opts.part)  # a base part builds no GPU code: nvcc need not be here
     preset, toolkit = _check_backend(backend, info.era, notes if lenient else None)
     cuda_arch = _cuda_arch(opts.cuda_arch or settings.build.cuda_arch, notes if opts.dry_run else None) \
         if backend == "cuda" else ""
     o_dir = ollama.export(probe / "ollama", PROBE_PATHS)
-    f_dir = fork.export(probe / "fork", [*fork_sources.FORK_PATHS, "ggml/src/ggml-common.h", "ggml/src"])
-    arg_cpp, ggml_c = fork_sources.read_fork_sources(f_dir)
-    fork_types = fork_sources.fork_cache_types(arg_cpp, ggml_c)
+    f_dir = fork.export(probe / "fork", [*fork_sources.FORK_PATHS, "ggml/src/ggml-common.h", "ggml/src",
+                                         "src/llama-arch.h"])
+    placements = opts.placements or settings.build.placements
+    the_contract = fork_contract.evaluate(
+        info, o_dir, fork, f_dir, upstream=pinned_upstream(settings, info, opts.upstream), scratch=probe / "carry",
+        leave_out=[*settings.build.leave_out, *opts.leave_out],
+        rules=carry_rules.load(Path(placements)) if placements else [])
+    the_contract.require_carried()  # before any Go or CMake work, naming the patch and the hunk
+    fork_types = the_contract.fork_types
     if not fork_types:
         raise BuildError(f"fork {fork.ref}: no KV cache type list in common/arg.cpp", hint="is this llama.cpp?")
     known = {"f16"}
-    for a in contract.kv_allowlists(o_dir):
+    for a in the_contract.allowlists:
         if a.function == "kvCacheBytesPerElement":
             known |= set(a.types)
     new = [t for t in fork_types if t not in known]
@@ -305,24 +368,21 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     all_blocks = list(blocks.derive(f_dir, fork_types).values())  # recorded: plans for this build use them
     cache_blocks = [b for b in all_blocks if b.name in new]
     dropped: list[str] = []
-    patch_results: list[dict[str, str]] = []
     adaptations: list[dict[str, str]] = []
     grep = _grep(ollama)
     skipped: list[go_rules.Outcome] = []
     per_model: dict[str, Any] = {"supported": False, "param": go_rules.PER_MODEL_PARAM}
     if info.era == sources.ERA_C:
-        flags = contract.server_flags((o_dir / "llm/llama_server.go").read_text())
-        have = fork_sources.fork_flags(arg_cpp)
-        dropped = [f.name for f in flags if f.always and f.name not in have]
+        dropped = the_contract.dropped_flags
         kv_rules = kv_bytes_rules(cache_blocks)
         needed, why_not = go_rules.kv_bytes_needed(grep, _enclosing(ollama))
         rule_list = kv_rules if needed else []
         skipped += [] if needed else [go_rules.Outcome(r.name, r.file, "not needed", None, why_not) for r in kv_rules]
         skipped += go_rules.allowlists_not_needed(grep, cache_blocks)
-        rule_list += drop_flag_rules(dropped) + go_rules.per_model_rules(fork_types)
+        rule_list += (drop_flag_rules(dropped) + go_rules.rename_flag_rules(the_contract.renamed_flags)
+                      + go_rules.per_model_rules(fork_types))
         per_model = {"supported": True, "param": go_rules.PER_MODEL_PARAM, "allowed": fork_types}
-        patches = sorted(str(p.relative_to(o_dir)) for p in (o_dir / "llama/compat").rglob("*.patch"))
-        patch_results = _check_compat(ollama, fork, patches, probe)
+        patches = [c.patch for c in the_contract.carried]
         if fork.exists("tools/server/CMakeLists.txt"):
             adaptations = build_era_c.fork_cmake_adaptations(fork.read("tools/server/CMakeLists.txt"))
     else:
@@ -356,8 +416,8 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                 info=info, cache_blocks=cache_blocks, all_blocks=all_blocks, dropped_flags=dropped, rules=rule_list,
                 patches=patches,
                 dist=ws / "dist" / version, key=key, notes=notes, verify=verified,
-                outcomes=applied + skipped, per_model_kv=per_model, patch_results=patch_results,
-                adaptations=adaptations, cuda_arch=cuda_arch, cuda_toolkit=toolkit)
+                outcomes=applied + skipped, per_model_kv=per_model, contract=the_contract,
+                adaptations=adaptations, cuda_arch=cuda_arch, cuda_toolkit=toolkit, picked=pick)
     ld = build_era_c.ldflags(version)
     server_cmake = o_dir / "llama/server/CMakeLists.txt"
     if server_cmake.is_file():

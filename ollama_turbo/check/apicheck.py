@@ -22,8 +22,10 @@ from typing import Any
 
 import yaml
 
-from ollama_turbo.check import apidiff, contract
+from ollama_turbo.check import apidiff, carry, carry_report, carry_rules, contract, fork_contract
+from ollama_turbo.check import carry as carry_mod
 from ollama_turbo.check.apidiff import COMPATIBLE, INCOMPATIBLE, REVIEW, Change
+from ollama_turbo.check.placement import PlacementRule
 from ollama_turbo.core import capi, sources
 from ollama_turbo.core.errors import EXIT_INCOMPATIBLE, EXIT_OK, EXIT_REVIEW, ConfigError, SourceError, TurboError
 from ollama_turbo.core.settings import Settings
@@ -69,6 +71,22 @@ def load_apiignore(path: Path) -> list[Suppression]:
     return out
 
 
+@dataclass(frozen=True)
+class CarryOptions:
+    """How Ollama's compat patches are carried onto the fork: the architectures left out, the user's rules."""
+
+    leave_out: tuple[str, ...] = ()
+    rules: tuple[PlacementRule, ...] = ()
+
+    @classmethod
+    def of(cls, settings: Settings, leave_out: str = "", placements: str = "") -> CarryOptions:
+        from ollama_turbo.core.settings import names_flag
+
+        path = placements or settings.build.placements
+        return cls(tuple(dict.fromkeys([*settings.build.leave_out, *names_flag(leave_out, "--leave-out")])),
+                   tuple(carry_rules.load(Path(path))) if path else ())
+
+
 @dataclass
 class Report:
     era: str
@@ -79,7 +97,9 @@ class Report:
     changes: list[Change] = field(default_factory=list)
     flags: list[contract.Flag] = field(default_factory=list)
     cache_types: dict[str, Any] = field(default_factory=dict)
-    patches: list[contract.PatchResult] = field(default_factory=list)
+    patches: list[contract.PatchResult] = field(default_factory=list)  # era B: git am -3 on the fork
+    carried: list[carry.Carried] = field(default_factory=list)  # era C: compat patches carried onto the fork
+    merge_base: str = ""  # era C: the base of 3-way merges
     allowlists: list[contract.Allowlist] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -111,7 +131,8 @@ class Report:
             "changes": [c.to_json() for c in self.changes],
             "flags": [vars(f) for f in self.flags],
             "cache_types": self.cache_types,
-            "patches": [p.to_json() for p in self.patches],
+            "patches": [p.to_json() for p in self.patches] + [c.to_json() for c in self.carried],
+            "merge_base": self.merge_base,
             "kv_allowlists": [vars(a) for a in self.allowlists],
             "timings": self.timings,
         }
@@ -159,18 +180,19 @@ def _contract_change(kind: str, symbol: str, where: str, severity: str, detail: 
 
 def check(settings: Settings, *, ollama: sources.Checkout, fork: sources.Checkout,
           upstream_url: str | None = None, target: str = capi.DEFAULT_TARGET,
-          suppressions: list[Suppression] | None = None) -> Report:
+          suppressions: list[Suppression] | None = None, carry: CarryOptions | None = None) -> Report:
     import time
 
     ws = settings.workspace / "api-check"
     info = sources.detect(ollama)
     trees = ws / "trees"
     ollama_dir = ollama.export(trees / f"ollama-{ollama.sha[:12]}")
-    fork_dir = fork.export(trees / f"fork-{fork.sha[:12]}", fork_sources.FORK_PATHS)
+    fork_dir = fork.export(trees / f"fork-{fork.sha[:12]}", [*fork_sources.FORK_PATHS, "src/llama-arch.h"])
     report = Report(
         era=info.era,
         ollama={"url": ollama.url, "ref": ollama.ref, "sha": ollama.sha, "version": info.version},
         fork={"url": fork.url, "ref": fork.ref, "sha": fork.sha}, pinned={}, target=target)
+    upstream: sources.Checkout | None = None
     if info.era == sources.ERA_B:
         pinned_dirs = [ollama_dir / d for d in ERA_B_INCLUDES]
         report.pinned = {"kind": "vendored", "fetch_head": info.pin,
@@ -192,7 +214,8 @@ def check(settings: Settings, *, ollama: sources.Checkout, fork: sources.Checkou
     if info.era == sources.ERA_B:
         _era_b(report, settings, ollama_dir, fork, ws)
     else:
-        _era_c(report, settings, ollama_dir, fork, fork_dir, ws)
+        assert upstream is not None
+        _era_c(report, settings, info, ollama_dir, fork, fork_dir, ws, upstream, carry or CarryOptions())
     for c in report.changes:
         for s in suppressions or []:
             if s.matches(c):
@@ -217,25 +240,38 @@ def _era_b(report: Report, settings: Settings, ollama_dir: Path, fork: sources.C
     _patch_changes(report, "llama/patches (git am -3)")
 
 
-def _era_c(report: Report, settings: Settings, ollama_dir: Path, fork: sources.Checkout,
-           fork_dir: Path, ws: Path) -> None:
+def _era_c(report: Report, settings: Settings, info: sources.OllamaInfo, ollama_dir: Path, fork: sources.Checkout,
+           fork_dir: Path, ws: Path, upstream: sources.Checkout, opts: CarryOptions) -> None:
     go = ollama_dir / "llm/llama_server.go"
     if not go.exists():
         raise SourceError(f"ollama {report.ollama['ref']}: llm/llama_server.go not found; cannot tell "
                           "which llama-server flags Ollama passes")
-    arg_cpp, ggml_c = fork_sources.read_fork_sources(fork_dir)
-    defined = fork_sources.fork_flags(arg_cpp)
-    report.flags = contract.server_flags(go.read_text())
+    scratch = ws / "scratch" / f"carry-{fork.sha[:12]}"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    base = carry.Upstream(f"llama.cpp {info.pin} ({report.pinned.get('source', '')})",
+                          read=lambda p: upstream.read(p) if upstream.exists(p) else None)
+    the = fork_contract.evaluate(info, ollama_dir, fork, fork_dir, upstream=base, scratch=scratch,
+                                 leave_out=opts.leave_out, rules=opts.rules)
+    report.flags, report.carried, report.merge_base = the.flags, the.carried, the.upstream
+    report.timings["carry_s"] = the.carry_seconds
+    renamed = {r.flag: r for r in the.renamed_flags}
     for f in report.flags:
-        f.in_fork = f.name in defined
-        if not f.in_fork:
+        if not f.in_fork and f.name in renamed:
+            r = renamed[f.name]
             report.changes.append(_contract_change(
-                "flag_missing", f.name, "llm/llama_server.go", INCOMPATIBLE if f.always else REVIEW,
+                "flag_renamed", f.name, "llm/llama_server.go", REVIEW,
+                f"Ollama passes {f.name} {r.value} under a condition (llm/llama_server.go:{f.line}); the fork "
+                f"has it as {r.fork_flag}, which the build passes instead (Go rule)"))
+        elif not f.in_fork:
+            report.changes.append(_contract_change(
+                "flag_missing", f.name, "llm/llama_server.go", REVIEW,
                 f"Ollama passes {f.name} ({'always' if f.always else 'under a condition'}, "
                 f"llm/llama_server.go:{f.line}) but the fork's common/arg.cpp does not define it; "
-                + ("llama-server would exit with 'invalid argument'" if f.always else
-                   "it fails only when that condition holds")))
-    types = fork_sources.fork_cache_types(arg_cpp, ggml_c)
+                + ("the build drops it from the argv (Go rule drop-flag" + f.name + "), else llama-server would "
+                   "exit with 'invalid argument'" if f.always else
+                   "llama-server exits with 'invalid argument' when that condition holds")))
+    types = the.fork_types
     wanted = [settings.kv.type_k, settings.kv.type_v]
     report.cache_types = {"configured": {"k": wanted[0], "v": wanted[1]}, "fork": types,
                           "ok": all(t in types for t in wanted)}
@@ -244,14 +280,19 @@ def _era_c(report: Report, settings: Settings, ollama_dir: Path, fork: sources.C
             report.changes.append(_contract_change(
                 "cache_type_unsupported", t, "common/arg.cpp", INCOMPATIBLE,
                 f"the fork's --cache-type-k/-v accept {', '.join(types) or 'nothing'}; {t} is not among them"))
-    patches = sorted((ollama_dir / "llama/compat").rglob("*.patch"))
-    scratch = ws / "scratch" / f"compat-{fork.sha[:12]}"
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    targets = sorted({t for p in patches for t in contract.patch_targets(p.read_text(errors="replace"))})
-    fork.export(scratch, targets)
-    report.patches = contract.try_compat_patches(patches, scratch, ollama_dir)
-    _patch_changes(report, "llama/compat (git apply)")
+    for c in report.carried:
+        if c.status == carry.REFUSED:
+            report.changes.append(_contract_change(
+                "patch_refused", Path(c.patch).name, c.patch, INCOMPATIBLE, c.why + (f"; next step: {c.hint}"
+                                                                                    if c.hint else "")))
+        elif c.status == carry.CARRIED:
+            report.changes.append(_contract_change(
+                "patch_carried", Path(c.patch).name, c.patch, REVIEW,
+                f"{c.patch} does not apply to the fork as it is; carried hunk by hunk: {c.summary()} "
+                "(each hunk's method and file:line below)"))
+        elif c.status == carry.LEFT_OUT:
+            report.changes.append(_contract_change(
+                "feature_left_out", c.feature or Path(c.patch).name, c.patch, REVIEW, c.why))
 
 
 def _patch_changes(report: Report, what: str) -> None:
@@ -317,12 +358,16 @@ def render(r: Report, markdown: bool = False) -> str:
         for a in r.allowlists:
             lines.append(f"  {a.file}:{a.line} {a.function}: {', '.join(a.types)}")
         lines.append("")
-    lines.append(h("Ollama's patches on the fork" + (" (llama/compat)" if r.era == "C" else " (llama/patches)")))
-    for p in r.patches:
-        extra = f" ({', '.join(p.files)})" if p.status not in ("applied", "already-applied") else ""
-        lines.append(f"  {p.status:<16} {p.patch}{extra}")
-    if not r.patches:
-        lines.append("  (none)")
+    if r.era == sources.ERA_C:
+        lines.append(h(f"Ollama's compat patches carried onto the fork (llama/compat; 3-way base: {r.merge_base})"))
+        lines += carry_report.render(r.carried)
+    else:
+        lines.append(h("Ollama's patches on the fork (llama/patches)"))
+        for p in r.patches:
+            extra = f" ({', '.join(p.files)})" if p.status not in ("applied", "already-applied") else ""
+            lines.append(f"  {p.status:<16} {p.patch}{extra}")
+        if not r.patches:
+            lines.append("  (none)")
     supp = [c for c in r.changes if c.suppressed]
     if supp:
         lines.append("")
@@ -332,7 +377,8 @@ def render(r: Report, markdown: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-CONTRACT_KINDS = {"flag_missing", "cache_type_unsupported", "patch_conflict", "kv_allowlist"}
+CONTRACT_KINDS = {"flag_missing", "flag_renamed", "cache_type_unsupported", "patch_conflict", "patch_refused",
+                  "patch_carried", "feature_left_out", "kv_allowlist"}
 
 
 # --- scanning Ollama releases -------------------------------------------------------------
@@ -359,14 +405,19 @@ class ScanRow:
     verdict: str = "error"
     incompatible: int = 0
     review: int = 0
-    missing_flags: list[str] = field(default_factory=list)
-    failing_patches: list[str] = field(default_factory=list)
+    missing_flags: list[str] = field(default_factory=list)  # passed always, absent in the fork: dropped
+    patches: str = ""  # how its compat patches were carried (applied, carried, left out, refused)
+    refused: list[str] = field(default_factory=list)  # each refused patch, with why
+    left_out: list[str] = field(default_factory=list)  # features left out (model architecture laguna)
     error: str = ""
     exit_code: int = 1
 
 
 def scan(settings: Settings, *, ollama_url: str, refs: str, fork: sources.Checkout,
-         upstream_url: str | None, target: str, suppressions: list[Suppression]) -> list[ScanRow]:
+         upstream_url: str | None, target: str, suppressions: list[Suppression],
+         carry: CarryOptions | None = None) -> list[ScanRow]:
+    """Each Ollama ref checked against the fork, ranked: the best verdict first, and among equals the newest
+    (the order the refs were given in, a range oldest first)."""
     base = sources.open_source("ollama", ollama_url, "HEAD", settings.workspace)
     rows = []
     for ref in expand_refs(base, refs):
@@ -374,29 +425,37 @@ def scan(settings: Settings, *, ollama_url: str, refs: str, fork: sources.Checko
         try:
             co = sources.open_source("ollama", ollama_url, ref, settings.workspace, fetch=False)
             r = check(settings, ollama=co, fork=fork, upstream_url=upstream_url, target=target,
-                      suppressions=suppressions)
+                      suppressions=suppressions, carry=carry)
             row.era, row.verdict, row.exit_code = r.era, r.verdict, r.exit_code()
             row.pin = r.pinned.get("tag") or r.pinned.get("fetch_head", "")[:12]
             row.incompatible, row.review = r.count(INCOMPATIBLE), r.count(REVIEW)
             row.missing_flags = [c.symbol for c in r.changes if c.kind == "flag_missing"]
-            row.failing_patches = [c.symbol for c in r.changes if c.kind == "patch_conflict"]
+            row.patches = carry_report.brief(r.carried) if r.era == sources.ERA_C else \
+                f"{sum(p.status == 'applied' for p in r.patches)} of {len(r.patches)} apply (git am -3)"
+            row.refused = [f"{Path(c.patch).name}: {c.why}" for c in r.carried if c.status == carry_mod.REFUSED]
+            row.refused += [c.detail for c in r.changes if c.kind == "patch_conflict"]
+            row.left_out = [c.feature for c in r.carried if c.status == carry_mod.LEFT_OUT]
         except TurboError as exc:
             row.error = exc.message
         rows.append(row)
     rank = {COMPATIBLE: 0, REVIEW: 1, INCOMPATIBLE: 2, "error": 3}
-    rows.sort(key=lambda x: (rank[x.verdict], x.incompatible, x.review))
+    order = {id(r): i for i, r in enumerate(rows)}
+    rows.sort(key=lambda x: (rank[x.verdict], x.incompatible, -order[id(x)]))
     return rows
 
 
 def render_scan(rows: list[ScanRow]) -> str:
-    lines = [f"{'rank':<5}{'ollama':<12}{'era':<5}{'pins':<14}{'verdict':<14}{'incompat':>9}{'review':>8}  notes"]
+    lines = [f"{'rank':<5}{'ollama':<13}{'era':<5}{'pins':<9}{'verdict':<14}{'incompat':>9}{'review':>8}  "
+             "compat patches; notes"]
     for i, r in enumerate(rows, 1):
         notes = r.error or "; ".join(filter(None, [
-            ("missing flags: " + ", ".join(r.missing_flags)) if r.missing_flags else "",
-            ("patches failing: " + ", ".join(r.failing_patches)) if r.failing_patches else ""]))
-        lines.append(f"{i:<5}{r.ref:<12}{r.era:<5}{r.pin:<14}{r.verdict:<14}{r.incompatible:>9}{r.review:>8}  "
+            r.patches,
+            ("left out: " + ", ".join(r.left_out)) if r.left_out else "",
+            ("flags dropped: " + ", ".join(r.missing_flags)) if r.missing_flags else "",
+            *(f"refused: {why[:160]}" for why in r.refused)]))
+        lines.append(f"{i:<5}{r.ref:<13}{r.era:<5}{r.pin:<9}{r.verdict:<14}{r.incompatible:>9}{r.review:>8}  "
                      f"{notes}")
     best = next((r for r in rows if r.verdict != "error"), None)
     if best:
-        lines.append(f"\nbest fit: Ollama {best.ref} ({best.verdict})")
+        lines.append(f"\nbest fit: Ollama {best.ref} ({best.verdict}; the newest of the best verdict)")
     return "\n".join(lines) + "\n"

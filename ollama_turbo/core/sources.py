@@ -206,6 +206,20 @@ def detect(co: Checkout) -> OllamaInfo:
 
 
 def ollama_version(co: Checkout) -> str:
-    r = co.git("describe", "--tags", "--abbrev=0", co.sha, check=False)
-    tag = r.stdout.strip() if r.ok else "0.0.0"
+    """The version Ollama's own build stamps: the tag at this commit, else ``git describe``'s
+    ``<tag>-<n>-g<sha>`` (n commits after that tag), else ``0.0.0-g<sha>`` where no tag is reachable."""
+    r = co.git("describe", "--tags", "--abbrev=9", co.sha, check=False)
+    if not r.ok or not r.stdout.strip():
+        return f"0.0.0-g{co.sha[:9]}"
+    tag = r.stdout.strip()
     return tag[1:] if tag.startswith("v") else tag
+
+
+def version_note(version: str) -> str:
+    """What a person should know about a version that is not a release's (shown in the build plan)."""
+    if version.startswith("0.0.0-g"):
+        return (f"untagged: no release tag is reachable from this Ollama commit, so it is stamped {version} "
+                "(fetch the tags, or name a release with --ollama-ref)")
+    if re.search(r"-\d+-g[0-9a-f]+$", version):
+        return f"not a release: {version} is {version.rsplit('-', 2)[-2]} commits after {version.rsplit('-', 2)[0]}"
+    return ""

@@ -129,7 +129,9 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
                 "serving": served, "previous": previous_release(t, layout),
                 "releases": releases(t, layout), "kv_cache": env_kv or kv,
                 "kv_running": kv_running(log, env_kv, settings.kv.fork),
-                "loaded": models, "prefix": layout.prefix}
+                "loaded": models, "prefix": layout.prefix,
+                "not_supported": [f"models of {f} (left out of this build)" for f in deployed.left_out]
+                if deployed else []}
     finally:
         t.close()
 

@@ -19,10 +19,14 @@ def read_fork_sources(fork_dir: Path) -> tuple[str, str]:
 
 
 def fork_flags(arg_cpp: str) -> set[str]:
-    """Every flag name in llama.cpp's ``common/arg.cpp`` option table."""
+    """Every flag name in llama.cpp's ``common/arg.cpp`` option table: each option's names, and its negated
+    names where it has them (``common_arg({"--webui"}, {"--no-webui"}, ...)``)."""
     names: set[str] = set()
-    for m in re.finditer(r"common_arg\(\s*\{([^}]*)\}", arg_cpp):
+    for m in re.finditer(r"common_arg\(\s*\{([^}]*)\}(?:\s*,\s*\{([^}]*)\})?", arg_cpp):
         names.update(re.findall(r'"(-[^"]+)"', m.group(1)))
+        negated = re.findall(r'"([^"]*)"', m.group(2) or "")
+        if negated and all(n.startswith("-") for n in negated):
+            names.update(negated)
     return names
 
 

@@ -77,6 +77,28 @@ def _cell(v: Any) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
+def _patches(v: Any) -> str:
+    """How the compat patches went onto the fork: per patch its status and how its hunks were placed, and what
+    was left out ("models of architecture laguna are not supported by this build")."""
+    if isinstance(v, str) or not v:
+        return str(v or "")
+    cells = []
+    for p in v:
+        name = str(p.get("patch", "")).rsplit("/", 1)[-1]
+        methods: dict[str, int] = {}
+        for h in p.get("hunks") or []:
+            methods[h.get("method", "?")] = methods.get(h.get("method", "?"), 0) + 1
+        how = ", ".join(f"{n} {m}" for m, n in methods.items())
+        if p.get("status") == "left-out":
+            feature = str(p.get("feature") or "").replace("model architecture", "architecture")
+            cells.append(f"{name}: left out: models of {feature} are not supported by this build")
+        elif p.get("status") in ("carried", "applied"):
+            cells.append(f"{name}: {p['status']} ({how})")
+        else:
+            cells.append(f"{name}: {p.get('status')}")
+    return "; ".join(cells)
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Compatibility record",
@@ -86,8 +108,9 @@ def render(rows: list[dict[str, Any]]) -> str:
         "(`tests/field/`, see the README's *Field tier*) from what it measured; regenerate with "
         "`invoke compat-record`. A dash is a fact not measured for that row.",
         "",
-        "| Ollama | fork | backend | build | Go rules | smoke | KV MiB planner / log | quality on SmolLM2 | date |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Ollama | fork | backend | build | compat patches | Go rules | smoke | KV MiB planner / log | "
+        "quality on SmolLM2 | date |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b = r.get("build") or {}
@@ -106,7 +129,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         quality = "; ".join(f"{k} {v}" for k, v in (r.get("quality") or {}).items())
         lines.append("| " + " | ".join(_cell(x) for x in (
             r.get("ollama"), r.get("fork"), str(r.get("backend") or "") + (f" ({r['gpu']})" if r.get("gpu") else ""),
-            build, rule_text, smoke, kv, quality,
+            build, _patches(r.get("patches")), rule_text, smoke, kv, quality,
             r.get("date"))) + " |")
     notes = [r for r in rows if r.get("notes")]
     if notes:

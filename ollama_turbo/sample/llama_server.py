@@ -323,7 +323,7 @@ option(GGML_CUDA          "ggml: use CUDA" OFF)
 add_library(ggml STATIC ggml/src/ggml.c ggml/src/ggml-backend.c)
 target_include_directories(ggml PUBLIC ggml/include PRIVATE ggml/src)
 
-add_library(llama STATIC src/llama.c)
+add_library(llama STATIC src/llama.c src/llama-model-loader.c)
 target_include_directories(llama PUBLIC include)
 target_link_libraries(llama PUBLIC ggml)
 

@@ -329,6 +329,10 @@ static int64_t head_size(enum ggml_type type, int64_t n) {
 #include <string.h>
 #include <time.h>
 
+// the loader pass over the tensor index (src/llama-model-loader.c)
+int  llama_model_loader_count(const char * const * names, int n, int verbose);
+void llama_model_loader_report(const char * fname, int found);
+
 struct llama_model {{
     char     arch[64];
     uint32_t n_layer;
@@ -483,7 +487,22 @@ struct llama_model * llama_model_load_from_file(const char * path, struct llama_
             break;
         }}
     }}
+    // the tensor index: each tensor's name, read for the loader pass
+    char names_buf[16][96];
+    const char * names[16];
+    int n_names = 0;
+    for (uint64_t i = 0; i < n_tensors && n_names < 16; i++) {{
+        uint64_t nlen; uint32_t n_dims, type; uint64_t dim, offset;
+        if (!rd(f, &nlen, 8) || nlen >= sizeof(names_buf[0]) || !rd(f, names_buf[n_names], nlen)) break;
+        names_buf[n_names][nlen] = 0;
+        if (!rd(f, &n_dims, 4)) break;
+        for (uint32_t d = 0; d < n_dims; d++) if (!rd(f, &dim, 8)) break;
+        if (!rd(f, &type, 4) || !rd(f, &offset, 8)) break;
+        names[n_names] = names_buf[n_names];
+        n_names++;
+    }}
     fclose(f);
+    llama_model_loader_report(path, llama_model_loader_count(names, n_names, 1));
     if (!m->n_layer || !m->n_head || !m->n_embd) {{
         fprintf(stderr, "llama_model_load: error loading model: %s lacks attention metadata\\n", path);
         free(m);

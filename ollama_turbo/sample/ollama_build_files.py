@@ -39,6 +39,13 @@ set(LLAMA_BUILD_TESTS OFF CACHE BOOL "" FORCE)
 set(LLAMA_BUILD_EXAMPLES OFF CACHE BOOL "" FORCE)
 add_subdirectory(${{llama_cpp_SOURCE_DIR}} ${{llama_cpp_BINARY_DIR}})
 
+# Ollama's own compat sources, linked into llama.cpp's llama library (the patches add their call sites).
+file(GLOB OLLAMA_COMPAT_SOURCES "${{CMAKE_CURRENT_SOURCE_DIR}}/../compat/*.c")
+if(OLLAMA_COMPAT_SOURCES)
+    target_sources(llama PRIVATE ${{OLLAMA_COMPAT_SOURCES}})
+    target_include_directories(llama PRIVATE "${{CMAKE_CURRENT_SOURCE_DIR}}/../compat")
+endif()
+
 install(TARGETS llama-server RUNTIME DESTINATION lib/ollama COMPONENT llama-server)
 """
 
@@ -99,6 +106,8 @@ include /include/
 include /include/llama.h
 include /src/
 include /src/llama.c
+include /src/llama-model-loader.c
+include /src/llama-arch.h
 include /common/
 include /common/arg.h
 include /common/arg.cpp
@@ -125,7 +134,8 @@ exclude *
 # (source path in llama.cpp, destination in the Ollama tree), as the filters select them.
 def vendored_files(llama_files: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
-    llama_sel = {"include/llama.h", "src/llama.c", "common/arg.h", "common/arg.cpp", "LICENSE"}
+    llama_sel = {"include/llama.h", "src/llama.c", "src/llama-model-loader.c", "src/llama-arch.h", "common/arg.h",
+                 "common/arg.cpp", "LICENSE"}
     ggml_sel = {"include/ggml.h", "include/gguf.h", "include/ggml-backend.h", "src/ggml.c",
                 "src/ggml-backend.c", "src/ggml-common.h", "src/ggml-metal/ggml-metal.metal"}
     for f in llama_files:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from ollama_turbo.core.errors import UsageError
 
-from . import go_common, go_llm, go_routes, goproxy, turbo_quant
+from . import go_common, go_llm, go_routes, goproxy, ollama_compat, turbo_quant
 from . import ollama_build_files as obf
 from .gitrepo import Repo
 from .llama_headers import Flavour, ggml_backend_h, ggml_h, gguf_h, llama_h
+from .llama_loader import loader_files
 from .llama_server import cmakelists, server_cpp
 from .llama_sources import (
     GGML_BACKEND_C,
@@ -54,6 +55,7 @@ class Scenario:
     era_b_patch_conflict: bool = False  # an era B patch edits lines the fork changed
     fork_2026_06: bool = False       # the fork as it moved on: turbo4 66 bytes, renumbered type ids
     quantizer: Faults = Faults()     # faults in the fork's quantizer tables, for verify-fork
+    compat_layer: bool = False       # Ollama v0.32.0 (pins b120) carries a compat layer: hooks, web UI, nova
     description: str = "fork based on the pinned tag: patches apply, flags present"
 
 
@@ -66,6 +68,10 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(name="collision", ollama_c_pin="b120",
                  description="Ollama pins b120, whose new GGML_TYPE_Q2_0 = 42 collides "
                              "with the fork's GGML_TYPE_TURBO2_0 = 42"),
+        Scenario(name="ollama-ahead", ollama_c_pin="b120", compat_layer=True,
+                 description="Ollama pins b120, past the fork's base b110: its compat patches must be carried "
+                             "onto the fork (upstream moved an include, a log line and a block beside its hooks), "
+                             "one fixes a model architecture the fork lacks (nova), one the web UI"),
         Scenario(name="removed-function", fork_drops="llama_n_ctx",
                  description="the fork removed llama_n_ctx, which Ollama's cgo code calls"),
         Scenario(name="patch-conflict", era_b_patch_conflict=True,
@@ -145,6 +151,7 @@ def llama_tree(fl: Flavour) -> dict[str, str]:
         "common/arg.cpp": arg_cpp(fl),
         "tools/server/server.cpp": server_cpp(fl),
         "tools/perplexity/perplexity.cpp": perplexity_cpp(),
+        **loader_files(fl),
     }
 
 
@@ -224,6 +231,22 @@ def _compat_patch(world: World, tmp: Path, tag: str) -> str:
             "Ollama checks for it before using the server.\n---\n" + diff)
 
 
+def _compat_layer(world: World, tmp: Path, tag: str) -> dict[str, str]:
+    """The compat layer of an Ollama that pins ``tag`` (from b120): its sources, and its patches made by editing
+    the pinned tree and taking ``git diff``, one patch at a time."""
+    if not world.scenario.compat_layer or int(tag[1:]) < 120:
+        return {}
+    repo = _scratch_clone(world, tmp, tag, f"compat-layer-{tag}")
+    files = {"llama/compat/llama-ollama-compat.h": ollama_compat.COMPAT_H,
+             "llama/compat/llama-ollama-compat.c": ollama_compat.COMPAT_C}
+    for name, (rel, edits) in ollama_compat.compat_edits().items():
+        ollama_compat.edit_file(repo.path, rel, edits)
+        files[f"llama/compat/{name}"] = repo.git("diff").stdout
+        repo.git("checkout", "-q", "--", ".")
+    shutil.rmtree(repo.path)
+    return files
+
+
 def _ollama_common(world: World) -> dict[str, str]:
     return {
         "go.mod": go_common.GO_MOD,
@@ -255,6 +278,7 @@ def _ollama_c(world: World, tmp: Path) -> None:
             "llama/server/CMakePresets.json": obf.server_presets(),
             "llama/compat/apply-patch.cmake": obf.APPLY_PATCH_CMAKE,
             "llama/compat/0001-server-report-ollama-compat.patch": _compat_patch(world, tmp, tag),
+            **_compat_layer(world, tmp, tag),
             "llm/llama_server.go": go_llm.llama_server_go(int(tag[1:])),
             "llm/server.go": go_llm.LLM_SERVER_C_GO,
             "fs/ggml/ggml.go": go_llm.fs_ggml_go("c"),
