@@ -122,6 +122,9 @@ def test_a_base_part_is_built_without_cuda_and_checked_where_it_is_completed(wor
     part = parts[0]
     record = json.loads((part / "part.json").read_text())
     assert record["part"] == "base" and record["cuda_arch"] == "90" and record["version"] == part.name
+    # the machine it was built on, told apart from one that shares its hostname
+    assert set(record["machine"]) >= {"hostname", "machine_id", "cpu", "cores", "gpus"}
+    assert record["parts"]["base"]["ran"].startswith("the Go binary, llama-server") or "parts" not in record
     assert (part / "bin/ollama").is_file() and (part / "lib/ollama/llama-server").is_file()
     assert not list(part.glob("lib/ollama/cuda_v*"))
     assert record["files"]["bin/ollama"]

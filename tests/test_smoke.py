@@ -131,5 +131,28 @@ def test_bench_against_prestarted_ollama_servers(dist: tuple[Path, sample.World]
     assert abs(t4r["perf"][1]["actual_depth"] - 64) <= 2, t4r["perf"][1]
     bench("bench depth, sample Ollama API (calibrated from prompt_eval_count): " + "; ".join(
         f"{r['label']} asked 64 actual {r['perf'][1]['actual_depth']}" for r in report["results"]))
+    assert [x["server"]["before"]["ok"] for x in report["results"]] == [True, True]
+    assert "argv --cache-type-k turbo4 --cache-type-v turbo4" in t4r["server"]["after"]["evidence"]
     r = invoke("bench", "--url", "turbo4=http://x", "--types", "f16")
     assert r.returncode == 2 and "does not match" in r.stderr
+
+
+def test_bench_refuses_numbers_from_a_server_that_is_not_the_labels(
+        dist: tuple[Path, sample.World], tmp_path: Path) -> None:
+    """Two labels, one turbo4 server: the q8_0 label's numbers would be turbo4's. The config fails, naming both."""
+    d, world = dist
+    with serving(d / "bin/ollama", tmp_path / "t4.log", {"OLLAMA_MODELS": str(tmp_path / "a"),
+                 "OLLAMA_KV_CACHE_TYPE": "turbo4", "OLLAMA_FLASH_ATTENTION": "1"}) as t4:
+        t4.create("sample", gguf=world.model)
+        out = tmp_path / "bench"
+        r = invoke("bench", "--url", f"turbo4={t4.base},q8_0={t4.base}", "--model", "sample",
+                   "--log", f"turbo4={tmp_path / 't4.log'},q8_0={tmp_path / 't4.log'}", "--depths", "0", "--reps", "1",
+                   "--niah-lengths", "", "--ab-predict", "0", "--manifest", str(d), "--out", str(out))
+    assert r.returncode == 1, r.stdout + r.stderr
+    report = json.loads((out / "bench.json").read_text())
+    t4r, q8r = report["results"]
+    assert t4r["server"]["before"]["ok"] is True and "perf" in t4r and not t4r.get("mismatch")
+    assert q8r["mismatch"] and "perf" not in q8r
+    assert "the label says q8_0, the server's log shows argv --cache-type-k turbo4 --cache-type-v turbo4" \
+        in q8r["error"] and "expected K q8_0 V q8_0" in q8r["error"]
+    assert "error: bench: the server measured for q8_0 is not what the label says" in r.stderr

@@ -332,3 +332,31 @@ def test_an_era_b_build_with_two_cache_types_is_refused_before_any_host() -> Non
     era_b = manifest.parse(json.dumps({"version": "0.24.0-turbo+x", "era": "B", "files": {}}), Path("d/manifest.json"))
     with pytest.raises(services.ServiceError, match="era B Ollama has one cache type for K and V; q8_0/turbo4 is not"):
         deploy_plan.decide(s, s.host("box"), era_b)
+
+
+def test_ollamas_repeat_guard_is_named_when_an_answer_has_no_timings() -> None:
+    from ollama_turbo.prove.client import OLLAMA_SAFE_PREDICT, Completion, repeats
+
+    assert repeats(["a", "b", "b", " b"]) == (2, "b") and repeats([" ", "\n"]) == (2, "")
+    stuck = Completion("", 0, 0.0, 0, 0.0, 0.1, tokens=31, done=False, pieces=[" the"] * 31)
+    why = stuck.why_no_timings()
+    assert why.startswith("Ollama's repeat guard: the model gave 'the' 31 times in a row") and "31" in why
+    assert OLLAMA_SAFE_PREDICT == 31
+    cut = Completion("", 0, 0.0, 0, 0.0, 0.1, tokens=3, done=False, pieces=["a", "b", "c"])
+    assert cut.why_no_timings().startswith("the stream ended after 3 tokens without its final message")
+    ok = Completion("x", 5, 1.0, 2, 1.0, 0.1, tokens=2, done=True, pieces=["x", "y"])
+    assert ok.why_no_timings() == ""
+
+
+def test_quality_refuses_a_pass_that_ran_another_cache_than_its_label() -> None:
+    from ollama_turbo.fork.behaviour import ForkBehaviour
+    from ollama_turbo.prove import quality
+
+    out = ("print_info: n_layer          = 4\nprint_info: n_head           = 8\nprint_info: n_head_kv        = 2\n"
+           "llama_kv_cache: size =    8.50 MiB (  4096 cells,   4 layers,  1/1 seqs), K (f16):    4.25 MiB, "
+           "V (f16):    4.25 MiB\n")
+    assert quality.ran_with(out, ("f16", "f16"), ForkBehaviour()).startswith("llama_kv_cache K (f16) V (f16)")
+    with pytest.raises(quality.QualityError, match=r"was asked for q8_0/turbo4 and its output shows llama_kv_cache "
+                                                   r"K \(f16\) V \(f16\), 4096 cells; expected K q8_0 V turbo4"):
+        quality.ran_with(out, ("q8_0", "turbo4"), ForkBehaviour())
+    assert quality.ran_with("no cache lines", ("turbo4", "turbo4"), ForkBehaviour()).startswith("not in")

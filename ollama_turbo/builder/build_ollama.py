@@ -22,7 +22,7 @@ from typing import Any
 
 from ollama_turbo import __version__
 from ollama_turbo.builder import era_c as build_era_c
-from ollama_turbo.builder import go_modules, gpu_part
+from ollama_turbo.builder import go_modules, gpu_part, machine
 from ollama_turbo.builder.llama_server import TOOLS, build_tools
 from ollama_turbo.builder.llama_server import publish as llama_publish
 from ollama_turbo.builder.plan import BuildError, Options, Plan, build_platform, make_plan
@@ -34,6 +34,7 @@ from ollama_turbo.core.settings import Settings
 __all__ = ["BuildError", "Options", "Plan", "Result", "make_plan", "run"]  # the plan's names come from plan.py
 
 Say = Callable[[str], None]
+BASE_RAN = "the Go binary, llama-server and its tools (Ollama's CPU preset)"
 
 
 @dataclass
@@ -109,6 +110,7 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         say(f"WARNING: dropping {', '.join(plan.dropped_flags)} from Ollama's llama-server argv: "
             "the fork does not define them")
     step = _Steps(say)
+    here = machine.describe()  # recorded with each part it builds: two machines may share a hostname
     ollama_dir = step("export Ollama sources (scratch copy)", lambda: plan.ollama.export(work / "ollama"))
     patch_results: list[dict[str, str]] = []
     parts: dict[str, Any] = {}
@@ -122,7 +124,8 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         tools.update({k: v for k, v in (part.get("toolchain") or {}).items() if k not in tools})
         # the dist's toolchain is this machine's (it built the GPU backend); the base's binaries were made
         # with the base part's, kept beside it
-        parts["base"] = {"built_on": part.get("built_on"), "built_at": part.get("built_at"), "from": str(root),
+        parts["base"] = {"built_on": part.get("built_on"), "machine": part.get("machine") or {},
+                         "built_at": part.get("built_at"), "from": str(root), "ran": BASE_RAN,
                          "toolchain": part.get("toolchain") or {}}
     else:
         n_mods = len(go_modules.required((ollama_dir / "go.mod").read_text()))
@@ -132,11 +135,14 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
             extra = _build_c(plan, settings, work, ollama_dir, stage, log, step, patch_results, opts.go_env)
         else:
             extra = _build_b(plan, work, ollama_dir, stage, log, step, patch_results, opts.go_env)
-        parts["base"] = {"built_on": platform.node(), "built_at": _now()}
+        parts["base"] = {"built_on": platform.node(), "machine": here, "built_at": _now(), "ran": BASE_RAN}
     gpu: dict[str, Any] | None = None
     if plan.backend == "cuda" and not opts.part:
         gpu = _build_gpu(plan, settings, work, ollama_dir, stage, log, step)
-        parts["gpu"] = {"built_on": platform.node(), "built_at": _now()}
+        parts["gpu"] = {"built_on": platform.node(), "machine": here, "built_at": _now(),
+                        "ran": f"the CUDA backend (cmake preset {plan.preset}, sm_{plan.cuda_arch})"}
+        if base is not None and machine.same(here, parts["base"]["machine"]):
+            parts["gpu"]["same_machine_as_base"] = True
     data = {
         "version": plan.version, "era": plan.era,
         "ollama": {"url": plan.ollama.url, "ref": plan.ollama.ref, "sha": plan.ollama.sha,
@@ -164,7 +170,7 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
     if plan.backend == "cuda":
         data.update(cuda_arch=plan.cuda_arch, parts=parts, gpu=gpu)
     if opts.part:  # a base part: recorded beside its files, completed into a dist by --base-from
-        data = redact.tree({**data, "part": "base", "built_on": platform.node(),
+        data = redact.tree({**data, "part": "base", "built_on": platform.node(), "machine": here,
                             "files": manifest.file_sums(stage)})
         gpu_part.write_part(stage, data)
         _publish(stage, plan.dist, work)

@@ -71,7 +71,8 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
     types="cache types or K/V pairs (default f16,q8_0,turbo4,q8_0/turbo4; with --url: the types given there)",
     depths="context depths in tokens (default 0,2048,8192)",
     reps="repetitions per depth (default 3)",
-    n_predict="tokens generated per speed run (default 32)",
+    n_predict="tokens generated per speed run (default 32; through Ollama at most 31, the most it gives for text "
+              "that repeats one token)",
     niah_lengths="needle-in-a-haystack lengths in tokens (default 1024,4096)",
     niah_depths="needle positions as fractions (default 0.1,0.5,0.9)",
     ab_predict="tokens generated per A/B prompt (default 128; 0: no A/B set)",
@@ -100,6 +101,7 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
                                    ab_predict=int(ab_predict), niah_lengths=niah_lengths, niah_depths=niah_depths,
                                    gguf=gguf)
     opts.measure_fallback = measure_fallback
+    opts.fork = s.kv.fork
     out_dir = Path(out) if out else bench_mod.default_out(s.workspace)
     provenance: dict[str, Any] = {"model": model or gguf, "settings_kv": s.kv_summary()}
     tools = reports.Tools.of(manifest)
@@ -129,12 +131,21 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
             provenance.setdefault("build", {"version": targets_mod.server_version(Path(llama_server), tools.env)})
         else:
             provenance["url"] = url
+    if tools.manifest is not None:  # the build the labels say: each server's version is checked against it
+        for ep, _ in targets:
+            ep.build = tools.manifest.version if ep.api == "ollama" else ""
+            ep.era = tools.manifest.era
     if url and api == "ollama" and not model:
         raise UsageError("--url with the Ollama API needs --model (the model to measure)",
                          hint="name one the server has (ollama list), e.g. --model smollm2")
     report = reports.run_bench(targets, opts, out_dir, provenance, side_by_side=side_by_side, tools=tools)
     print(bench_mod.summary(report))
     print(out_dir)
+    wrong = bench_mod.mismatched(report)
+    if wrong:
+        raise TurboError(f"bench: the server measured for {', '.join(wrong)} is not what the label says (see the "
+                         f"'server mismatch' lines above and {out_dir / 'bench.json'}); those numbers do not count",
+                         hint="free the port of any other server, or check the host's service and its log")
     if not bench_mod.measured_anything(report):
         raise TurboError(f"bench measured nothing: every cache type failed (see {out_dir / 'bench.json'})",
                          hint="check the server, host or --llama-server named in the errors above")
@@ -176,7 +187,7 @@ def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo
     binary = tools.tool("llama-perplexity", llama_perplexity)
     opts = quality_mod.Options(pairs=parse_pairs(types), contexts=parse_sizes(ctx, option="--ctx"), chunks=int(chunks),
                                thresholds=quality_mod.Thresholds.parse(max_kld, max_dppl), threads=int(threads),
-                               gpu_layers=None if int(gpu_layers) == -1 else int(gpu_layers))
+                               gpu_layers=None if int(gpu_layers) == -1 else int(gpu_layers), fork=s.kv.fork)
     if manifest:
         opts.blocks = block_table(c, tools.manifest)
     out_dir = Path(out) if out else reports.quality_out(s.workspace, Path(model))

@@ -7,15 +7,24 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ollama_turbo.core.errors import TurboError
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.hostview import wait_version
 from ollama_turbo.deploy.lock import host_lock
 from ollama_turbo.deploy.services import Manager, render, service_env
 from ollama_turbo.deploy.store import current_manifest, current_release, layout_of
-from ollama_turbo.deploy.transport import connect
+from ollama_turbo.deploy.transport import Transport, connect
 from ollama_turbo.fork.cache_types import label
 from ollama_turbo.prove.client import Endpoint
+
+
+def _logged(t: Transport, path: str) -> int:
+    """How much the service log holds now (0 when there is none yet)."""
+    try:
+        return len(t.read(path))
+    except (OSError, TurboError):
+        return 0
 
 
 def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], model: str) -> list[Any]:
@@ -39,12 +48,15 @@ def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], 
                     original = t.read(mgr.config_path)
                     try:
                         mgr.install(render(host, layout, service_env(settings.kv, host, layout, m.era, (k, v))))
+                        start = _logged(t, layout.log)
                         mgr.restart()
                         with t.forward(host.port, host.probe_host) as url:
                             ok, why = wait_version(url, m.version, host.health_timeout)
                             if not ok:
                                 raise DeployError(f"{host.name} with {k}/{v}: {why}")
-                            yield Endpoint(label(k, v), k, v, url, "ollama", model, lambda: t.read(layout.log))
+                            # the evidence of this config is what its server logged from its restart on
+                            yield Endpoint(label(k, v), k, v, url, "ollama", model, lambda: t.read(layout.log)[start:],
+                                           build=m.version, era=m.era)
                     finally:
                         mgr.install(original)
                         mgr.restart()

@@ -26,9 +26,9 @@ from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
 from ollama_turbo.kv import memory
 from ollama_turbo.kv.geometry import Geometry, geometry_from_gguf
-from ollama_turbo.prove import depth, offload
+from ollama_turbo.prove import depth, identity, offload
 from ollama_turbo.prove.bench_report import measured, write_outputs
-from ollama_turbo.prove.client import Endpoint, complete
+from ollama_turbo.prove.client import OLLAMA_SAFE_PREDICT, Endpoint, complete
 from ollama_turbo.prove.ollama_api import ApiError
 from ollama_turbo.prove.prompts import FILLER, PROMPTS
 from ollama_turbo.prove.server_log import kv_lines
@@ -44,6 +44,7 @@ class Options:
     ab_predict: int = 128
     geometry: Geometry | None = None
     blocks: BlockTable = BUILTIN  # the build's block formats (from its manifest) for the planner's prediction
+    fork: ForkBehaviour = field(default_factory=ForkBehaviour)  # the fork's knobs the servers run with
     measure_fallback: bool = False  # measure a config that falls back to the CPU at every depth
 
     @classmethod
@@ -72,6 +73,12 @@ class Options:
         if gguf:
             opts.geometry = geometry_from_gguf(Path(gguf))
         return opts
+
+
+def predict_for(ep: Endpoint, n_predict: int) -> int:
+    """Tokens to ask of a speed run: as asked, but no more than Ollama gives for text that repeats one token
+    (its repeat guard would end the answer without timings)."""
+    return min(n_predict, OLLAMA_SAFE_PREDICT) if ep.api == "ollama" else n_predict
 
 
 def default_out(workspace: Path) -> Path:
@@ -178,7 +185,12 @@ def bench_endpoint(ep: Endpoint, opts: Options, tick: Progress, res: dict[str, A
     res = res if res is not None else {}
     res.update({"label": ep.label, "type_k": ep.type_k, "type_v": ep.type_v, "url": ep.url})
     count = depth.counter(ep)
-    n_ctx = res["n_ctx"] = depth.context_size(ep)
+    n_ctx = res["n_ctx"] = depth.context_size(ep)  # loads the model
+    before = identity.check(ep, opts.fork, when="before")
+    res["server"] = {"before": before.to_json()}
+    if before.ok is False:
+        res["mismatch"] = True
+        raise ServerMismatch(before.evidence)
     ttfts: list[float] = []
     itls: list[float] = []
     overhead = []
@@ -224,12 +236,14 @@ def bench_endpoint(ep: Endpoint, opts: Options, tick: Progress, res: dict[str, A
             continue
 
         def at_depth(step: Callable[[], None], d: int = d, entry: dict[str, Any] = entry) -> None:
-            if why := too_deep(d + opts.n_predict):
-                raise depth.DepthError(f"depth {d} + {opts.n_predict} generated: {why}")
+            n_predict = predict_for(ep, opts.n_predict)
+            entry["n_predict"] = n_predict
+            if why := too_deep(d + n_predict):
+                raise depth.DepthError(f"depth {d} + {n_predict} generated: {why}")
             prompt, _ = depth.fit(d, count)
             runs = []
             for _ in range(opts.reps):
-                c = complete(ep.url, ep.api, depth.tag() + prompt, n_predict=opts.n_predict, model=ep.model,
+                c = complete(ep.url, ep.api, depth.tag() + prompt, n_predict=n_predict, model=ep.model,
                              ignore_eos=True)
                 runs.append(c)
                 ttfts.append(c.ttft_s * 1000)
@@ -237,10 +251,11 @@ def bench_endpoint(ep: Endpoint, opts: Options, tick: Progress, res: dict[str, A
                 if c.client_decode_tps and c.decode_tps:
                     overhead.append(1 - c.client_decode_tps / c.decode_tps)
                 step()
-            if not all(r.prompt_n and r.predicted_n for r in runs):
-                raise depth.DepthError(f"depth {d}: the server answered without timings (prompt tokens "
-                                       f"{[r.prompt_n for r in runs]}, generated {[r.predicted_n for r in runs]}); "
-                                       "nothing to measure")
+            bad = next((r for r in runs if r.why_no_timings()), None)
+            if bad is not None:
+                raise depth.DepthError(f"depth {d}: the server answered without timings: {bad.why_no_timings()} "
+                                       f"(prompt tokens {[r.prompt_n for r in runs]}, generated "
+                                       f"{[r.predicted_n for r in runs]})")
             entry.update(actual_depth=round(statistics.fmean(r.prompt_n for r in runs)),
                          prompt_tokens=runs[0].prompt_n, prefill_tps=mean_sd([r.prefill_tps for r in runs]),
                          decode_tps=mean_sd([r.decode_tps for r in runs]))
@@ -272,12 +287,27 @@ def bench_endpoint(ep: Endpoint, opts: Options, tick: Progress, res: dict[str, A
     for name, prompt in PROMPTS if opts.ab_predict > 0 else []:  # --ab-predict 0: no A/B set (0 would be
         try:                                                          # "no limit" to Ollama)
             c = complete(ep.url, ep.api, prompt, n_predict=opts.ab_predict, model=ep.model)
-            outputs.append({"prompt": name, "output": c.text, "decode_tps": c.decode_tps})
+            outputs.append({"prompt": name, "output": c.text, "decode_tps": c.decode_tps,
+                            **({"stopped": c.why_no_timings()} if c.why_no_timings() else {})})
         except FAULTS as exc:
             outputs.append({"prompt": name, "output": "", "error": str(exc)})
         tick(f"{ep.label} A/B {name}")
+    after = identity.check(ep, opts.fork, when="after")
+    res["server"]["after"] = after.to_json()
+    if after.ok is False:  # what was measured may not be this config's: it does not count
+        res["mismatch"] = True
+        res["error"] = f"server mismatch: {after.evidence}"
     save()
     return res
+
+
+class ServerMismatch(TurboError):
+    """The server answering for a config is not the build, model or K/V its label says."""
+
+
+def mismatched(report: dict[str, Any]) -> list[str]:
+    """The configs whose server was not what their label says (the task fails)."""
+    return [r["label"] for r in report["results"] if r.get("mismatch")]
 
 
 def kv_memory(ep: Endpoint, geo: Geometry | None, blocks: BlockTable = BUILTIN) -> dict[str, Any]:
@@ -326,6 +356,8 @@ def run(endpoints: list[tuple[Endpoint, Callable[[], AbstractContextManager[Endp
             try:
                 with starter() as ep:
                     bench_endpoint(ep, opts, tick, res, save, reference=f16_splits(report))
+            except ServerMismatch as exc:
+                res["error"] = f"server mismatch: {exc.message}"
             except FAULTS as exc:
                 res["error"] = str(exc)
             save()

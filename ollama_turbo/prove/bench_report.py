@@ -12,7 +12,8 @@ from ollama_turbo.prove.prompts import PROMPTS
 
 
 def measured(r: dict[str, Any]) -> list[dict[str, Any]]:
-    return [x for x in r.get("perf", []) if "decode_tps" in x]
+    """The depths measured for a config; none where its server was not what its label says."""
+    return [] if r.get("mismatch") else [x for x in r.get("perf", []) if "decode_tps" in x]
 
 
 def write_outputs(report: dict[str, Any], out: Path) -> None:

@@ -21,8 +21,30 @@ class Endpoint:
     url: str
     api: str
     model: str = ""
-    log: LogReader | None = None
+    log: LogReader | None = None  # this config's server log (from its start on)
+    build: str = ""  # the version of the build the label says runs there ("" where not known)
+    era: str | None = None
 
+
+
+# Ollama's llama-server client ends a completion once one token (trimmed of spaces) has come more than 30 times
+# in a row after its first (llm/llama_server.go), and answers without timings: 31 tokens are the most it gives
+# for text that repeats one token, as a random-weight model at depth does.
+REPEAT_LIMIT = 30
+OLLAMA_SAFE_PREDICT = REPEAT_LIMIT + 1
+
+
+def repeats(pieces: list[str]) -> tuple[int, str]:
+    """How many times the last token repeated after its first, counted as Ollama counts (trimmed text, an
+    empty piece repeating the empty start), and the token."""
+    count, last = 0, ""
+    for p in pieces:
+        t = p.strip()
+        if t == last:
+            count += 1
+        else:
+            last, count = t, 0
+    return count, last
 
 
 @dataclass
@@ -37,6 +59,24 @@ class Completion:
     wall_s: float = 0.0
     tokens: int = 0     # pieces of text that arrived
     done: bool = False  # the server sent its final message
+    pieces: list[str] = field(default_factory=list, repr=False)
+    done_reason: str = ""
+
+    def why_no_timings(self) -> str:
+        """Why the answer carries no timings ("" when it does), from the answer itself."""
+        if self.done and self.prompt_n and self.predicted_n:
+            return ""
+        if not self.done:
+            n, tok = repeats(self.pieces)
+            if n >= REPEAT_LIMIT:
+                return (f"Ollama's repeat guard: the model gave {tok or 'an empty token'!r} {n + 1} times in a row, "
+                        f"and Ollama ends a completion after {REPEAT_LIMIT + 1} (no timings); ask at most "
+                        f"{OLLAMA_SAFE_PREDICT} tokens")
+            return (f"the stream ended after {self.tokens} tokens without its final message (no timings): the "
+                    "server closed the answer")
+        if not self.predicted_n:
+            return f"the final message counts no generated tokens (done_reason {self.done_reason or '?'!r})"
+        return f"the final message counts no prompt tokens (done_reason {self.done_reason or '?'!r})"
 
     @property
     def prefill_tps(self) -> float:
@@ -101,4 +141,5 @@ def complete(url: str, api: str, prompt: str, *, n_predict: int, model: str = ""
             t.get("predicted_ms", 0.0)
     itl = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     return Completion("".join(pieces), int(pn), float(pms), int(dn), float(dms),
-                      (stamps[0] - t0) if stamps else wall, itl, wall, len(stamps), bool(final))
+                      (stamps[0] - t0) if stamps else wall, itl, wall, len(stamps), bool(final), pieces,
+                      str(final.get("done_reason") or final.get("stop_type") or ""))

@@ -22,8 +22,11 @@ from typing import Any
 from ollama_turbo.core import proc
 from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.core.manifest import sha256
+from ollama_turbo.fork.behaviour import ForkBehaviour
 from ollama_turbo.fork.cache_types import BUILTIN, BlockTable, label
 from ollama_turbo.prove import offload
+from ollama_turbo.prove.server_log import kv_lines
+from ollama_turbo.prove.smoke import cache_type_from_log
 
 INDEX = "index.json"  # <workspace>/quality/index.json: verdicts per model and config, for recommend and deploy
 
@@ -72,6 +75,7 @@ class Options:
     gpu_layers: int | None = None  # -ngl (None: all with the build's GPU backend, 0 on a cpu build, else llama.cpp's)
     backend: str = ""  # the build's backend (its manifest), when known
     env: dict[str, str] = field(default_factory=dict)  # the build's tool environment (its GPU backend)
+    fork: ForkBehaviour = field(default_factory=ForkBehaviour)  # what the fork does to a K/V pair, for the check
 
     def resolved_threads(self) -> int:
         """``--threads``, else the CPUs this process may run on (a container's, not the host's)."""
@@ -166,6 +170,19 @@ def _run(binary: Path, model: Path, corpus: Path, ctx: int, base: Path, pair: tu
     return text
 
 
+def ran_with(text: str, pair: tuple[str, str], fork: ForkBehaviour) -> str:
+    """What cache llama-perplexity really ran for ``pair``, from its own output; a pass that ran another K/V than
+    its label is a :class:`QualityError` naming both (its numbers would be filed under the wrong config)."""
+    if not kv_lines(text):
+        return "not in llama-perplexity's output (no llama_kv_cache line)"
+    ok, evidence = cache_type_from_log(text, pair[0], pair[1], "B", fork)
+    if not ok:
+        raise QualityError(f"llama-perplexity was asked for {label(*pair)} and its output shows {evidence}: the "
+                           "build did not run that cache; nothing was recorded for it",
+                           hint="is this build's llama-perplexity built from the fork (invoke build-ollama)?")
+    return evidence
+
+
 def check_baseline(previous: Path, model_sha: str, binary_sha: str, corpus_sha: str | None = None) -> None:
     """A baseline reused from an earlier run must come from the same model, the same build and the same text."""
     try:
@@ -239,6 +256,7 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
             evaluated[ctx] = int(m.group(1)) * int(m.group(2)) if m else 0
         for pair in opts.pairs:
             text = timed(ctx, base, pair)
+            cache = ran_with(text, pair, opts.fork)
             where = offload.placement(text)
             stats = parse_stats(text)
             bits = (opts.blocks.get(pair[0]).bits_per_value + opts.blocks.get(pair[1]).bits_per_value) / 2
@@ -246,7 +264,7 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
             v_dppl = grade(max(stats["dppl"], 0.0), opts.thresholds.max_dppl)
             rows.append({"label": label(*pair), "type_k": pair[0], "type_v": pair[1], "ctx": ctx,
                          "bits_per_value": bits, **stats, "verdict_kld": v_kld, "verdict_dppl": v_dppl,
-                         "verdict": worst(v_kld, v_dppl), **where.to_json(),
+                         "verdict": worst(v_kld, v_dppl), **where.to_json(), "cache": cache,
                          "cpu_fallback": offload.fallback(where, reference)})
     report = {
         "model": {"path": str(model), "name": model.name, "sha256": model_sha},
