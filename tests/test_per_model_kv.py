@@ -7,6 +7,7 @@ rules the build applied.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from ollama_turbo.core import settings as config
 from ollama_turbo.core.errors import ConfigError
 from ollama_turbo.kv import modelfiles as modelfile
 from ollama_turbo.prove import smoke
-from ollama_turbo.prove.ollama_api import ApiError
+from ollama_turbo.prove.ollama_api import ApiError, Client
+from ollama_turbo.sample.model import write_model
 
 from .conftest import invoke, serving
 
@@ -47,14 +49,39 @@ def test_the_build_records_per_model_cache_types_and_where_each_rule_applied(bui
         assert isinstance(rules[name]["line"], int) and rules[name]["line"] > 0
 
 
+def _other_file(tmp_path: Path, name: str) -> Path:
+    """The sample model again as a file of its own (another ``general.name``, so another blob)."""
+    return write_model(tmp_path / f"{name}.gguf")
+
+
+def _model_path(client: Client, name: str) -> str:
+    shown = client.post("/api/show", {"model": name})
+    path = smoke.model_file(shown)
+    assert path, name
+    return path
+
+
+def _servers_for(model_path: str) -> int:
+    """How many llama-server processes run ``model_path``."""
+    n = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes().split(b"\0")
+            if argv and argv[0].endswith(b"llama-server") and model_path.encode() in argv:
+                n += 1
+    return n
+
+
 def test_two_models_with_their_own_cache_types_run_at_once(built: Path, world: sample.World,
                                                            tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     env = {"OLLAMA_MODELS": str(tmp_path / "models"), "OLLAMA_KV_CACHE_TYPE": "f16", "OLLAMA_FLASH_ATTENTION": "1"}
     with serving(built / "bin" / "ollama", log, env) as client:
+        # Ollama runs one llama-server per model file: three models loaded at once need three files
         client.create("smol-q8t4", gguf=world.model, parameters={"kv_cache_type": "q8_0/turbo4", "num_ctx": 2048})
-        client.create("smol-t4", gguf=world.model, parameters={"kv_cache_type": "turbo4", "num_ctx": 2048})
-        client.create("smol-default", gguf=world.model, parameters={"num_ctx": 2048})
+        client.create("smol-t4", gguf=_other_file(tmp_path, "smol-t4"),
+                      parameters={"kv_cache_type": "turbo4", "num_ctx": 2048})
+        client.create("smol-default", gguf=_other_file(tmp_path, "smol-default"), parameters={"num_ctx": 2048})
         for name in ("smol-q8t4", "smol-t4", "smol-default"):
             assert client.generate(name, "hello there", num_predict=4)["done"]
         loaded = {m["name"] for m in client.get("/api/ps")["models"]}
@@ -62,14 +89,42 @@ def test_two_models_with_their_own_cache_types_run_at_once(built: Path, world: s
         text = log.read_text(errors="replace")
         for name, (k, v) in [("smol-q8t4", ("q8_0", "turbo4")), ("smol-t4", ("turbo4", "turbo4")),
                              ("smol-default", ("f16", "f16"))]:
-            shown = client.post("/api/show", {"model": name})
-            path = shown["modelfile"].split("FROM ", 1)[1].split()[0]
+            path = _model_path(client, name)
+            assert _servers_for(path) == 1, name
             ok, evidence = smoke.cache_type_from_log(text, k, v, "C", model_path=path)
             assert ok, (name, evidence)
             assert f"--cache-type-k {k} --cache-type-v {v}" in evidence
-        # the same GGUF blob serves all three: each model's own section of the log is read
+        # each model's own section of the log is read
         ok, evidence = smoke.cache_type_from_log(text, "turbo4", "turbo4", "C", model_path="/no/such/blob")
         assert not ok and "no llama-server command line for /no/such/blob" in evidence
+
+
+def test_two_models_from_one_file_share_its_runner_the_second_load_replaces_the_first(
+        built: Path, world: sample.World, tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    env = {"OLLAMA_MODELS": str(tmp_path / "models"), "OLLAMA_KV_CACHE_TYPE": "f16", "OLLAMA_FLASH_ATTENTION": "1"}
+    with serving(built / "bin" / "ollama", log, env) as client:
+        client.create("smol-t4", gguf=world.model, parameters={"kv_cache_type": "turbo4", "num_ctx": 2048})
+        client.create("smol-q8t4", gguf=world.model, parameters={"kv_cache_type": "q8_0/turbo4", "num_ctx": 2048})
+        path = _model_path(client, "smol-t4")
+        assert _model_path(client, "smol-q8t4") == path  # one blob
+        for name, (k, v) in [("smol-t4", ("turbo4", "turbo4")), ("smol-q8t4", ("q8_0", "turbo4")),
+                             ("smol-t4", ("turbo4", "turbo4"))]:
+            assert client.generate(name, "hello there", num_predict=4)["done"]
+            assert [m["name"] for m in client.get("/api/ps")["models"]] == [f"{name}:latest"]
+            assert _servers_for(path) == 1, name
+            text = log.read_text(errors="replace")
+            section = smoke.model_section(text, path)  # the file's latest llama-server: this model's
+            assert section is not None and f"--cache-type-k {k} --cache-type-v {v}" in section.splitlines()[0]
+            ok, evidence = smoke.cache_type_from_log(text, k, v, "C", model_path=path)
+            assert ok, (name, evidence)
+        starts = [ln for ln in log.read_text(errors="replace").splitlines() if smoke.is_start_line(ln)]
+        assert len(starts) == 3 and all(path in ln for ln in starts)
+        # a model from another file runs beside it
+        client.create("smol-other", gguf=_other_file(tmp_path, "smol-other"), parameters={"num_ctx": 2048})
+        assert client.generate("smol-other", "hello there", num_predict=4)["done"]
+        assert sorted(m["name"] for m in client.get("/api/ps")["models"]) == ["smol-other:latest", "smol-t4:latest"]
+        assert _servers_for(path) == 1 and _servers_for(_model_path(client, "smol-other")) == 1
 
 
 @pytest.mark.parametrize(("value", "message"), [

@@ -39,9 +39,11 @@ type loaded struct {
 	expiresAt time.Time
 }
 
+// Server keeps one runner per model file: two models made from the same GGUF share it, so loading
+// the one replaces the other's runner.
 type Server struct {
 	mu     sync.Mutex
-	loaded map[string]*loaded
+	loaded map[string]*loaded // by model file (the GGUF blob's path)
 }
 
 func Serve() error {
@@ -194,12 +196,14 @@ func (s *Server) load(m *Model, opts api.Options) (*loaded, time.Duration, error
 	numCtx := opts.NumCtx
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	key := m.Name.String()
-	if l, ok := s.loaded[key]; ok && l.runnerOpt == opts.Runner && l.model.Digest == m.Digest {
+	key := m.ModelPath
+	if l, ok := s.loaded[key]; ok && l.model.Name == m.Name && l.runnerOpt == opts.Runner && l.model.Digest == m.Digest {
 		l.expiresAt = time.Now().Add(5 * time.Minute)
 		return l, 0, nil
 	}
 	if l, ok := s.loaded[key]; ok {
+		slog.Info("model file already has a runner: replacing it", "file", key, "was", l.model.Name.String(),
+			"now", m.Name.String())
 		l.runner.Close()
 		delete(s.loaded, key)
 	}
@@ -467,9 +471,11 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	if l, ok := s.loaded[name.String()]; ok {
-		l.runner.Close()
-		delete(s.loaded, name.String())
+	for k, l := range s.loaded {
+		if l.model.Name == name {
+			l.runner.Close()
+			delete(s.loaded, k)
+		}
 	}
 	s.mu.Unlock()
 	if req.Stream == nil || *req.Stream {
