@@ -660,3 +660,31 @@ def test_a_host_listening_on_another_address_is_reached_there(
         st = hostview.status(s, s.host("lan"))
     assert d.status == "deployed" and d.smoke and d.smoke["url"].startswith("http://127.0.0.2:")
     assert st["serving"] == d.version
+
+
+def test_a_stock_build_is_ollama_with_the_llama_cpp_it_pins(worlds: dict[str, sample.World], tmp_path: Path) -> None:
+    """No fork, no Go rules, Ollama's own patches as they are: stock Ollama through the same pipeline."""
+    w = worlds["clean"]
+    r = invoke("build-ollama", "--ollama", str(w.ollama_c), "--upstream", str(w.upstream), "--stock", "--backend",
+               "cpu", env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
+    assert r.returncode == 0, r.stderr
+    dist = Path(r.stdout.strip().splitlines()[-1])
+    m = manifest.load(dist)
+    assert m.stock and m.version.startswith("0.31.0-stock+b110.cpu.") and m.data["fork"]["ref"] == "b110"
+    assert m.data["rules"] == [] and not m.per_model_kv.supported and "turbo4" not in m.cache_types
+    assert [p["status"] for p in m.data["patches"]] == ["applied"]
+    log = tmp_path / "serve.log"
+    with serving(dist / "bin/ollama", log, {"OLLAMA_MODELS": str(tmp_path / "m"), "OLLAMA_KV_CACHE_TYPE": "q8_0",
+                                            "OLLAMA_FLASH_ATTENTION": "1"}) as client:
+        assert client.version() == m.version
+        client.create("s", gguf=w.model)
+        assert client.generate("s", "hi", num_predict=1)["eval_count"] == 1
+    assert "K (q8_0):" in log.read_text(errors="replace")
+    # stock means the llama.cpp Ollama pins: a fork, or an upstream without the pin, is refused up front
+    r = invoke("build-ollama", "--ollama", str(w.ollama_c), "--stock", "--fork", str(w.fork), "--backend", "cpu",
+               env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws2")})
+    assert r.returncode == 2 and "--stock builds the llama.cpp Ollama pins" in r.stderr
+    r = invoke("build-ollama", "--ollama", str(w.ollama_c), "--stock", "--upstream", str(w.ollama_c), "--backend",
+               "cpu", "--dry-run", env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws2")})
+    assert r.returncode == 1 and "a stock build of Ollama" in r.stderr and "needs llama.cpp at its pin b110" in r.stderr
+    assert "invoke upstream-tree --builds 110" in r.stderr

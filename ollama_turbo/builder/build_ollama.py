@@ -25,7 +25,8 @@ from ollama_turbo.builder import era_c as build_era_c
 from ollama_turbo.builder import go_modules, gpu_part, machine
 from ollama_turbo.builder.llama_server import TOOLS, build_tools
 from ollama_turbo.builder.llama_server import publish as llama_publish
-from ollama_turbo.builder.plan import BuildError, Options, Plan, build_platform, make_plan
+from ollama_turbo.builder.options import BuildError, Options
+from ollama_turbo.builder.plan import Plan, build_platform, make_plan
 from ollama_turbo.check.carry import CARRIED, LEFT_OUT, NOT_NEEDED, Carried
 from ollama_turbo.core import manifest, proc, redact, rules, sources, toolchain
 from ollama_turbo.core.errors import CommandError
@@ -68,7 +69,8 @@ class Result:
         """The manifest, or the plan on a dry run."""
         p = self.plan
         payload = self.manifest if self.status != "dry-run" else {
-            "version": p.version, "era": p.era, "backend": p.backend, "dist": str(self.dist),
+            "version": p.version, "era": p.era, "flavor": "stock" if p.stock else "custom", "backend": p.backend,
+            "dist": str(self.dist),
             "rules": [o.to_json() for o in p.outcomes], "per_model_kv": p.per_model_kv,
             "patches": p.contract.patch_records() if p.contract and p.era == "C" else p.patches,
             "merge_base": p.contract.upstream if p.contract else "",
@@ -144,7 +146,7 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         if base is not None and machine.same(here, parts["base"]["machine"]):
             parts["gpu"]["same_machine_as_base"] = True
     data = {
-        "version": plan.version, "era": plan.era,
+        "version": plan.version, "era": plan.era, "flavor": "stock" if plan.stock else "custom",
         "ollama": {"url": plan.ollama.url, "ref": plan.ollama.ref, "sha": plan.ollama.sha,
                    "version": plan.info.version},
         "fork": {"url": plan.fork.url, "ref": plan.fork.ref, "sha": plan.fork.sha},

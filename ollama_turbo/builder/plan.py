@@ -18,46 +18,19 @@ from typing import Any
 
 from ollama_turbo import __version__
 from ollama_turbo.builder import era_c as build_era_c
-from ollama_turbo.builder import go_rules, gpu_part
+from ollama_turbo.builder import go_rules, gpu_part, ref_choice
 from ollama_turbo.builder.go_rules import drop_flag_rules, era_b_rules, kv_bytes_rules
+from ollama_turbo.builder.options import PROBE_PATHS, BuildError, Options
+from ollama_turbo.builder.ref_choice import pinned_upstream
 from ollama_turbo.check import carry_report, carry_rules, fork_contract, verify_fork
 from ollama_turbo.check.carry import Upstream
 from ollama_turbo.core import gpu, proc, rules, sources
-from ollama_turbo.core.errors import SourceError, ToolMissing, TurboError, UsageError
+from ollama_turbo.core.errors import SourceError, ToolMissing, UsageError
 from ollama_turbo.core.settings import CUDA_ARCH_EXAMPLES, CUDA_ARCH_PATTERN, Settings
 from ollama_turbo.fork import blocks
 from ollama_turbo.fork import sources as fork_sources
 
 Say = Callable[[str], None]
-
-
-PROBE_PATHS = ["go.mod", "fs/ggml/ggml.go", "llm/llama_server.go", "llama/llama.go", "ml/backend.go",
-               "runner/ollamarunner/cache.go", "llama/patches", "llama/compat", "Makefile.sync",
-               "llama/server/CMakeLists.txt"]
-
-
-class BuildError(TurboError):
-    pass
-
-
-@dataclass
-class Options:
-    ollama: str = ""
-    ollama_ref: str = ""
-    fork: str = ""
-    fork_ref: str = ""
-    backend: str = ""
-    dry_run: bool = False
-    force: bool = False
-    allow_dirty: bool = False
-    go_env: dict[str, str] = field(default_factory=dict)  # e.g. GOPROXY for this build only
-    skip_verify: bool = False  # build even when verify-fork finds a failing quantizer check
-    cuda_arch: str = ""  # --backend cuda: the GPU architecture (default: turbo.build.cuda_arch, else this GPU's)
-    part: str = ""  # "base": all but the GPU backend (no CUDA toolkit needed), into <workspace>/parts/<version>
-    base_from: str = ""  # a base part built elsewhere: build the GPU backend here and assemble one dist
-    upstream: str = ""  # the llama.cpp Ollama pins (a checkout or URL), the base of 3-way merges
-    leave_out: tuple[str, ...] = ()  # model architectures whose compat patches to leave out (with the settings')
-    placements: str = ""  # a YAML file of placement rules (with turbo.build.placements)
 
 
 @dataclass
@@ -88,14 +61,16 @@ class Plan:
     cuda_arch: str = ""  # --backend cuda: the one GPU architecture built for (CMAKE_CUDA_ARCHITECTURES)
     cuda_toolkit: str = ""  # --backend cuda: nvcc's version line here ("" where the GPU backend is not built)
     picked: list[str] = field(default_factory=list)  # why this Ollama ref, where none was named
+    stock: bool = False  # Ollama with the llama.cpp it pins, as its own release builds it
 
     def render(self) -> str:
         lines = [*self.picked,
             f"ollama   {self.ollama.url} @ {self.ollama.ref} ({self.ollama.sha[:12]}), version {self.info.version}, "
             f"era {self.era}",
-            f"fork     {self.fork.url} @ {self.fork.ref} ({self.fork.sha[:12]})",
+            (f"llama    {self.fork.url} @ {self.fork.ref} ({self.fork.sha[:12]}): stock, the llama.cpp Ollama pins"
+             if self.stock else f"fork     {self.fork.url} @ {self.fork.ref} ({self.fork.sha[:12]})"),
             f"pinned   llama.cpp {self.info.pin if self.era == 'C' else 'FETCH_HEAD ' + self.info.pin[:12]} "
-            "(replaced by the fork)",
+            + ("(built as pinned: no fork, no rules of ours)" if self.stock else "(replaced by the fork)"),
             f"backend  {self.backend}" + (f" (cmake preset {self.preset})" if self.era == "C" else "")
             + (f", for sm_{self.cuda_arch}" if self.cuda_arch else ""),
             f"version  {self.version} (identity {self.identity[:12]}: Ollama and fork commits, backend, "
@@ -135,7 +110,7 @@ def build_platform() -> dict[str, str]:
 
 
 def build_identity(ollama_sha: str, fork_sha: str, backend: str, preset: str, rule_list: list[rules.Rule],
-                   defines: list[str] | None = None, *, cuda_arch: str = "") -> str:
+                   defines: list[str] | None = None, *, cuda_arch: str = "", stock: bool = False) -> str:
     """What makes two builds differ, as one digest: both commits, the backend and preset (and a CUDA build's
     GPU architecture), this machine's OS/arch and the source rules. Two builds with the same identity are the
     same build."""
@@ -144,6 +119,8 @@ def build_identity(ollama_sha: str, fork_sha: str, backend: str, preset: str, ru
         "rules": [(r.name, r.file, r.anchor, r.text) for r in rule_list], "defines": defines or []}
     if cuda_arch:
         parts["cuda_arch"] = cuda_arch
+    if stock:
+        parts["stock"] = True
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -265,76 +242,11 @@ def _check_options(opts: Options, backend: str) -> None:
                          hint=f"give the compute capability without the dot, e.g. {CUDA_ARCH_EXAMPLES}")
 
 
-def pinned_upstream(settings: Settings, info: sources.OllamaInfo, flag: str = "") -> Upstream:
-    """The llama.cpp this Ollama pins (``--upstream``, else ``turbo.sources.upstream``) at the pinned tag: the base
-    of 3-way merges, opened only when a patch needs one."""
-    url = flag or settings.sources.upstream.url
-    return fork_contract.pinned_upstream(
-        lambda: sources.open_source("upstream", url, info.pin, settings.workspace), info.pin, url)
-
-
-NEWEST = "newest"  # a ref: the newest Ollama release whose compat patches the fork can take
-
-
-def release_tags(co: sources.Checkout) -> list[str]:
-    """Ollama's release tags (vX.Y.Z, no release candidates), newest first."""
-    tags = co.git("tag", "--list", "v*", "--sort=-version:refname").stdout.split()
-    return [t for t in tags if re.fullmatch(r"v\d+\.\d+\.\d+", t)]
-
-
-def _carried_at(settings: Settings, opts: Options, co: sources.Checkout, fork: sources.Checkout,
-                fork_dir: Path, probe: Path) -> fork_contract.Contract | None:
-    """The contract of this Ollama commit with the fork, or None for an era this build cannot make."""
-    try:
-        info = sources.detect(co)
-    except SourceError:
-        return None
-    o_dir = co.export(probe / f"ollama-{co.short}", PROBE_PATHS)
-    placements = opts.placements or settings.build.placements
-    return fork_contract.evaluate(
-        info, o_dir, fork, fork_dir, upstream=pinned_upstream(settings, info, opts.upstream),
-        scratch=probe / f"carry-{co.short}", leave_out=[*settings.build.leave_out, *opts.leave_out],
-        rules=carry_rules.load(Path(placements)) if placements else [])
-
-
-def newest_release(settings: Settings, opts: Options, url: str, fork: sources.Checkout, fork_dir: Path,
-                   probe: Path) -> tuple[str, list[str]]:
-    """The newest Ollama release whose compat patches the fork can take, and why each newer one was passed
-    over (api-check --scan-ollama ranks the same way)."""
-    base = sources.open_source("ollama", url, "HEAD", settings.workspace)
-    passed: list[str] = []
-    for tag in release_tags(base):
-        co = sources.open_source("ollama", url, tag, settings.workspace, fetch=False)
-        c = _carried_at(settings, opts, co, fork, fork_dir, probe)
-        if c is None:
-            passed.append(f"{tag}: not an Ollama this build can make (era A or unknown)")
-            continue
-        if not c.refused:
-            return tag, passed
-        why = c.refused[0]
-        passed.append(f"{tag}: {why.why[:240]}" + (f" (the way out: --leave-out {why.feature.split()[-1]})"
-                                                   if why.feature else ""))
-    raise BuildError(f"no release of Ollama in {url} can be carried onto the fork {fork.ref} ({fork.short}): "
-                     + "; ".join(passed[:3]), hint="name a ref with --ollama-ref, or see invoke api-check "
-                                                   "--scan-ollama")
-
-
 def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     ws = settings.workspace
     backend = opts.backend or settings.build.backend
     _check_options(opts, backend)
-    fork = sources.open_configured(settings, "fork", opts.fork, opts.fork_ref)
-    url = opts.ollama or settings.sources.ollama.url
-    pick: list[str] = []
-    ref = opts.ollama_ref
-    no_ref = not ref and not settings.sources.ollama.ref_given and sources.is_url(url)
-    if ref == NEWEST or no_ref or (not ref and settings.sources.ollama.ref == NEWEST):
-        fork_dir = fork.export(probe / "fork-newest", [*fork_sources.FORK_PATHS, "src/llama-arch.h"])
-        ref, passed = newest_release(settings, opts, url, fork, fork_dir, probe / "newest")
-        pick = [f"Ollama {ref}: the newest release whose compat patches the fork can take"
-                + (" (no --ollama-ref or turbo.sources.ollama.ref named)" if no_ref else "")] + \
-            [f"  passed over {p}" for p in passed]
-    ollama = sources.open_configured(settings, "ollama", opts.ollama, ref)
+    ollama, fork, pick = ref_choice.sources_for(settings, opts, probe)
     for co in (ollama, fork):
         changed = sources.dirty(co)
         if changed and not opts.allow_dirty:
@@ -352,9 +264,13 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                                          "src/llama-arch.h"])
     placements = opts.placements or settings.build.placements
     the_contract = fork_contract.evaluate(
-        info, o_dir, fork, f_dir, upstream=pinned_upstream(settings, info, opts.upstream), scratch=probe / "carry",
-        leave_out=[*settings.build.leave_out, *opts.leave_out],
-        rules=carry_rules.load(Path(placements)) if placements else [])
+        info, o_dir, fork, f_dir, scratch=probe / "carry",
+        upstream=Upstream("", absent="a stock build takes Ollama's patches as they are") if opts.stock
+        else pinned_upstream(settings, info, opts.upstream),
+        leave_out=[] if opts.stock else [*settings.build.leave_out, *opts.leave_out],
+        rules=carry_rules.load(Path(placements)) if placements and not opts.stock else [])
+    if opts.stock:  # Ollama's own patches on the llama.cpp they were made for: as they are, or not at all
+        the_contract.require_applied(f"llama.cpp {info.pin} ({fork.url})")
     the_contract.require_carried()  # before any Go or CMake work, naming the patch and the hunk
     fork_types = the_contract.fork_types
     if not fork_types:
@@ -364,7 +280,8 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
         if a.function == "kvCacheBytesPerElement":
             known |= set(a.types)
     new = [t for t in fork_types if t not in known]
-    verified = _verify(f_dir, fork, opts)
+    verified = {"verdict": "not run", "why": "a stock build: upstream llama.cpp has no turbo cache types"} \
+        if opts.stock else _verify(f_dir, fork, opts)
     all_blocks = list(blocks.derive(f_dir, fork_types).values())  # recorded: plans for this build use them
     cache_blocks = [b for b in all_blocks if b.name in new]
     dropped: list[str] = []
@@ -372,7 +289,12 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     grep = _grep(ollama)
     skipped: list[go_rules.Outcome] = []
     per_model: dict[str, Any] = {"supported": False, "param": go_rules.PER_MODEL_PARAM}
-    if info.era == sources.ERA_C:
+    if opts.stock:  # Ollama as its own release builds it: no rules of ours, its own patches
+        rule_list = []
+        per_model["why_not"] = ("a stock build: Ollama's own cache handling, one type for the host "
+                                "(OLLAMA_KV_CACHE_TYPE; LLAMA_ARG_CACHE_TYPE_K/V in its environment split K and V)")
+        patches = [c.patch for c in the_contract.carried]
+    elif info.era == sources.ERA_C:
         dropped = the_contract.dropped_flags
         kv_rules = kv_bytes_rules(cache_blocks)
         needed, why_not = go_rules.kv_bytes_needed(grep, _enclosing(ollama))
@@ -383,13 +305,13 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                       + go_rules.per_model_rules(fork_types))
         per_model = {"supported": True, "param": go_rules.PER_MODEL_PARAM, "allowed": fork_types}
         patches = [c.patch for c in the_contract.carried]
-        if fork.exists("tools/server/CMakeLists.txt"):
-            adaptations = build_era_c.fork_cmake_adaptations(fork.read("tools/server/CMakeLists.txt"))
     else:
         rule_list = kv_bytes_rules(cache_blocks) + era_b_rules(cache_blocks)
         per_model["why_not"] = ("era B runs llama.cpp inside Ollama through cgo, with one cache type per process; "
                                 "a cache type per model needs an era C Ollama (v0.30.0 or later)")
         patches = sorted(str(p.relative_to(o_dir)) for p in (o_dir / "llama/patches").glob("*.patch"))
+    if info.era == sources.ERA_C and fork.exists("tools/server/CMakeLists.txt"):
+        adaptations = build_era_c.fork_cmake_adaptations(fork.read("tools/server/CMakeLists.txt"))
     # every rule must apply now, so a moved anchor is found before anything is built; where it applies is
     # recorded (file:line of the anchor in Ollama's own source)
     texts: dict[str, str] = {}
@@ -406,8 +328,9 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     # a build's identity, in the one name every later stage uses (dist folder, release, /api/version):
     # readable parts (fork commit, backend) and a digest of everything that makes two builds differ
     identity = build_identity(ollama.sha, fork.sha, backend, identity_preset(backend, preset), rule_list,
-                              [a["define"] for a in adaptations], cuda_arch=cuda_arch)
-    version = f"{info.version}-{settings.build.version_suffix}+{fork.short}.{backend}.{identity[:6]}"
+                              [a["define"] for a in adaptations], cuda_arch=cuda_arch, stock=opts.stock)
+    version = (f"{info.version}-stock+{info.pin}.{backend}.{identity[:6]}" if opts.stock else
+               f"{info.version}-{settings.build.version_suffix}+{fork.short}.{backend}.{identity[:6]}")
     # the up-to-date check: the build's identity, its version stamp and the tool that builds it
     key = hashlib.sha256(json.dumps({"identity": identity, "version": version, "tool": __version__},
                                     sort_keys=True).encode()).hexdigest()
@@ -417,7 +340,7 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                 patches=patches,
                 dist=ws / "dist" / version, key=key, notes=notes, verify=verified,
                 outcomes=applied + skipped, per_model_kv=per_model, contract=the_contract,
-                adaptations=adaptations, cuda_arch=cuda_arch, cuda_toolkit=toolkit, picked=pick)
+                adaptations=adaptations, cuda_arch=cuda_arch, cuda_toolkit=toolkit, picked=pick, stock=opts.stock)
     ld = build_era_c.ldflags(version)
     server_cmake = o_dir / "llama/server/CMakeLists.txt"
     if server_cmake.is_file():

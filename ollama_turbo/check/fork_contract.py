@@ -72,6 +72,15 @@ class Contract:
         for c in self.refused:
             raise CarryError(c.why, hint=c.hint)
 
+    def require_applied(self, llama: str) -> None:
+        """A stock build: every compat patch applies to ``llama`` (the llama.cpp Ollama pins) as it is."""
+        for c in self.carried:
+            if c.status != carry.APPLIED:
+                raise CarryError(f"Ollama's compat patch {c.patch} does not apply as it is to {llama}: that is not "
+                                 "the llama.cpp this Ollama pins" + (f" ({c.why[:300]})" if c.why else ""),
+                                 hint="point --upstream (or turbo.sources.upstream.url) at llama.cpp with the exact "
+                                      "tag Ollama's LLAMA_CPP_VERSION names; nothing was built")
+
     def patch_records(self) -> list[dict[str, Any]]:
         """What the manifest records of each compat patch."""
         return [c.to_json() for c in self.carried]

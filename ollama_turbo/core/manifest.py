@@ -20,7 +20,7 @@ from ollama_turbo.core.errors import TurboError, UsageError
 
 NAME = "manifest.json"
 ERAS = ("B", "C")
-SUMMARY_KEYS = ("version", "era", "ollama", "fork", "backend")
+SUMMARY_KEYS = ("version", "era", "flavor", "ollama", "fork", "backend")
 
 
 class ManifestError(UsageError):
@@ -121,6 +121,11 @@ class Manifest:
             raise ManifestError(f"{self.path} is the manifest of a release on {self.host}, not a build here",
                                 hint="pass --manifest <workspace>/dist/<version> for the build's files")
         return self.path.parent
+
+    @property
+    def stock(self) -> bool:
+        """Ollama with the llama.cpp it pins, no fork and no rules of ours (``build-ollama --stock``)."""
+        return self.data.get("flavor") == "stock"
 
     @property
     def left_out(self) -> list[str]:
