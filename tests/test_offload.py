@@ -75,7 +75,7 @@ def test_recommend_never_picks_a_config_that_falls_back_on_the_host(tmp_path: Pa
     r = recommend.recommend(s, model, "box", 4096, bench={"results": [fast, slow]})
     assert r.choice == "q8_0"
     fell = next(o for o in r.options if o.config == "q8_0/turbo4")
-    assert fell.cpu_fallback and fell.note.startswith("CPU fallback: 62 graph splits")
+    assert fell.cpu_fallback and fell.reason.startswith("falls back to the CPU on box (bench): 62 graph splits")
 
 
 def test_the_hosts_parallel_sequences_are_read_once_with_the_settings() -> None:

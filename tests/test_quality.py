@@ -109,7 +109,7 @@ def test_recommend_picks_a_passing_config_and_explains_the_others(built: tuple, 
     # no bench given: among the configs that pass, the lowest KL divergence (q8_0's, from 8-bit blocks)
     assert rec["choice"] == "q8_0" and rec["measured"]
     by = {o["config"]: o for o in rec["options"]}
-    assert by["turbo2"]["quality"] == "FAIL" and by["turbo2"]["note"] == "failed the quality gate"
+    assert by["turbo2"]["quality"] == "FAIL" and by["turbo2"]["reason"].startswith("fails the quality gate: mean KLD")
     assert by["q4_0"]["quality"] == "unmeasured"
     assert "PARAMETER kv_cache_type q8_0" in r.stdout and "    type_k: q8_0\n    type_v: q8_0" in r.stdout
     assert "kv: " in r.stdout

@@ -212,7 +212,7 @@ def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo
     json="also write the recommendation as JSON to this file",
 )
 def recommend(c, model, host, ctx="32k", bench="", manifest="", reserve_gib=4.0, json=""):
-    """The K/V config that fits the host at the context, passes the quality gates and decodes fastest."""
+    """The K/V config that fits the host at the context, stays on its GPU, passes the gates, decodes fastest."""
     from ollama_turbo.core.sizes import parse_sizes
     from ollama_turbo.prove import recommend as recommend_mod
 
@@ -224,4 +224,4 @@ def recommend(c, model, host, ctx="32k", bench="", manifest="", reserve_gib=4.0,
     print(r.render())
     write_json(json, r.to_json())
     if r.choice is None:
-        raise Exit(code=1)
+        raise TurboError(r.why, hint=r.next_step)

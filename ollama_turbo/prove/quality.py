@@ -343,19 +343,25 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def record(workspace: Path, report: dict[str, Any], report_path: Path) -> Path:
-    """Add a report's verdicts to ``<workspace>/quality/index.json`` (per model sha256 and K/V label)."""
+    """Add a report's verdicts to ``<workspace>/quality/index.json`` (per model sha256 and K/V label).
+
+    Per config, the report's worst context stands, with its own numbers (the one that decided the verdict; of
+    two alike, the higher mean KLD); a CPU fallback at any context stays recorded."""
     index_path = workspace / "quality" / INDEX
     index: dict[str, Any] = json.loads(index_path.read_text()) if index_path.is_file() else {}
     digest = hashlib.sha256(report_path.read_bytes()).hexdigest()
     entry = index.setdefault(report["model"]["sha256"], {"name": report["model"]["name"], "configs": {}})
     for r in report["results"]:
         prev = entry["configs"].get(r["label"])
-        verdict = worst(r["verdict"], prev["verdict"]) if prev and prev.get("report") == str(report_path) else \
-            r["verdict"]
-        entry["configs"][r["label"]] = {"verdict": verdict, "kld": r["kld"], "dppl": r["dppl"], "ctx": r["ctx"],
+        same = bool(prev) and prev.get("report") == str(report_path)
+        fell = r.get("cpu_fallback") or (prev.get("cpu_fallback") if prev and same else None)
+        if prev and same and (ORDER.index(prev["verdict"]), prev["kld"]) >= (ORDER.index(r["verdict"]), r["kld"]):
+            prev["cpu_fallback"] = fell
+            continue
+        entry["configs"][r["label"]] = {"verdict": r["verdict"], "kld": r["kld"], "dppl": r["dppl"], "ctx": r["ctx"],
                                         "report": str(report_path), "report_sha256": digest,
-                                        "backend": report.get("build", {}).get("backend"),
-                                        "cpu_fallback": r.get("cpu_fallback")}
+                                        "backend": report.get("build", {}).get("backend"), "cpu_fallback": fell,
+                                        "graph_splits": r.get("graph_splits"), "gpu_layers": r.get("gpu_layers")}
     index_path.parent.mkdir(parents=True, exist_ok=True)
     index_path.write_text(json.dumps(index, indent=2) + "\n")
     return index_path

@@ -1,10 +1,9 @@
 """``invoke recommend``: the K/V config for a model on a host at a context.
 
-It must fit the host's memory at the target context (the planner), pass the quality gates
-(measured by ``quality``, recorded in ``<workspace>/quality/index.json``) and, among those, decode
-fastest at that depth (measured by ``bench``, when a bench report is given). Configs not yet
-measured are shown as such; with none measured, the fallback follows the field's guidance:
-protect K with q8_0 for low-bit weights and for models with >= 6 query heads per KV head.
+This module reads what the rule (:mod:`ollama_turbo.prove.choose`) decides on: the planner's cache size per
+config, the quality verdicts (``<workspace>/quality/index.json``), a bench's decode speeds and CPU fallbacks,
+and the model's traits the field's guidance looks at: protect K with q8_0 for low-bit weights and for models
+with >= 6 query heads per KV head.
 """
 
 from __future__ import annotations
@@ -14,31 +13,26 @@ from pathlib import Path
 from typing import Any
 
 from ollama_turbo.core.errors import ConfigError, UsageError
+from ollama_turbo.core.kv_types import MIB, label
 from ollama_turbo.core.settings import Settings
 from ollama_turbo.fork.behaviour import effective
-from ollama_turbo.fork.cache_types import BUILTIN, GIB, BlockTable, label
+from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
 from ollama_turbo.kv import memory
 from ollama_turbo.kv.geometry import geometry_from_gguf, read_gguf_metadata
 from ollama_turbo.kv.plan import DEFAULT_RESERVE_GIB, Budget
-from ollama_turbo.prove import quality
+from ollama_turbo.prove import offload, quality
+from ollama_turbo.prove.choose import UNMEASURED, Option, Situation, decide
 
 CANDIDATES = [("q8_0", "q8_0"), ("q8_0", "turbo4"), ("q8_0", "turbo3"), ("turbo4", "turbo4"), ("turbo3", "turbo3"),
               ("q4_0", "q4_0"), ("q8_0", "turbo2"), ("turbo2", "turbo2")]
+# the field's order for a model nothing has been measured on: K protected with q8_0, or not
+GUIDANCE_PROTECT_K = [("q8_0", "turbo4"), ("q8_0", "turbo3"), ("q8_0", "q8_0")]
+GUIDANCE = [("turbo4", "turbo4"), ("q8_0", "turbo4"), ("q8_0", "q8_0")]
 LOW_BIT_WEIGHTS = ("Q2", "Q3", "Q4", "IQ1", "IQ2", "IQ3", "IQ4")
 # GGUF general.file_type values of 4 bits or fewer per weight (Q4_0, Q4_1, Q2_K, Q3_K_*, Q4_K_*, IQ*)
 LOW_BIT_FILE_TYPES = {"2", "3", "10", "11", "12", "13", "14", "15", *map(str, range(16, 32))}
 
-
-@dataclass
-class Option:
-    config: str
-    kv_mib: float
-    fits: bool
-    quality: str         # PASS / BORDERLINE / FAIL / unmeasured
-    kld: float | None
-    decode_tps: float | None
-    note: str = ""
-    cpu_fallback: str | None = None  # the bench found this config's attention leaving the GPU on this host
+__all__ = ["CANDIDATES", "Option", "Recommendation", "recommend"]
 
 
 @dataclass
@@ -50,6 +44,7 @@ class Recommendation:
     why: str
     measured: bool
     options: list[Option] = field(default_factory=list)
+    next_step: str = ""  # with no choice: what to do about its reason
 
     def lines(self) -> list[str]:
         """The settings lines to use."""
@@ -64,34 +59,60 @@ class Recommendation:
                 f"    type_k: {k}", f"    type_v: {v}"]
 
     def render(self) -> str:
+        """The table chosen from; with a choice, why, why not each other config, and the lines to use."""
         out = [f"recommend: {self.model} on {self.host} at {self.ctx:,} tokens", "",
-               f"{'K/V':<14}{'KV MiB':>10}  {'fits':<5}{'quality':<12}{'mean KLD':>10}{'decode tok/s':>14}  note"]
+               f"{'K/V':<14}{'KV MiB':>10}  {'fits':<5}{'quality':<12}{'mean KLD':>10}{'ΔPPL':>10}"
+               f"{'decode tok/s':>14}  note"]
         for o in self.options:
             kld = f"{o.kld:.5f}" if o.kld is not None else "-"
+            dppl = f"{o.dppl:+.4f}" if o.dppl is not None else "-"
             dec = f"{o.decode_tps:.1f}" if o.decode_tps is not None else "-"
             out.append(f"{o.config:<14}{o.kv_mib:>10,.1f}  {'yes' if o.fits else 'no':<5}{o.quality:<12}{kld:>10}"
-                       f"{dec:>14}  {o.note}")
-        out += ["", ("choice: " + self.choice if self.choice else "no choice") + f" — {self.why}"]
-        if self.choice:
-            out += ["", *self.lines()]
-        return "\n".join(out)
+                       f"{dppl:>10}{dec:>14}  {o.note}".rstrip())
+        if self.choice is None:
+            return "\n".join(out)
+        out += ["", f"choice: {self.choice} — {self.why}", "", "not chosen:"]
+        out += [f"  {o.config}: {o.reason}" for o in self.options if o.config != self.choice]
+        return "\n".join([*out, "", *self.lines()])
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _decode_at(bench: dict[str, Any] | None, config: str, ctx: int) -> float | None:
+def _bench_result(bench: dict[str, Any] | None, config: str) -> dict[str, Any] | None:
+    """A bench's result for this config, by the one K/V label of its types."""
     for r in (bench or {}).get("results", []):
-        if r["label"] == config and not r.get("error"):
-            measured = [x for x in r.get("perf", []) if "decode_tps" in x]
-            if measured:
-                nearest = min(measured, key=lambda x: abs(x["depth"] - ctx))
-                return float(nearest["decode_tps"]["mean"])
+        if (label(r["type_k"], r["type_v"]) if "type_k" in r and "type_v" in r else r["label"]) == config:
+            return dict(r)
     return None
 
 
-def _fallback(bench: dict[str, Any] | None, config: str) -> str | None:
-    return next((r.get("cpu_fallback") for r in (bench or {}).get("results", []) if r["label"] == config), None)
+def _decode_at(result: dict[str, Any] | None, ctx: int) -> tuple[float, int] | None:
+    """Decode tok/s at the bench depth nearest the context, and that depth."""
+    if not result or result.get("error"):
+        return None
+    measured = [x for x in result.get("perf", []) if "decode_tps" in x]
+    if not measured:
+        return None
+    nearest = min(measured, key=lambda x: abs(x["depth"] - ctx))
+    return float(nearest["decode_tps"]["mean"]), int(nearest["depth"])
+
+
+def _gpu_evidence(result: dict[str, Any] | None, verdict: dict[str, Any] | None,
+                  cuda_counts: bool) -> tuple[str | None, str, str | None]:
+    """(CPU fallback, what found it, what showed it on the GPU) from the bench, else a CUDA quality run."""
+    if result is not None:
+        placed = offload.Placement.from_json(result.get("placement"))
+        if result.get("cpu_fallback"):
+            return str(result["cpu_fallback"]), "bench", None
+        if placed is not None and placed.on_gpu:
+            return None, "", f"{placed.splits} graph splits in the bench"
+    if verdict and cuda_counts:
+        if verdict.get("cpu_fallback"):
+            return str(verdict["cpu_fallback"]), "quality run on the CUDA build", None
+        if verdict.get("graph_splits") is not None and (verdict.get("gpu_layers") or [0])[0] > 0:
+            return None, "", f"{verdict['graph_splits']} graph splits in the quality run on the CUDA build"
+    return None, "", None
 
 
 def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: dict[str, Any] | None = None,
@@ -108,47 +129,25 @@ def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: di
     model_sha = quality.model_sha256(settings.workspace, model)
     options = []
     for pair in CANDIDATES:
+        config = label(*pair)
         est = memory.estimate(geo, ctx, pair[0], pair[1], fb, blocks=blocks)
         v = quality.verdict_for(settings.workspace, model_sha, pair)
-        changed = effective(pair[0], pair[1], n_layer=geo.n_layer, gqa_ratio=geo.gqa_ratio, fb=fb).explain()
-        fell = _fallback(bench, label(*pair))
-        if not fell and v and v.get("cpu_fallback") and v.get("backend") == "cuda" and h.os == "linux":
-            fell = f"{v['cpu_fallback']} (quality run on the CUDA build)"
-        options.append(Option(label(*pair), est.mib, est.memory_bytes <= budget.kv_bytes,
-                              v["verdict"] if v else "unmeasured", v["kld"] if v else None,
-                              _decode_at(bench, label(*pair), ctx), fell or changed, fell))
-    good = [o for o in options if o.fits and o.quality == "PASS" and not o.cpu_fallback]
-    rec = Recommendation(model.name, host, ctx, None, "", bool(good), options)
-    if good:
-        timed = [o for o in good if o.decode_tps is not None]
-        best = max(timed, key=lambda o: o.decode_tps or 0.0) if timed else min(good, key=lambda o: o.kld or 0.0)
-        rec.choice = best.config
-        rec.why = ("fits, passes the quality gates and decodes fastest at this depth" if timed
-                   else "fits and passes the quality gates with the lowest KL divergence (no bench given)")
-        for o in options:
-            if o is not best and not o.note:
-                o.note = ("does not fit" if not o.fits else "failed the quality gate" if o.quality == "FAIL"
-                          else "not measured" if o.quality == "unmeasured" else
-                          "slower at this depth" if timed and o in good else "")
-        return rec
-    # nothing measured passes: the field's guidance, clearly labelled
+        result = _bench_result(bench, config)
+        fell, source, on_gpu = _gpu_evidence(result, v, v is not None and v.get("backend") == "cuda"
+                                             and h.os == "linux")
+        decode = _decode_at(result, ctx)
+        options.append(Option(
+            config, est.mib, est.memory_bytes <= budget.kv_bytes, v["verdict"] if v else UNMEASURED,
+            v.get("kld") if v else None, v.get("dppl") if v else None, v.get("ctx") if v else None,
+            decode[0] if decode else None, decode[1] if decode else None, fell, source, on_gpu,
+            effective(pair[0], pair[1], n_layer=geo.n_layer, gqa_ratio=geo.gqa_ratio, fb=fb).explain()))
     meta = read_gguf_metadata(model)
     ftype = str(meta.get("general.file_type", ""))
     low_bit = any(x in model.name.upper() for x in LOW_BIT_WEIGHTS) or ftype in LOW_BIT_FILE_TYPES
-    protect = low_bit or geo.gqa_ratio >= 6
-    order = ["q8_0/turbo4", "q8_0/turbo3", "q8_0/q8_0"] if protect else ["turbo4", "q8_0/turbo4", "q8_0/q8_0"]
-    fitting = [o for o in options if o.fits and o.quality != "FAIL" and not o.cpu_fallback]
-    pick = next((o for c in order for o in fitting if o.config == c), None)
-    if pick is None:
-        rec.why = (f"no config fits {host} at {ctx:,} tokens: {budget.kv_bytes / GIB:.2f} GiB for the cache; "
-                   "choose a shorter --ctx or a smaller model")
-        return rec
-    rec.choice = pick.config
-    reasons = (["low-bit weights"] if low_bit else []) + ([f"{geo.gqa_ratio:g} query heads per KV head"]
-                                                            if geo.gqa_ratio >= 6 else [])
-    rec.why = ("UNMEASURED: no config of this model has passed invoke quality yet; the field's guidance "
-               + (f"({', '.join(reasons)}) protects K with q8_0" if protect else "for this model is turbo4")
-               + f" ({pick.kv_mib:,.0f} MiB at {ctx:,}). Measure it: invoke quality --model {model}")
-    pick.note = "fallback (unmeasured)"
-    return rec
-
+    traits = (["low-bit weights"] if low_bit else []) + ([f"{geo.gqa_ratio:g} query heads per KV head"]
+                                                         if geo.gqa_ratio >= 6 else [])
+    guidance = GUIDANCE_PROTECT_K if traits else GUIDANCE
+    d = decide(options, Situation(str(model), host, ctx, budget.kv_bytes / MIB,
+                                  tuple(label(*p) for p in guidance), ", ".join(traits)))
+    return Recommendation(model.name, host, ctx, d.choice.config if d.choice else None, d.why, d.measured, options,
+                          d.next_step)
