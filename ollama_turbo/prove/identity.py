@@ -6,12 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import requests
-
 from ollama_turbo.fork.behaviour import ForkBehaviour
 from ollama_turbo.prove import smoke
 from ollama_turbo.prove.client import Endpoint
-from ollama_turbo.prove.ollama_api import ApiError, Client
+from ollama_turbo.prove.ollama_api import Client
 
 
 @dataclass(frozen=True)
@@ -40,7 +38,7 @@ def check(ep: Endpoint, fork: ForkBehaviour, *, when: str) -> Verdict:
                 return Verdict(False, f"{when}: {ep.model} is not loaded on {ep.url} (/api/ps: "
                                       f"{', '.join(loaded) or 'nothing'})")
             model_path = smoke.model_file(c.post("/api/show", {"model": ep.model})) if ep.model else None
-    except (ApiError, requests.RequestException, ValueError) as exc:
+    except ValueError as exc:  # an answer, but not Ollama's (unreachable servers are faults, raised as they are)
         return Verdict(False, f"{when}: {ep.url} did not answer as an Ollama server ({exc})")
     if ep.log is None:
         return Verdict(None, f"{when}: " + "; ".join([*found, "no server log: the K/V it runs is not checked "
