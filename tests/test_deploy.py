@@ -27,8 +27,9 @@ import yaml
 
 from ollama_turbo import sample
 from ollama_turbo.builder import build_ollama as build
-from ollama_turbo.core import manifest, poll
+from ollama_turbo.core import manifest, poll, server_kv
 from ollama_turbo.core import settings as config
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.deploy import services
 from ollama_turbo.sample.gitrepo import Repo
 
@@ -327,10 +328,43 @@ def test_status(fresh: dict) -> None:
     v3 = version_of(env["dists"][2])
     assert st["current"] == v3 and st["serving"] == v3 and "running" in st["state"]
     assert st["kv_cache"] == {"OLLAMA_KV_CACHE_TYPE": "turbo4"} and v3 in st["releases"]
+    assert st["deployed"]["record"]["server_kv"] == "turbo4" and st["deployed"]["differs"] == []
     assert st["kv_running"].startswith("K turbo4 V turbo4, 4096 cells (service log)"), st["kv_running"]
     assert "kv_running K turbo4 V turbo4" in out
     code, out, err = run(env, "status", "--host", "nowhere")
     assert code == 2 and "unknown host 'nowhere'" in err
+
+
+def test_the_host_is_checked_against_its_deploy_record_not_todays_settings(fresh: dict) -> None:
+    """A deploy records what the host runs; smoke --host and status read it, and say where the settings differ."""
+    env = fresh
+    deployed(env, 2)
+    home = env["sshd"].home
+    rec = json.loads((home / ".ollama-turbo/current/deployed.json").read_text())
+    assert rec["server_kv"] == "turbo4" and rec["models"] == {"sample": {"kv": "turbo4", "own": False}}
+    assert rec["version"] == version_of(env["dists"][2]) and rec["flash_attention"] is True
+    e = {**env["sshd"].env(), "INVOKE_TURBO_KV_TYPE_K": "q8_0"}  # today's settings moved on after the deploy
+    r = invoke("-f", str(env["fleet"]), "smoke", "--host", "mac", env=e)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "NOTE: turbo.kv is q8_0/turbo4, the host was deployed with turbo4" in r.stdout
+    r = invoke("-f", str(env["fleet"]), "status", "--host", "mac", env=e)
+    assert "deployed   server K/V turbo4 (deploy record" in r.stdout
+    assert "NOTE       turbo.kv is q8_0/turbo4, the host was deployed with turbo4" in r.stdout
+    # a record that disagrees with the running server: the smoke fails, naming both
+    (home / ".ollama-turbo/current/deployed.json").write_text(json.dumps({**rec, "server_kv": "q8_0",
+                                                                          "models": {}}))
+    code, out, err = run(env, "smoke", "--host", "mac", "--model", "sample")
+    assert code == 1 and "FAIL  cache type" in out
+    assert "llama_kv_cache K (turbo4) V (turbo4)" in out and "expected K q8_0 V q8_0 (expected from mac's deploy " \
+        "record (the host's default))" in out
+    # no record (an older toolkit deployed it): today's settings, said so
+    (home / ".ollama-turbo/current/deployed.json").unlink()
+    code, out, err = run(env, "smoke", "--host", "mac")
+    assert code == 0 and "NOTE: mac has no deploy record (deployed by an older ollama-turbo)" in out, out + err
+    (home / ".ollama-turbo/current/deployed.json").write_text('{"schema": 9, "server_kv": "turbo9", "toolkit": "9.0"}')
+    code, out, err = run(env, "status", "--host", "mac")
+    assert code == 0 and "written by ollama-turbo 9.0 (record schema 9" in out
+    assert "server_kv 'turbo9' is not a K/V pair this toolkit knows" in out
 
 
 def test_smoke_and_bench_through_the_host(fresh: dict) -> None:
@@ -365,7 +399,7 @@ def test_a_plist_with_markup_and_spaces_round_trips_through_plistlib_and_the_emu
     s = config.parse({"hosts": {"mac": {"os": "darwin"}},
                       "kv": {"env": {"TURBO_NOTE": "a & b < c > d \"quoted\" 100% with spaces"}}})
     layout = services.Layout(home=str(tmp_path), prefix=str(tmp_path / "my models & more"), models=str(tmp_path))
-    env = services.service_env(s.kv, s.host("mac"), layout, "C", (s.kv.type_k, s.kv.type_v))
+    env = services.service_env(s.kv, s.host("mac"), layout, "C", KVPair(s.kv.type_k, s.kv.type_v))
     text = services.render(s.host("mac"), layout, env)
     data = plistlib.loads(text.encode())
     assert data["EnvironmentVariables"]["TURBO_NOTE"] == "a & b < c > d \"quoted\" 100% with spaces"
@@ -384,14 +418,14 @@ def test_systemd_unit_rendering(tmp_path: Path) -> None:
                              "env": {"TURBO_LAYER_ADAPTIVE": 7, "TURBO_NOTE": 'keep 100% "as is"'}}})
     host = s.host("box")
     layout = services.Layout(home=str(tmp_path), prefix=str(tmp_path / "p"), models=str(tmp_path / "m"))
-    env = services.service_env(s.kv, host, layout, "C", (s.kv.type_k, s.kv.type_v))
+    env = services.service_env(s.kv, host, layout, "C", KVPair(s.kv.type_k, s.kv.type_v))
     unit = services.render(host, layout, env)
     assert 'Environment="LLAMA_ARG_CACHE_TYPE_K=q8_0"' in unit and 'Environment="LLAMA_ARG_CACHE_TYPE_V=turbo4"' in unit
     assert "OLLAMA_KV_CACHE_TYPE" not in unit and 'Environment="TURBO_LAYER_ADAPTIVE=7"' in unit
     assert f'ExecStart="{tmp_path}/p/current/bin/ollama" serve' in unit
     assert 'Environment="TURBO_NOTE=keep 100%% \\"as is\\""' in unit
-    with pytest.raises(services.ServiceError, match="one cache type for K and V"):
-        services.service_env(s.kv, host, layout, "B", (s.kv.type_k, s.kv.type_v))
+    with pytest.raises(server_kv.PairNotPossible, match="one cache type for K and V"):
+        services.service_env(s.kv, host, layout, "B", KVPair(s.kv.type_k, s.kv.type_v))
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze is not installed")
     (tmp_path / "p/current/bin").mkdir(parents=True)

@@ -330,7 +330,10 @@ def test_an_era_b_build_with_two_cache_types_is_refused_before_any_host() -> Non
     s = config.parse({"kv": {"type_k": "q8_0", "type_v": "turbo4"},
                       "hosts": {"box": {"ssh": "nowhere.invalid", "os": "linux"}}})
     era_b = manifest.parse(json.dumps({"version": "0.24.0-turbo+x", "era": "B", "files": {}}), Path("d/manifest.json"))
-    with pytest.raises(services.ServiceError, match="era B Ollama has one cache type for K and V; q8_0/turbo4 is not"):
+    from ollama_turbo.core import server_kv
+
+    with pytest.raises(server_kv.PairNotPossible, match="era B Ollama has one cache type for K and V; q8_0/turbo4 is "
+                                                        "not"):
         deploy_plan.decide(s, s.host("box"), era_b)
 
 

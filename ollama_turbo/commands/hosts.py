@@ -78,6 +78,16 @@ def status(c, host, json=""):
                 "prefix"):
         value = st[key]
         print(f"{key:<10} {', '.join(value) if isinstance(value, list) else value}")
+    dep = st.get("deployed") or {}
+    rec = dep.get("record")
+    if rec:
+        own = ", ".join(f"{n} {m['kv']}" for n, m in rec["models"].items() if m["own"])
+        print(f"{'deployed':<10} server K/V {rec['server_kv']}" + (f"; models with their own: {own}" if own else "")
+              + f" (deploy record, {rec['deployed_at']}, ollama-turbo {rec['toolkit']})")
+    elif dep.get("note"):
+        print(f"{'deployed':<10} {dep['note']}")
+    for d in [*dep.get("differs", []), *dep.get("problems", [])]:
+        print(f"{'NOTE':<10} {d}")
     for f in st.get("not_supported") or []:
         print(f"{'unsupported':<10} {f}")
     for i, m in enumerate(st.get("loaded") or []):

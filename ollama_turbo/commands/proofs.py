@@ -42,7 +42,8 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
     if api not in ("ollama", "llama-server"):
         raise UsageError(f"--api {api!r} is not one of: ollama, llama-server")
     type_k, type_v = cache_types.parse_pair(cache_type) if cache_type else (s.kv.type_k, s.kv.type_v)
-    expect = smoke_mod.Expect(version=expect_version or None, type_k=type_k, type_v=type_v, fork=s.kv.fork)
+    expect = smoke_mod.Expect(version=expect_version or None, type_k=type_k, type_v=type_v, fork=s.kv.fork,
+                              source="--cache-type" if cache_type else "turbo.kv in the settings")
     provenance: dict[str, Any] = {"settings_kv": s.kv_summary()}
     with contextlib.ExitStack() as stack:
         log_reader, build = None, None
@@ -52,6 +53,7 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
             view = stack.enter_context(host_view(s.host(host)))  # the tunnel closes when the smoke is done
             url, log_reader, build = view.url, view.read_log, view.current_manifest()
             provenance["host"] = host
+            model = _expect_deployed(view.record(), expect, model, cache_type, s, host)
         r = reports.run_smoke(url, api=api, model=model or None, expect=expect,
                               log=file_reader(Path(log)) if log else log_reader,
                               build=manifest_mod.load(Path(manifest)) if manifest else build, provenance=provenance,
@@ -61,6 +63,23 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
     write_json(json, r.to_json())
     if not r.ok:
         raise Exit(f"error: smoke failed: {', '.join(r.failed)}", code=1)
+
+
+def _expect_deployed(rec: Any, expect: Any, model: str, cache_type: str, s: Any, host: str) -> str:
+    """smoke --host checks what the host was deployed to run (its deploy record), not today's settings; the model
+    smoked is the one asked for, else the record's first. Returns the model to smoke ("" for the server's first)."""
+    if rec is None:
+        print(f"NOTE: {host} has no deploy record (deployed by an older ollama-turbo): expecting today's settings "
+              f"(turbo.kv {expect.type_k}/{expect.type_v})")
+        return model
+    for line in [*rec.problems, *rec.differs_from(s)]:
+        print(f"NOTE: {line}")
+    model = model or next(iter(rec.models), "")
+    if not cache_type:
+        pair, whose = rec.kv_for(model or None)
+        expect.type_k, expect.type_v, expect.fork = pair.k, pair.v, rec.fork
+        expect.source = f"{host}'s deploy record ({whose})"
+    return model
 
 
 @turbo_task(

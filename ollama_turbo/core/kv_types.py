@@ -62,6 +62,36 @@ def label(type_k: str, type_v: str) -> str:
     return type_k if type_k == type_v else f"{type_k}/{type_v}"
 
 
+@dataclass(frozen=True)
+class KVPair:
+    """The cache of one server or model: a K type and a V type, parsed once, written one way (:attr:`label`)."""
+
+    k: str
+    v: str
+
+    @classmethod
+    def parse(cls, spec: str) -> KVPair:
+        """``turbo4`` (both) or ``q8_0/turbo4``; each a cache type this project knows."""
+        k, slash, v = spec.strip().partition("/")
+        if slash and not (k.strip() and v.strip()):
+            raise UsageError(f"{spec.strip()!r}: K and V must both be named",
+                             hint="write k/v, e.g. q8_0/turbo4, or one name for both")
+        k, v = k.strip().lower(), (v or k).strip().lower()
+        cache_type(k), cache_type(v)
+        return cls(k, v)
+
+    @property
+    def label(self) -> str:
+        return label(self.k, self.v)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.k == self.v
+
+    def __str__(self) -> str:
+        return self.label
+
+
 LAYER_ADAPTIVE_MODES = (0, 1, 2, 5, 6, 7)
 
 

@@ -8,12 +8,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ollama_turbo.core.errors import TurboError
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.hostview import wait_version
 from ollama_turbo.deploy.lock import host_lock
 from ollama_turbo.deploy.services import Manager, render, service_env
-from ollama_turbo.deploy.store import current_manifest, current_release, layout_of
+from ollama_turbo.deploy.store import current_manifest, current_record, current_release, layout_of
 from ollama_turbo.deploy.transport import Transport, connect
 from ollama_turbo.fork.cache_types import label
 from ollama_turbo.prove.client import Endpoint
@@ -27,8 +28,11 @@ def _logged(t: Transport, path: str) -> int:
         return 0
 
 
-def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], model: str) -> list[Any]:
-    """For bench --host: per cache type, rewrite the service's KV setting, restart, and restore it after."""
+def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], model: str,
+                  say: Callable[[str], None] = print) -> list[Any]:
+    """For bench --host: per cache type, rewrite the service's KV setting, restart, and restore it after. The rest
+    of the service (flash attention, the fork's knobs, the server's variables) is what the host was deployed with
+    (its deploy record), not today's settings."""
     def starter(k: str, v: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
         @contextlib.contextmanager
         def start() -> Iterator[Any]:
@@ -46,8 +50,13 @@ def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], 
                         raise DeployError(f"{host.name}: the current release has no readable manifest.json",
                                           hint=f"deploy again: invoke deploy --host {host.name}")
                     original = t.read(mgr.config_path)
+                    deployed = current_record(t, layout, host)
+                    if deployed is None:
+                        say(f"NOTE: {host.name} has no deploy record (deployed by an older ollama-turbo): its service "
+                            "is rendered from today's settings (turbo.kv.env, flash attention)")
+                    cache = deployed.cache() if deployed else settings.kv
                     try:
-                        mgr.install(render(host, layout, service_env(settings.kv, host, layout, m.era, (k, v))))
+                        mgr.install(render(host, layout, service_env(cache, host, layout, m.era, KVPair(k, v))))
                         start = _logged(t, layout.log)
                         mgr.restart()
                         with t.forward(host.port, host.probe_host) as url:
@@ -56,7 +65,7 @@ def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], 
                                 raise DeployError(f"{host.name} with {k}/{v}: {why}")
                             # the evidence of this config is what its server logged from its restart on
                             yield Endpoint(label(k, v), k, v, url, "ollama", model, lambda: t.read(layout.log)[start:],
-                                           build=m.version, era=m.era)
+                                           build=m.version, era=m.era, fork=cache.fork)
                     finally:
                         mgr.install(original)
                         mgr.restart()

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ollama_turbo.core.kv_types import label
+from ollama_turbo.core import server_kv as server_env
+from ollama_turbo.core.kv_types import KVPair, label
 from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import KV, Host, Settings
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.models import quality_gate, render_models, server_kv
-from ollama_turbo.deploy.services import Layout, Manager, kv_env, render, service_env
+from ollama_turbo.deploy.record import DeployRecord, ModelCache
+from ollama_turbo.deploy.record import make as make_record
+from ollama_turbo.deploy.services import Layout, Manager, render, service_env
 from ollama_turbo.deploy.store import current_release, previous_release, remote_sums
 from ollama_turbo.deploy.transport import Transport, q
 from ollama_turbo.kv import modelfiles as modelfile
@@ -33,7 +36,7 @@ class Intent:
     host: Host
     build: Manifest
     models: tuple[modelfile.Rendered, ...]
-    server_kv: tuple[str, str]         # the host's default K/V (models without their own)
+    server_kv: KVPair                  # the host's default K/V (models without their own)
     cache: KV                          # the configured cache: flash attention, turbo.kv.env, the fork's knobs
     quality: tuple[dict[str, Any], ...]  # each model's recorded verdict with the K/V it will run
 
@@ -44,9 +47,16 @@ class Intent:
                 for r in self.models}
 
     @property
-    def smokes(self) -> list[tuple[str, tuple[str, str]]]:
+    def record(self) -> DeployRecord:
+        """What the host is deployed to run, recorded in the release for smoke, bench and status."""
+        return make_record(self.build.version, self.server_kv,
+                           {r.spec.name: ModelCache(KVPair(r.type_k, r.type_v), r.per_model) for r in self.models},
+                           self.cache)
+
+    @property
+    def smokes(self) -> list[tuple[str, KVPair]]:
         """What is proven after the restart: every model with the cache it runs, or the server alone ("")."""
-        return [(r.spec.name, (r.type_k, r.type_v)) for r in self.models] or [("", self.server_kv)]
+        return [(r.spec.name, KVPair(r.type_k, r.type_v)) for r in self.models] or [("", self.server_kv)]
 
 
 def decide(settings: Settings, host: Host, build: Manifest, *, specs_dir: Path | None = None,
@@ -56,18 +66,18 @@ def decide(settings: Settings, host: Host, build: Manifest, *, specs_dir: Path |
     all before any host is contacted."""
     models = render_models(settings, host, specs_dir, build)
     kv = server_kv(settings, models)
-    kv_env(build.era, kv)  # a pair the build's era cannot be given stops here, not at the host
+    server_env.to_env(build.era, kv)  # a pair the build's era cannot be given stops here, not at the host
     _check_types(build, kv, models)
     gate = quality_gate(settings, models, accept_unmeasured)
     return Intent(host, build, tuple(models), kv, settings.kv, tuple(gate))
 
 
-def _check_types(m: Manifest, kv: tuple[str, str], models: list[modelfile.Rendered]) -> None:
+def _check_types(m: Manifest, kv: KVPair, models: list[modelfile.Rendered]) -> None:
     """Every cache type the host will run is one the build's fork has (its recorded table, where it has one)."""
     if not m.cache_types:
         return
-    wanted = [(f"turbo.kv ({label(*kv)})", kv)] + [(f"{r.spec.name} ({label(r.type_k, r.type_v)})",
-                                                      (r.type_k, r.type_v)) for r in models]
+    wanted = [(f"turbo.kv ({kv.label})", (kv.k, kv.v))] + [(f"{r.spec.name} ({label(r.type_k, r.type_v)})",
+                                                            (r.type_k, r.type_v)) for r in models]
     for who, pair in wanted:
         missing = [t for t in pair if t not in m.cache_types]
         if missing:
@@ -156,8 +166,8 @@ def survey(intent: Intent, t: Transport, layout: Layout, mgr: Manager) -> Deploy
         Step("switch", f"switch current -> releases/{m.version} (one rename; previous: {previous or 'none'})"),
         Step("restart", f"write {mgr.config_path}, restart {what}, wait for /api/version = {m.version}"),
         Step("models", f"create models: {models}" if models else "create models: none"),
-        Step("smoke", "smoke " + (", ".join(f"{n} with {label(*kv)}" for n, kv in intent.smokes if n)
-                                  or f"the server with {label(*intent.server_kv)}")),
+        Step("smoke", "smoke " + (", ".join(f"{n} with {kv.label}" for n, kv in intent.smokes if n)
+                                  or f"the server with {intent.server_kv.label}")),
         Step("prune", f"keep the newest {host.keep} releases (and the previous)"),
     )
     return DeployPlan(intent, layout, mgr.config_path, config, diff, old_config, current, previous, old_previous,

@@ -10,24 +10,27 @@ from typing import Any
 
 import requests
 
-from ollama_turbo.core import poll
+from ollama_turbo.core import poll, server_kv
 from ollama_turbo.core.errors import TurboError
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.errors import DeployError
+from ollama_turbo.deploy.record import DeployRecord
 from ollama_turbo.deploy.services import Manager
-from ollama_turbo.deploy.store import current_manifest, current_release, layout_of, previous_release, releases
+from ollama_turbo.deploy.store import (
+    current_manifest,
+    current_record,
+    current_release,
+    layout_of,
+    previous_release,
+    releases,
+)
 from ollama_turbo.deploy.transport import connect, q
 from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.prove import loaded
 from ollama_turbo.prove.ollama_api import ApiError, Client
 from ollama_turbo.prove.server_log import kv_lines, model_shape
-
-
-def env_pair(env_kv: dict[str, str]) -> tuple[str | None, str | None]:
-    """The K/V pair a service's environment gives its llama-servers (LLAMA_ARG_* win over OLLAMA_KV_CACHE_TYPE)."""
-    one = env_kv.get("OLLAMA_KV_CACHE_TYPE")
-    return env_kv.get("LLAMA_ARG_CACHE_TYPE_K") or one, env_kv.get("LLAMA_ARG_CACHE_TYPE_V") or one
 
 
 def kv_running(log: str, env_kv: dict[str, str], fb: ForkBehaviour) -> str:
@@ -37,10 +40,10 @@ def kv_running(log: str, env_kv: dict[str, str], fb: ForkBehaviour) -> str:
         return "unknown (no llama_kv_cache line in the service log yet: load a model)"
     last = lines[-1]
     text = f"K {last.type_k} V {last.type_v}, {last.cells} cells (service log)"
-    k, v = env_pair(env_kv)
+    pair = server_kv.from_env(env_kv)
     shape = model_shape(log)
-    if k and v and shape:
-        why = effective(k, v, n_layer=shape[0], gqa_ratio=shape[1], fb=fb).explain()
+    if pair and shape:
+        why = effective(pair.k, pair.v, n_layer=shape[0], gqa_ratio=shape[1], fb=fb).explain()
         if why:
             text += f"; {why}"
     return text
@@ -68,6 +71,7 @@ class HostView:
     url: str
     read_log: Callable[[], str]
     current_manifest: Callable[[], Manifest | None]
+    record: Callable[[], DeployRecord | None]
 
 
 @contextlib.contextmanager
@@ -82,7 +86,8 @@ def host_view(host: Host) -> Iterator[HostView]:
                               "there", hint=f"invoke deploy --host {host.name}; or point --url at a running server")
 
         with t.forward(host.port, host.probe_host) as url:
-            yield HostView(url, lambda: t.read(layout.log), lambda: current_manifest(t, layout, host))
+            yield HostView(url, lambda: t.read(layout.log), lambda: current_manifest(t, layout, host),
+                           lambda: current_record(t, layout, host))
     finally:
         t.close()
 
@@ -105,7 +110,7 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
         mgr = Manager(t, host, layout)
         current = current_release(t, layout)
         deployed = current_manifest(t, layout, host) if current else None
-        kv = deployed.data.get("kv") if deployed else None
+        rec = current_record(t, layout, host) if current else None
         config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
         with t.forward(host.port, host.probe_host) as url:
 
@@ -116,24 +121,33 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
                     return None
 
             served = poll.until(version, interval=0.1, tries=20)  # the tunnel takes a moment to accept
-            env_kv = {k: v for k, v in config_env(config, host.service).items()
-                      if k in ("OLLAMA_KV_CACHE_TYPE", "LLAMA_ARG_CACHE_TYPE_K", "LLAMA_ARG_CACHE_TYPE_V")}
+            env_kv = {k: v for k, v in config_env(config, host.service).items() if k in server_kv.NAMES}
             log = t.sh(f"tail -n 20000 {q(layout.log)} 2>/dev/null", check=False).stdout
-            default_k, default_v = env_pair(env_kv)
+            default = server_kv.from_env(env_kv) or KVPair("f16", "f16")
             models: list[dict[str, Any]] = []
             if served:
                 with contextlib.suppress(ApiError, requests.RequestException):
                     models = [x.to_json() for x in loaded.loaded_models(Client(url, timeout=10), log,
-                                                                         (default_k or "f16", default_v or "f16"))]
+                                                                         (default.k, default.v))]
+        fork = rec.fork if rec else settings.kv.fork
         return {"host": host.name, "service": host.service, "state": mgr.state(), "current": current,
                 "serving": served, "previous": previous_release(t, layout),
-                "releases": releases(t, layout), "kv_cache": env_kv or kv,
-                "kv_running": kv_running(log, env_kv, settings.kv.fork),
+                "releases": releases(t, layout), "kv_cache": env_kv,
+                "deployed": _deployed(rec, settings) if current else None,
+                "kv_running": kv_running(log, env_kv, fork),
                 "loaded": models, "prefix": layout.prefix,
                 "not_supported": [f"models of {f} (left out of this build)" for f in deployed.left_out]
                 if deployed else []}
     finally:
         t.close()
+
+
+def _deployed(rec: DeployRecord | None, settings: Settings) -> dict[str, Any]:
+    """The host's deploy record as status shows it, with where today's settings differ from it."""
+    if rec is None:
+        return {"record": None, "note": "no deploy record in the current release (deployed by an older "
+                                        "ollama-turbo): what the host was given is read from its service config"}
+    return {"record": rec.to_json(), "differs": rec.differs_from(settings), "problems": list(rec.problems)}
 
 
 def wait_version(url: str, version: str, timeout: float) -> tuple[bool, str]:

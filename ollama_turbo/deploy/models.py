@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.errors import DeployError
@@ -18,11 +19,11 @@ from ollama_turbo.prove.ollama_api import Client
 Say = Callable[[str], None]
 
 
-def server_kv(settings: Settings, rendered: list[modelfile.Rendered]) -> tuple[str, str]:
+def server_kv(settings: Settings, rendered: list[modelfile.Rendered]) -> KVPair:
     """The K/V pair the host's server is configured with (its default): what the Modelfiles without their own
     ``kv_cache_type`` were rendered for (:func:`ollama_turbo.kv.modelfiles.render_all`), else the settings."""
     shared = [r for r in rendered if not r.per_model]
-    return (shared[0].type_k, shared[0].type_v) if shared else (settings.kv.type_k, settings.kv.type_v)
+    return KVPair(shared[0].type_k, shared[0].type_v) if shared else KVPair(settings.kv.type_k, settings.kv.type_v)
 
 
 def render_models(settings: Settings, host: Host, specs_dir: Path | None,

@@ -27,6 +27,7 @@ from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.hostview import wait_version
 from ollama_turbo.deploy.lock import host_lock, lock_owner
 from ollama_turbo.deploy.models import create_models
+from ollama_turbo.deploy.record import NAME as RECORD
 from ollama_turbo.deploy.rollback import Attempt, recover, rollback_to
 from ollama_turbo.deploy.services import Manager
 from ollama_turbo.deploy.store import (
@@ -225,9 +226,9 @@ def _smoke(plan: DeployPlan, url: str, log: Callable[[], str], res: DeployResult
     """Every model proven with the cache it runs (its own kv_cache_type, or the host's default); with no
     models, the server: reachable and the version."""
     intent = plan.intent
-    for name, (type_k, type_v) in intent.smokes:
+    for name, kv in intent.smokes:
         r = smoke.smoke_ollama(url, model=name or None, log=log,
-                               expect=smoke.Expect(version=plan.version, type_k=type_k, type_v=type_v,
+                               expect=smoke.Expect(version=plan.version, type_k=kv.k, type_v=kv.v,
                                                    era=intent.build.era, fork=intent.cache.fork))
         if not name:
             r.checks = [c for c in r.checks if c.name in ("reachable", "version")]
@@ -244,11 +245,10 @@ def _smoke(plan: DeployPlan, url: str, log: Callable[[], str], res: DeployResult
 def _upload(t: Transport, plan: DeployPlan, say: Say) -> None:
     """The plan's files to ``<release>.partial``, checked against the manifest, renamed into place in one step."""
     layout, m, version, release = plan.layout, plan.intent.build, plan.version, plan.release
-    dist, quality = m.dist, list(plan.intent.quality)
+    dist = m.dist
     if t.sh(f"test -d {q(release)}", check=False).ok:
-        if not plan.send:  # already there, intact: only the verdicts it is deployed with are new
-            if quality:
-                t.write(f"{release}/quality.json", json.dumps(quality, indent=2) + "\n")
+        if not plan.send:  # already there, intact: only the verdicts and the record it is deployed with are new
+            _write_records(t, plan, release)
             return
         if version in (plan.current, plan.old_previous):
             raise DeployError(f"release {version} on the host is a different build than {dist} "
@@ -280,13 +280,21 @@ def _upload(t: Transport, plan: DeployPlan, say: Say) -> None:
             t.sh(f"chmod 755 {q(target)}")
     t.put(m.path, f"{partial}/manifest.json")
     got = remote_sums(t, partial)
-    extra = [f for f in got if f not in m.files and f not in ("manifest.json", "quality.json")]
+    extra = [f for f in got if f not in m.files and f not in ("manifest.json", "quality.json", RECORD)]
     if extra:  # left by an older build of the same name
         t.sh("cd " + q(partial) + " && rm -f " + " ".join(q(f) for f in extra))
     bad = [f for f, d in m.files.items() if got.get(f) != d]
     if bad:
         raise DeployError(f"uploaded files do not match the manifest: {', '.join(bad)}",
                           hint="run the deploy again; files that arrived intact are not sent twice")
-    if quality:  # the verdicts this release was deployed with, and the reports' checksums
-        t.write(f"{partial}/quality.json", json.dumps(quality, indent=2) + "\n")
+    _write_records(t, plan, partial)
     t.sh(f"mv {q(partial)} {q(release)}")
+
+
+def _write_records(t: Transport, plan: DeployPlan, release: str) -> None:
+    """Beside the build's files: the quality verdicts the release is deployed with (and the reports' checksums),
+    and the deploy record (the K/V of the server and of each model, its environment, the fork's knobs)."""
+    quality = list(plan.intent.quality)
+    if quality:
+        t.write(f"{release}/quality.json", json.dumps(quality, indent=2) + "\n")
+    t.write(f"{release}/{RECORD}", json.dumps(plan.intent.record.to_json(), indent=2) + "\n")

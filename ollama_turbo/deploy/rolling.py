@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from ollama_turbo.core.errors import TurboError, UsageError
-from ollama_turbo.core.kv_types import label
 from ollama_turbo.core.settings import Settings
 from ollama_turbo.deploy import releases
 from ollama_turbo.deploy.deploy_plan import Intent, decide
@@ -112,7 +111,7 @@ def rollout(settings: Settings, names: list[str], dist: Path, *, batch: int = 2,
             f"wave {i}{' (canary)' if i == 0 else ''}: {', '.join(w)}" for i, w in enumerate(plan)))
         for name, intent in intents.items():
             models = ", ".join(f"{m} ({kv})" for m, kv in intent.model_kv.items()) or "none"
-            say(f"  {name}: server K/V {label(*intent.server_kv)}; models: {models}")
+            say(f"  {name}: server K/V {intent.server_kv.label}; models: {models}")
         return r
     for i, wave in enumerate(plan):
         say(f"wave {i}{' (canary)' if i == 0 else ''}: {', '.join(wave)}")

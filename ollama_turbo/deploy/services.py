@@ -7,8 +7,9 @@ import plistlib
 import re
 from dataclasses import dataclass
 
-from ollama_turbo.core import poll, templates
+from ollama_turbo.core import poll, server_kv, templates
 from ollama_turbo.core.errors import TurboError
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.settings import KV, Host
 from ollama_turbo.deploy.transport import Transport, q
 
@@ -61,22 +62,10 @@ def expand(path: str, home: str) -> str:
     return home + path[1:] if path == "~" or path.startswith("~/") else path
 
 
-def kv_env(era: str, kv: tuple[str, str]) -> list[tuple[str, str]]:
-    """The variables that give a server of ``era`` the K/V pair ``kv``; an era B Ollama has one type for both."""
-    type_k, type_v = kv
-    if type_k == type_v:
-        return [("OLLAMA_KV_CACHE_TYPE", type_k)]
-    if era == "C":
-        # Ollama passes one OLLAMA_KV_CACHE_TYPE to both; llama-server reads these when no flag is given
-        return [("LLAMA_ARG_CACHE_TYPE_K", type_k), ("LLAMA_ARG_CACHE_TYPE_V", type_v)]
-    raise ServiceError(f"era B Ollama has one cache type for K and V; {type_k}/{type_v} is not possible",
-                       hint="set turbo.kv.type_k and type_v to the same type")
-
-
-def service_env(cache: KV, host: Host, layout: Layout, era: str, kv: tuple[str, str]) -> list[tuple[str, str]]:
+def service_env(cache: KV, host: Host, layout: Layout, era: str, kv: KVPair) -> list[tuple[str, str]]:
     """The server's environment: listen address, models, its K/V cache type ``kv``, and from the configured
     ``cache``: flash attention and the variables of ``turbo.kv.env`` (the fork's knobs)."""
-    env = [("OLLAMA_HOST", host.listen), ("OLLAMA_MODELS", layout.models), *kv_env(era, kv)]
+    env = [("OLLAMA_HOST", host.listen), ("OLLAMA_MODELS", layout.models), *server_kv.to_env(era, kv)]
     if cache.flash_attention:
         env.append(("OLLAMA_FLASH_ATTENTION", "1"))
     env += sorted(cache.env.items())

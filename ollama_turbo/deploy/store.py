@@ -15,6 +15,8 @@ from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core.errors import TurboError
 from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import Host
+from ollama_turbo.deploy import record
+from ollama_turbo.deploy.record import DeployRecord
 from ollama_turbo.deploy.services import Layout, expand
 from ollama_turbo.deploy.transport import Transport, q, url_host
 
@@ -53,6 +55,14 @@ def current_manifest(t: Transport, layout: Layout, host: Host) -> Manifest | Non
         return manifest_mod.parse(r.stdout, Path(path), host=host.name)
     except TurboError:
         return None
+
+
+def current_record(t: Transport, layout: Layout, host: Host) -> DeployRecord | None:
+    """The deploy record of the release a host runs now (None: none written there, as by an older toolkit).
+    A lost connection is not "no record": its TransportError goes up."""
+    path = f"{layout.current}/{record.NAME}"
+    r = t.sh(f"cat {q(path)} 2>/dev/null", check=False)
+    return record.parse(r.stdout, f"{host.name}:{path}") if r.ok and r.stdout.strip() else None
 
 
 def previous_release(t: Transport, layout: Layout) -> str | None:

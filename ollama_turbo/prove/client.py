@@ -9,6 +9,7 @@ from typing import Any
 
 import requests
 
+from ollama_turbo.fork.behaviour import ForkBehaviour
 from ollama_turbo.prove.ollama_api import ApiError
 from ollama_turbo.prove.server_log import LogReader
 
@@ -24,6 +25,7 @@ class Endpoint:
     log: LogReader | None = None  # this config's server log (from its start on)
     build: str = ""  # the version of the build the label says runs there ("" where not known)
     era: str | None = None
+    fork: ForkBehaviour | None = None  # the fork's knobs that server runs with, where known (a host's deploy record)
 
 
 

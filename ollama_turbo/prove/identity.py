@@ -43,8 +43,8 @@ def check(ep: Endpoint, fork: ForkBehaviour, *, when: str) -> Verdict:
     if ep.log is None:
         return Verdict(None, f"{when}: " + "; ".join([*found, "no server log: the K/V it runs is not checked "
                                                               "(give its log)"]))
-    ok, evidence = smoke.cache_type_from_log(ep.log(), ep.type_k, ep.type_v,
-                                             ep.era if ep.api == "ollama" else "B", fork, model_path=model_path)
+    ok, evidence = smoke.cache_type_from_log(ep.log(), ep.type_k, ep.type_v, ep.era if ep.api == "ollama" else "B",
+                                             ep.fork or fork, model_path=model_path)
     if not ok:
         return Verdict(False, f"{when}: the label says {ep.label}, the server's log shows {evidence}")
     return Verdict(True, f"{when}: " + "; ".join([*found, evidence]))

@@ -46,6 +46,7 @@ class Expect:
     fork: ForkBehaviour = field(default_factory=ForkBehaviour)  # from turbo.kv.env
     shape: tuple[int, float] | None = None  # (layers, query heads per KV head); None: read it from the server
     model_path: str | None = None  # the model's file on the server: its own llama-server's lines are read
+    source: str = ""  # where the expected K/V comes from (the host's deploy record, --cache-type, the settings)
 
 
 @dataclass
@@ -292,8 +293,9 @@ def _cache_check(check: _Run, expect: Expect, log: LogReader | None) -> None:
             return None, "no expected cache type"
         if log is None:
             return None, "no service log to read (pass --log FILE or --host)"
-        return cache_type_from_log(log(), expect.type_k, expect.type_v, expect.era, expect.fork, expect.shape,
-                                   expect.model_path)
+        ok, evidence = cache_type_from_log(log(), expect.type_k, expect.type_v, expect.era, expect.fork, expect.shape,
+                                           expect.model_path)
+        return ok, evidence + (f" (expected from {expect.source})" if expect.source and not ok else "")
 
     check("cache type", cache)
 
