@@ -16,7 +16,7 @@ from invoke.tasks import Task, task
 from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core import proc, settings_files
 from ollama_turbo.core import settings as config
-from ollama_turbo.core.errors import ConfigError, TurboError, UsageError
+from ollama_turbo.core.errors import EXIT_INTERRUPTED, ConfigError, Interrupted, TurboError, UsageError
 
 # Short flags are chosen here, by hand, and mean the same in every task (invoke's automatic
 # ones gave -d three meanings and produced a broken flag for --n-predict).
@@ -79,8 +79,28 @@ def entry(fn: Callable[..., Any]) -> Callable[..., Any]:
             elif isinstance(err, UsageError) and not err.hint:
                 err.hint = f"see --help {fn.__name__.replace('_', '-')} for what each flag takes"
             raise Exit(f"error: {err}", code=err.exit_code) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C: one line saying what was left, and exit 130
+            raise Exit(interrupted_line(fn.__name__, kwargs, exc), code=EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+HOST_TASKS = ("deploy", "rollback")  # the tasks that change a host
+
+
+def interrupted_line(name: str, kwargs: dict[str, Any], exc: KeyboardInterrupt) -> str:
+    """What a task stopped by Ctrl-C left: a host task names the state of its host (see deploy.rollback.put_back)
+    and ``invoke status`` as the next step; any other task, that it stopped where its output ends."""
+    task = name.replace("_", "-")
+    if isinstance(exc, Interrupted):
+        left, hosts = exc.left, exc.hosts
+    elif name in HOST_TASKS:  # stopped before it reached a host
+        left = "no host was changed"
+        hosts = [h.strip() for h in str(kwargs.get("host") or kwargs.get("hosts") or "").split(",") if h.strip()]
+    else:
+        return f"interrupted: {task} stopped; nothing after the last step printed was done"
+    step = "; ".join(f"invoke status --host {h}" for h in hosts[:3]) or "invoke status --host H for each host"
+    return f"interrupted: {task} stopped; {left}; next step: {step}"
 
 
 OUTPUT_FLAGS = {"json": "file", "markdown": "file", "out": "dir", "dest": "dir"}
