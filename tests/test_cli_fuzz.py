@@ -125,6 +125,31 @@ def test_random_flags_never_end_in_a_traceback(argv: list[str], tmp_path: Path) 
     (["demo", "--cache-type", "turbo9"], 2, "unknown cache type 'turbo9'"),
     (["deploy", "--host", "ghost"], 2, "ghost"),
     (["smoke", "--host", "ghost"], 2, "ghost"),
+    (["plan", "--layers", "99999999999999999999", "--kv-heads", "2", "--head-dim", "64"], 2,
+     "error: --layers 99999999999999999999: must be from 1 to 4,096 (no model has more)"),
+    (["plan", "--layers", "1000000000", "--kv-heads", "2", "--head-dim", "64"], 2,
+     "error: --layers 1000000000: must be from 1 to 4,096"),
+    (["plan", "--layers", "4", "--kv-heads", "99999999999999999999", "--head-dim", "64"], 2,
+     "error: --kv-heads 99999999999999999999: must be from 1 to 8,192"),
+    (["plan", "--layers", "4", "--kv-heads", "2", "--head-dim", "70000"], 2,
+     "--head-dim 70000: must be from 1 to 65,536"),
+    (["plan", "--layers", "4", "--kv-heads", "2", "--head-dim", "64", "--weights-gib", "nan"], 2,
+     "error: --weights-gib nan: not a finite number"),
+    (["plan", "--layers", "4", "--kv-heads", "2", "--head-dim", "64", "--weights-gib", "inf"], 2,
+     "error: --weights-gib inf: not a finite number"),
+    (["plan", "--layers", "4", "--kv-heads", "2", "--head-dim", "64", "--reserve-gib", "nan"], 2,
+     "error: --reserve-gib nan: not a finite number"),
+    (["plan", "--layers", "4", "--kv-heads", "2", "--head-dim", "64", "--reserve-gib", "-100"], 2,
+     "error: --reserve-gib -100: must be 0 or more (a negative reserve would count memory the host does not have)"),
+    (["plan", "--layers", "4", "--kv-heads", "2", "--head-dim", "64", "--json", "/proc/x.json"], 2,
+     "error: --json /proc/x.json: cannot write the file: "),
+    (["bench", "--out", "/sys/turbo-bench"], 2, "error: --out /sys/turbo-bench: cannot make the folder"),
+    (["smoke", "--url", "http://127.0.0.1:9", "--max-ttft-ratio", "inf"], 2, "--max-ttft-ratio inf: not a finite"),
+    (["quality", "--model", "m.gguf", "--llama-perplexity", "/bin/true", "--max-kld", "nan"], 2,
+     "--max-kld 'nan' must be a positive number"),
+    (["api-check", "--ollama", "/no/such/ollama"], 2, "error: --ollama /no/such/ollama: no such folder"),
+    (["api-check"], 2, "no-ollama: no such folder"),  # the configured sources, checked before any is opened
+    (["verify-fork", "--fork", "/dev/null"], 2, "--fork /dev/null: a file, not a git checkout"),
 ])
 def test_named_bad_inputs(argv: list[str], code: int, says: str, tmp_path: Path) -> None:
     with isolated(tmp_path):
@@ -182,3 +207,12 @@ def test_an_apiignore_that_is_a_folder_or_unreadable_is_a_usage_error(tmp_path: 
         with isolated(tmp_path):
             got, err = check(["api-check", "--apiignore", path])
         assert got == 2 and words in err and "next step:" in err, (path, got, err)
+
+
+def test_the_output_probe_leaves_no_file_behind(tmp_path: Path) -> None:
+    out = tmp_path / "plans" / "x.json"
+    with isolated(tmp_path):
+        got, err = check(["plan", "--layers", "4", "--kv-heads", "2", "--head-dim", "64", "--types", "turbo9",
+                          "--json", str(out)])
+    assert got == 2 and "turbo9" in err
+    assert not out.exists()  # tried, then removed: a run that failed wrote nothing

@@ -4,7 +4,6 @@ the settings, and small writers."""
 from __future__ import annotations
 
 import json as jsonlib
-import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 from invoke.exceptions import Exit
 from invoke.tasks import Task, task
 
+from ollama_turbo.commands.flags import check_flags, number
 from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core import proc, settings_files
 from ollama_turbo.core import settings as config
@@ -69,9 +69,7 @@ def entry(fn: Callable[..., Any]) -> Callable[..., Any]:
         if kwargs.get("verbose"):
             proc.set_verbose(True)
         try:
-            for flag, kind in OUTPUT_FLAGS.items():  # before any work: a result that cannot be written is no result
-                if isinstance(kwargs.get(flag), str) and kwargs[flag]:
-                    check_output(kwargs[flag], flag, kind)
+            check_flags(kwargs)  # before any work: bad source paths, outputs that cannot be written
             return fn(c, *args, **kwargs)
         except TurboError as err:
             if isinstance(err, ConfigError) and not err.hint:  # every usage error says what to do next
@@ -101,30 +99,6 @@ def interrupted_line(name: str, kwargs: dict[str, Any], exc: KeyboardInterrupt) 
         return f"interrupted: {task} stopped; nothing after the last step printed was done"
     step = "; ".join(f"invoke status --host {h}" for h in hosts[:3]) or "invoke status --host H for each host"
     return f"interrupted: {task} stopped; {left}; next step: {step}"
-
-
-OUTPUT_FLAGS = {"json": "file", "markdown": "file", "out": "dir", "dest": "dir"}
-
-
-def check_output(value: str, flag: str, kind: str) -> None:
-    """``--flag value`` names a file or folder this run can write: its folder exists (or is made) and is writable."""
-    path = Path(value).expanduser()
-    folder = path if kind == "dir" else path.parent
-    name = "--" + flag.replace("_", "-")
-    if kind == "file" and path.is_dir():
-        raise UsageError(f"{name} {value}: is a folder, not a file", hint=f"give {name} a file name")
-    blocker = next((a for a in [folder, *folder.parents] if a.exists() and not a.is_dir()), None)
-    if blocker is not None:
-        raise UsageError(f"{name} {value}: {blocker} is a file, not a folder",
-                         hint=f"give {name} a path in a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{name} {value}: cannot make the folder {folder}: {exc.strerror or exc}",
-                         hint=f"give {name} a path in a writable folder") from None
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{name} {value}: the folder {folder} is not writable",
-                         hint=f"give {name} a path in a writable folder")
 
 
 def turbo_task(**help: str) -> Callable[[Callable[..., Any]], TurboTask]:
@@ -161,7 +135,8 @@ def block_table(c: Any, manifest: str | manifest_mod.Manifest | None = "", fork:
     from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
 
     if manifest and fork:
-        raise UsageError("give --manifest (a build's block formats) or --fork (a fork's), not both")
+        raise UsageError("give --manifest (a build's block formats) or --fork (a fork's), not both",
+                         hint="drop one of them")
     if manifest:
         return BlockTable.from_manifest(manifest if isinstance(manifest, manifest_mod.Manifest)
                                         else manifest_mod.load(Path(manifest)))
@@ -173,6 +148,11 @@ def block_table(c: Any, manifest: str | manifest_mod.Manifest | None = "", fork:
         co = sources.open_configured(s, "fork", fork, fork_ref)
         return blocks.table_for_checkout(co)
     return BUILTIN
+
+
+def reserve(value: float) -> float:
+    """``--reserve-gib``: finite and not negative (a negative reserve would count memory the host lacks)."""
+    return number(float(value), "reserve_gib", why="a negative reserve would count memory the host does not have")
 
 
 def write_json(path: str, payload: Any) -> None:

@@ -31,7 +31,8 @@ def deploy(c, host="", hosts="", group="", batch=2, dist="", dry_run=False, spec
     s = settings(c)
     if hosts or group:
         if host:
-            raise UsageError("give --host, or --hosts / --group for a rolling deploy, not both")
+            raise UsageError("give --host, or --hosts / --group for a rolling deploy, not both",
+                             hint="one host: --host H; a rolling deploy: --hosts a,b,c or --group NAME")
         names = rolling.hosts_for(s, hosts, group)
         d = Path(dist) if dist else dists.latest_dist(s)
         out = rolling.rollout(s, names, d, batch=int(batch), dry_run=dry_run, specs_dir=specs_dir(c, specs),
@@ -43,7 +44,8 @@ def deploy(c, host="", hosts="", group="", batch=2, dist="", dry_run=False, spec
                        + next(o.error for o in out.outcomes if o.host == out.stopped_at), code=1)
         return
     if not host:
-        raise UsageError("give --host H (or --hosts / --group for a rolling deploy)")
+        raise UsageError("give --host H (or --hosts / --group for a rolling deploy)",
+                         hint="name a host under turbo.hosts (settings-show --key hosts lists them)")
     target = s.host(host)  # an unknown host is named before anything else is looked at
     d = Path(dist) if dist else dists.latest_dist(s)
     r = releases.deploy(s, target, d, dry_run=dry_run, specs_dir=specs_dir(c, specs),

