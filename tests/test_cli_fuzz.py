@@ -1,7 +1,9 @@
 """The CLI's promise under any input: one clear error, the right exit code, never a traceback.
 
-Every task's flags are driven with random words, numbers and paths (hypothesis), in process, with every
-source pointed at a folder that does not exist and no host configured, so nothing slow or networked can start.
+Every task's flags are driven with random words, numbers (huge and non-finite ones too) and paths (unwritable
+ones under /proc and /sys, files that are not UTF-8), in process, in projects of the shapes users write (specs
+that are not UTF-8 or hold huge numbers, ``turbo:`` with nothing under it, an empty section), with every source
+pointed at a folder that does not exist and no reachable host, so nothing slow or networked can start.
 """
 
 from __future__ import annotations
@@ -78,12 +80,41 @@ def check(argv: list[str]) -> tuple[int, str]:
     return code, err
 
 
-WORDS = st.sampled_from(["x", "abc", "-1", "0", "2.5", "1e309", "99999999999999999999", "nan", "", " ", "turbo9",
-                         "q8_0/", "/turbo4", "q8_0/turbo4", "k/v/w", "é", "8k", "0x10", "--", "true", "none"])
-PATHS = st.sampled_from(["/proc/nope/x.json", "/nonexistent/dir/file", "/etc/passwd", "/", ".", "rel/out.json",
-                         "/dev/null", "a\tb"])
-NUMBERS = st.one_of(st.integers(-10**12, 10**12).map(str), st.floats(allow_nan=True).map(str))
+WORDS = st.sampled_from(["x", "abc", "-1", "0", "2.5", "1e309", "99999999999999999999", "1000000000", "-100", "nan",
+                         "inf", "-inf", "", " ", "turbo9", "q8_0/", "/turbo4", "q8_0/turbo4", "k/v/w", "é", "8k",
+                         "0x10", "--", "true", "none"])
+# no system file that a --json would overwrite as root: the existing files are the project's own (FILES)
+PATHS = st.sampled_from(["/proc/nope/x.json", "/proc/x.json", "/sys/x.json", "/nonexistent/dir/file", "/", ".",
+                         "rel/out.json", "/dev/null", "a\tb", "notutf8.yaml", "empty.yaml"])
+NUMBERS = st.one_of(st.integers(-10**12, 10**12).map(str), st.floats(allow_nan=True).map(str),
+                    st.integers(-10**30, 10**30).map(str))
 VALUES = st.one_of(WORDS, PATHS, NUMBERS)
+
+# files in every fuzzed project, for -f and the path flags
+FILES = {"notutf8.yaml": b"\xff\xfe not text\n", "empty.yaml": b"turbo:\n"}
+# what the project directory holds: invoke.yaml and modelfiles/ of the shapes users have written
+SHAPES = {
+    "bare": {},
+    "a spec not UTF-8": {"modelfiles/bad.yaml": b"from: x\n\xff\xfe\n"},
+    "a spec with huge numbers": {"modelfiles/big.yaml": b"from: x\nnum_ctx: auto\ngeometry: {layers: "
+                                                        b"99999999999999999999, kv_heads: 2, head_dim: 64}\n"},
+    "turbo: alone": {"invoke.yaml": b"turbo:\n"},
+    "an empty section": {"invoke.yaml": b"turbo:\n  kv:\n"},
+    "settings not UTF-8": {"invoke.yaml": b"turbo:\n  workspace: \xe9\n"},
+    "a host with memory_gib .nan": {"invoke.yaml": b"turbo:\n  hosts:\n    h: {ssh: nowhere.invalid, os: linux, "
+                                             b"memory_gib: .nan}\n"},
+}
+
+
+def project(root: Path, shape: str) -> Path:
+    """A fresh project directory of this shape (each example its own, under the test's tmp_path)."""
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(dir=root))
+    for rel, data in {**FILES, **SHAPES[shape]}.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(data)
+    return d
 
 
 @st.composite
@@ -95,14 +126,16 @@ def command(draw: st.DrawFn) -> list[str]:
         argv += ["--" + f.replace("_", "-"), draw(VALUES)]
     if draw(st.booleans()):
         argv.append(draw(st.sampled_from(["--frobnicate", "extra", "-z"])))
+    if draw(st.integers(0, 9)) == 0:
+        argv = ["-f", draw(st.sampled_from(["notutf8.yaml", "empty.yaml", "missing.yaml"])), *argv]
     return argv
 
 
 @settings(max_examples=int(os.environ.get("TURBO_FUZZ_EXAMPLES", "150")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(argv=command())
-def test_random_flags_never_end_in_a_traceback(argv: list[str], tmp_path: Path) -> None:
-    with isolated(tmp_path):
+@given(argv=command(), shape=st.sampled_from(sorted(SHAPES)))
+def test_random_flags_never_end_in_a_traceback(argv: list[str], shape: str, tmp_path: Path) -> None:
+    with isolated(project(tmp_path, shape)):
         check(argv)
 
 
