@@ -25,7 +25,15 @@ from invoke.program import Program
 from ollama_turbo import __version__
 from ollama_turbo.commands.hosts import deploy, rollback, status
 from ollama_turbo.commands.proofs import bench, quality, recommend, smoke
-from ollama_turbo.commands.sources import api_check, build_ollama, modelfiles, plan, upstream_tree, verify_fork
+from ollama_turbo.commands.sources import (
+    api_check,
+    build_ollama,
+    modelfiles,
+    plan,
+    spec_init,
+    upstream_tree,
+    verify_fork,
+)
 from ollama_turbo.commands.world import compat_record, demo, sample, settings_show
 from ollama_turbo.core import settings as config
 from ollama_turbo.core import settings_files
@@ -158,8 +166,8 @@ adopt_parse_errors(TurboProgram)
 
 def namespace(project: Path | None = None) -> Collection:
     """The task collection; ``project`` is where settings and specs are read (default: the current directory)."""
-    ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check, verify_fork, upstream_tree, build_ollama,
-                    smoke, bench, quality, recommend, deploy, rollback, status, compat_record)
+    ns = Collection(sample, demo, settings_show, plan, modelfiles, spec_init, api_check, verify_fork, upstream_tree,
+                    build_ollama, smoke, bench, quality, recommend, deploy, rollback, status, compat_record)
     ns.configure({"turbo": config.DEFAULTS, "ollama_turbo": {"project_dir": str(project) if project else ""}})
     return ns
 

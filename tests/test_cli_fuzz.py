@@ -27,7 +27,8 @@ EXIT_CODES = {0, 1, 2, 4, 8, 12}
 # tasks that would do long work when their input happens to be fine; they are fuzzed through the other tasks'
 # shared parsers and named cases below
 SKIP = {"demo", "sample"}
-TASKS = {name: [a.name for a in t.get_arguments()] for name, t in cli.namespace().tasks.items() if name not in SKIP}
+TASKS = {name: [a.names[0] for a in t.get_arguments()] for name, t in cli.namespace().tasks.items()
+         if name not in SKIP}  # each flag's long name: --dry-run, --from
 STATS = {"cases": 0, "seconds": 0.0}
 
 
@@ -37,7 +38,8 @@ def isolated(tmp: Path) -> Iterator[None]:
     env = {"INVOKE_TURBO_WORKSPACE": str(tmp / "ws"),
            "INVOKE_TURBO_SOURCES_OLLAMA_URL": str(tmp / "no-ollama"),
            "INVOKE_TURBO_SOURCES_FORK_URL": str(tmp / "no-fork"),
-           "INVOKE_TURBO_SOURCES_UPSTREAM_URL": str(tmp / "no-upstream")}
+           "INVOKE_TURBO_SOURCES_UPSTREAM_URL": str(tmp / "no-upstream"),
+           "PIP_NO_INDEX": "1"}  # upstream-tree --builds N: pip looks nowhere
     old = {k: os.environ.get(k) for k in env}
     cwd = os.getcwd()
     os.environ.update(env)
@@ -83,8 +85,9 @@ def check(argv: list[str]) -> tuple[int, str]:
 WORDS = st.sampled_from(["x", "abc", "-1", "0", "2.5", "1e309", "99999999999999999999", "1000000000", "-100", "nan",
                          "inf", "-inf", "", " ", "turbo9", "q8_0/", "/turbo4", "q8_0/turbo4", "k/v/w", "é", "8k",
                          "0x10", "--", "true", "none"])
-# no system file that a --json would overwrite as root: the existing files are the project's own (FILES)
-PATHS = st.sampled_from(["/proc/nope/x.json", "/proc/x.json", "/sys/x.json", "/nonexistent/dir/file", "/", ".",
+# nothing outside the project a task could write into as root: the files and folders that exist and are
+# writable are the project's own (FILES, '.'); /proc and /sys are folders no one can write
+PATHS = st.sampled_from(["/proc/nope/x.json", "/proc/x.json", "/sys/x.json", "/nonexistent/dir/file", "/proc", ".",
                          "rel/out.json", "/dev/null", "a\tb", "notutf8.yaml", "empty.yaml"])
 NUMBERS = st.one_of(st.integers(-10**12, 10**12).map(str), st.floats(allow_nan=True).map(str),
                     st.integers(-10**30, 10**30).map(str))
@@ -123,7 +126,7 @@ def command(draw: st.DrawFn) -> list[str]:
     flags = draw(st.lists(st.sampled_from(TASKS[task]), max_size=4, unique=True)) if TASKS[task] else []
     argv = [task]
     for f in flags:
-        argv += ["--" + f.replace("_", "-"), draw(VALUES)]
+        argv += ["--" + f, draw(VALUES)]
     if draw(st.booleans()):
         argv.append(draw(st.sampled_from(["--frobnicate", "extra", "-z"])))
     if draw(st.integers(0, 9)) == 0:

@@ -28,7 +28,7 @@ def spec(tmp_path: Path, name: str, body: str) -> Path:
 
 
 def test_rendering_matches_the_golden_files(tmp_path: Path) -> None:
-    r = invoke("-f", str(ROOT / "examples/fleet.yaml"), "modelfiles", "--out", str(tmp_path))
+    r = invoke("-f", str(ROOT / "examples/fleet.yaml"), "modelfiles", "--examples", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     golden = sorted(p.relative_to(GOLDEN) for p in GOLDEN.rglob("*.Modelfile"))
     rendered = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.Modelfile"))

@@ -121,12 +121,25 @@ def settings(c: Any) -> config.Settings:
     return settings_files.settings(c.config, project_dir(c))
 
 
-def specs_dir(c: Any, given: str) -> Path:
-    """``--specs``, else ``modelfiles/`` in the project, else the example specs shipped with the package."""
-    if given:
-        return Path(given)
-    local = project_dir(c) / "modelfiles"
-    return local if local.is_dir() else PACKAGED_SPECS
+INIT_HINT = ("write one for your model: invoke spec-init --from MODEL (an Ollama model name or a .gguf file), or "
+             "give --specs DIR")
+
+
+def specs_dir(c: Any, given: str, examples: bool = False) -> tuple[Path | None, str]:
+    """The Modelfile specs a task uses: ``--specs DIR``, else ``modelfiles/`` in the project; the examples shipped
+    with the package only when asked (``examples``). With none: None, and why there are none."""
+    if examples:
+        if given:
+            raise UsageError("give --specs DIR or --examples, not both", hint="drop one of them")
+        return PACKAGED_SPECS, ""
+    folder = Path(given).expanduser() if given else project_dir(c) / "modelfiles"
+    if not folder.is_dir():
+        if given:
+            raise UsageError(f"--specs {given}: no such folder", hint=INIT_HINT.replace(", or give --specs DIR", ""))
+        return None, f"no Modelfile specs: {folder} does not exist"
+    if not any(folder.glob("*.yaml")):
+        return None, f"no Modelfile specs: {folder} has no <name>.yaml"
+    return folder, ""
 
 
 def block_table(c: Any, manifest: str | manifest_mod.Manifest | None = "", fork: str = "", fork_ref: str = "") -> Any:

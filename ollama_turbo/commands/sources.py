@@ -10,8 +10,8 @@ from invoke.exceptions import Exit
 from ollama_turbo.commands import flags
 from ollama_turbo.commands.base import (
     CARRY_HELP,
+    INIT_HINT,
     PACKAGED_FLEET,
-    PACKAGED_SPECS,
     SOURCE_HELP,
     block_table,
     print_checklist,
@@ -66,21 +66,24 @@ def plan(c, model="", layers=0, kv_heads=0, head_dim=0, heads=0, weights_gib=0.0
 
 @turbo_task(host="render only for this host (default: every host)",
             out="output directory (default: <workspace>/modelfiles)",
-            specs="directory of <name>.yaml specs (default: modelfiles/, else the examples shipped with "
-                  "ollama-turbo)",
+            specs="directory of <name>.yaml specs (default: modelfiles/ in the project; invoke spec-init writes one)",
+            examples="render the example specs shipped with ollama-turbo instead (for their example fleet when no "
+                     "hosts are configured)",
             reserve_gib="memory kept for OS, runtime and compute buffers (default 4)",
             manifest="render for this build (its manifest.json or dist directory): its block formats, and "
                      "whether it takes PARAMETER kv_cache_type (without: a build by this version, which does)")
-def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
+def modelfiles(c, host="", out="", specs="", examples=False, reserve_gib=4.0, manifest=""):
     """Render Modelfiles from modelfiles/*.yaml, num_ctx sized for each host's KV cache."""
     from ollama_turbo.kv import modelfiles as modelfile
 
     s = settings(c)
-    directory = specs_dir(c, specs)
-    if directory == PACKAGED_SPECS and not s.hosts:
+    directory, why = specs_dir(c, specs, examples)
+    if directory is None:
+        raise UsageError(why, hint=INIT_HINT + "; --examples renders the examples shipped with ollama-turbo")
+    if examples and not s.hosts:
         import yaml
 
-        print(f"no hosts configured: the bundled example specs are rendered for the example fleet "
+        print(f"no hosts configured: the example specs are rendered for the example fleet "
               f"({PACKAGED_FLEET}; your own hosts go under turbo.hosts in invoke.yaml)")
         fleet = yaml.safe_load(PACKAGED_FLEET.read_text(encoding="utf-8"))["turbo"]
         s = config.parse({**fleet, "workspace": str(s.workspace)})
@@ -98,6 +101,32 @@ def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
         ctx = f"num_ctx {r.num_ctx:,}" if r.num_ctx else "num_ctx from the model"
         kv = f"KV {r.type_k}/{r.type_v}" + (" (model)" if r.per_model else " (host)")
         print(f"{r.host:<12} {r.spec.name:<24} {ctx:<22} {kv:<26} -> {r.path}")
+
+
+@turbo_task(from_="the model: an Ollama model name (qwen3:8b) or a .gguf file (read for num_ctx: auto)",
+            name="the spec's name, modelfiles/<name>.yaml (default: from the model, e.g. qwen3-8b)",
+            gguf="the model's .gguf file, when --from is an Ollama name: its geometry sizes num_ctx: auto",
+            hosts="the hosts that serve it, comma-separated (default: every host under turbo.hosts)",
+            kv="the model's own cache, e.g. q8_0/turbo4 (default: none, the host's turbo.kv)",
+            specs="the folder to write it in (default: modelfiles/ in the project)")
+def spec_init(c, from_="", name="", gguf="", hosts="", kv="", specs=""):
+    """Write a starting Modelfile spec, modelfiles/<name>.yaml, for a model you name (never overwrites one)."""
+    from ollama_turbo.kv import spec_init as init
+
+    s = settings(c)
+    if specs:
+        flags.check_output(specs, "specs", "dir")  # where it is written: a folder this run can write
+    targets = [h.strip() for h in hosts.split(",") if h.strip()] or sorted(s.hosts)
+    for h in targets:
+        s.host(h)  # an unknown host is a settings error, named before anything is written
+    spec = init.starting_spec(from_, hosts=targets, name=name, gguf=gguf, kv=kv)
+    path = init.write_new(Path(specs).expanduser() if specs else project_dir(c) / "modelfiles", spec)
+    print(f"wrote {path}:")
+    print(spec.text, end="")
+    if not targets:
+        print("no hosts configured: add them under turbo.hosts in invoke.yaml, then list them under hosts: in "
+              f"{path.name}")
+    print("next: invoke modelfiles renders it for each host; invoke deploy --host H creates it there")
 
 
 @turbo_task(
