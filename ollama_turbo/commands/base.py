@@ -121,8 +121,8 @@ def settings(c: Any) -> config.Settings:
     return settings_files.settings(c.config, project_dir(c))
 
 
-INIT_HINT = ("write one for your model: invoke spec-init --from MODEL (an Ollama model name or a .gguf file), or "
-             "give --specs DIR")
+INIT_STEP = "write one for your model: invoke spec-init --from MODEL (an Ollama model name or a .gguf file)"
+INIT_HINT = INIT_STEP + ", or give --specs DIR"
 
 
 def specs_dir(c: Any, given: str, examples: bool = False) -> tuple[Path | None, str]:
@@ -135,7 +135,7 @@ def specs_dir(c: Any, given: str, examples: bool = False) -> tuple[Path | None, 
     folder = Path(given).expanduser() if given else project_dir(c) / "modelfiles"
     if not folder.is_dir():
         if given:
-            raise UsageError(f"--specs {given}: no such folder", hint=INIT_HINT.replace(", or give --specs DIR", ""))
+            raise UsageError(f"--specs {given}: no such folder", hint=f"give the folder of your specs, or {INIT_STEP}")
         return None, f"no Modelfile specs: {folder} does not exist"
     if not any(folder.glob("*.yaml")):
         return None, f"no Modelfile specs: {folder} has no <name>.yaml"

@@ -114,12 +114,12 @@ def spec_init(c, from_="", name="", gguf="", hosts="", kv="", specs=""):
     from ollama_turbo.kv import spec_init as init
 
     s = settings(c)
-    if specs:
-        flags.check_output(specs, "specs", "dir")  # where it is written: a folder this run can write
     targets = [h.strip() for h in hosts.split(",") if h.strip()] or sorted(s.hosts)
     for h in targets:
         s.host(h)  # an unknown host is a settings error, named before anything is written
     spec = init.starting_spec(from_, hosts=targets, name=name, gguf=gguf, kv=kv)
+    if specs:
+        flags.check_output(specs, "specs", "dir")  # where it is written: a folder this run can write
     path = init.write_new(Path(specs).expanduser() if specs else project_dir(c) / "modelfiles", spec)
     print(f"wrote {path}:")
     print(spec.text, end="")
