@@ -17,13 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from invoke.collection import Collection
+from invoke.completion.complete import complete, print_completion_script
 from invoke.exceptions import Exit, ParseError
+from invoke.parser.argument import Argument
 from invoke.program import Program
 
 from ollama_turbo import __version__
 from ollama_turbo.commands.hosts import deploy, rollback, status
 from ollama_turbo.commands.proofs import bench, quality, recommend, smoke
-from ollama_turbo.commands.sources import api_check, build_ollama, modelfiles, plan, upstream_tree, verify_fork
+from ollama_turbo.commands.sources import (
+    api_check,
+    build_ollama,
+    modelfiles,
+    plan,
+    spec_init,
+    upstream_tree,
+    verify_fork,
+)
 from ollama_turbo.commands.world import compat_record, demo, sample, settings_show
 from ollama_turbo.core import settings as config
 from ollama_turbo.core import settings_files
@@ -62,8 +72,9 @@ def parse_error_message(text: str) -> str:
 
 
 def adopt_parse_errors(cls: type[Program]) -> None:
-    """Route ``cls``'s parse errors through :func:`parse_error_message`, once."""
-    if getattr(cls, "_turbo_parse_errors", False):
+    """Route ``cls``'s parse errors through :func:`parse_error_message`, once (a subclass's own parse methods
+    need their own call)."""
+    if cls.__dict__.get("_turbo_parse_errors", False):
         return
     for name in ("parse_core", "parse_tasks", "parse_cleanup"):
         original = getattr(cls, name)
@@ -79,7 +90,34 @@ def adopt_parse_errors(cls: type[Program]) -> None:
 
 
 class TurboProgram(Program):
-    """``ollama-turbo``: the bundled tasks, with ``invoke.yaml`` read from the current directory."""
+    """``ollama-turbo``: the bundled tasks, with ``invoke.yaml`` read from the current directory. Its options are
+    its own: invoke's flags for running shell commands (``--pty``, ``--echo``, ``--dry``, ``--warn-only``, ...)
+    mean nothing to these tasks, so they are neither shown nor taken."""
+
+    def core_args(self) -> list[Argument]:
+        return [
+            Argument(names=("complete",), kind=bool, default=False,
+                     help="Print tab-completion candidates for the rest of the command line."),
+            Argument(names=("config", "f"), help="A settings file (YAML), read after invoke.yaml and INVOKE_TURBO_*."),
+            Argument(names=("help", "h"), optional=True, help="Show this help, or a task's (--help TASK), and exit."),
+            Argument(names=("list", "l"), kind=bool, default=False, help="List the tasks and exit."),
+            Argument(names=("print-completion-script",), kind=str, default="",
+                     help="Print the tab-completion script for bash, zsh or fish."),
+            Argument(names=("version", "V"), kind=bool, default=False, help="Show the version and exit."),
+        ]
+
+    def task_args(self) -> list[Argument]:
+        return []
+
+    def parse_core(self, argv: list[str] | None) -> None:
+        self.normalize_argv(argv)
+        self.parse_core_args()
+        if self.args.version.value:
+            self.print_version()
+            raise Exit
+        if self.args["print-completion-script"].value:
+            print_completion_script(shell=self.args["print-completion-script"].value, names=self.binary_names)
+            raise Exit
 
     def parse_collection(self) -> None:
         super().parse_collection()
@@ -87,11 +125,49 @@ class TurboProgram(Program):
         self.config.set_project_location(os.getcwd())
         self.config.load_project()
 
+    def parse_cleanup(self) -> None:
+        wanted = self.args.help.value
+        if wanted is True:
+            self.print_help()
+            raise Exit
+        if wanted:
+            if wanted not in self.parser.contexts:
+                raise ParseError(f"No idea what '{wanted}' is!")
+            self.print_task_help(wanted)
+            raise Exit
+        if self.args.list.value:
+            self.list_tasks()
+            raise Exit
+        if self.args.complete.value:
+            complete(names=self.binary_names, core=self.core, initial_context=self.initial_context,
+                     collection=self.collection, parser=self._make_parser())
+        if not self.tasks and not self.collection.default:
+            self.no_tasks_given()
+
+    def update_config(self, merge: bool = True) -> None:
+        self.config.load_overrides({}, merge=False)
+        runtime = self.args.config.value or os.environ.get("INVOKE_RUNTIME_CONFIG")
+        self.config.set_runtime_path(Path(runtime) if runtime else None)
+        self.config.load_runtime(merge=False)
+        if merge:
+            self.config.merge()
+
+    def print_help(self) -> None:
+        print(f"Usage: {self.binary} [--options] TASK [--task-options]")
+        print("")
+        print("Options:")
+        print("")
+        self.print_columns(self.initial_context.help_tuples())
+        self.list_tasks()
+
+
+adopt_parse_errors(TurboProgram)
+
 
 def namespace(project: Path | None = None) -> Collection:
     """The task collection; ``project`` is where settings and specs are read (default: the current directory)."""
-    ns = Collection(sample, demo, settings_show, plan, modelfiles, api_check, verify_fork, upstream_tree, build_ollama,
-                    smoke, bench, quality, recommend, deploy, rollback, status, compat_record)
+    ns = Collection(sample, demo, settings_show, plan, modelfiles, spec_init, api_check, verify_fork, upstream_tree,
+                    build_ollama, smoke, bench, quality, recommend, deploy, rollback, status, compat_record)
     ns.configure({"turbo": config.DEFAULTS, "ollama_turbo": {"project_dir": str(project) if project else ""}})
     return ns
 

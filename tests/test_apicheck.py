@@ -148,7 +148,7 @@ def test_bad_input(worlds: dict[str, sample.World], tmp_path: Path) -> None:
     w = worlds["clean"]
     env = {"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")}
     r = invoke("api-check", "--ollama", str(tmp_path), "--fork", str(w.fork), env=env)
-    assert r.returncode == 1 and "is not a git repository" in r.stderr
+    assert r.returncode == 2 and f"error: --ollama {tmp_path}: not a git checkout (no .git)" in r.stderr
     r = invoke("api-check", "--ollama", str(w.ollama_c), "--ollama-ref", "v9.9.9", "--fork", str(w.fork),
                env=env)
     assert r.returncode == 1 and "ref 'v9.9.9' not found" in r.stderr and "v0.31.0" in r.stderr

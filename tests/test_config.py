@@ -53,6 +53,9 @@ def test_hosts_get_defaults_by_os() -> None:
     ({"hosts": {"mac": {"os": "windows"}}}, "turbo.hosts.mac.os", "not one of"),
     ({"hosts": {"mac": {"os": "linux", "service": "launchd"}}}, "turbo.hosts.mac.service", "darwin"),
     ({"hosts": {"mac": {"memory_gib": -3}}}, "turbo.hosts.mac.memory_gib", "positive number"),
+    ({"hosts": {"mac": {"memory_gib": float("nan")}}}, "turbo.hosts.mac.memory_gib", "positive number, got nan"),
+    ({"hosts": {"mac": {"memory_gib": float("inf")}}}, "turbo.hosts.mac.memory_gib", "positive number, got inf"),
+    ({"hosts": {"mac": {"health_timeout": float("inf")}}}, "turbo.hosts.mac.health_timeout", "seconds > 0"),
     ({"hosts": {"mac": {"listen": "nowhere"}}}, "turbo.hosts.mac.listen", "does not match"),
     ({"hosts": {"mac": {"sshh": "x"}}}, "turbo.hosts.mac.sshh", "unknown key"),
     ({"hosts": {"mac": {"prefix": "relative/dir"}}}, "turbo.hosts.mac.prefix", "absolute path"),
@@ -155,3 +158,26 @@ def test_a_fork_knob_the_fork_would_misread_stops_every_task_at_the_start(tmp_pa
         assert r.returncode == 2, (task, r.stdout, r.stderr)
         assert f"error: turbo.kv.env.{knob} (in {f}): {words}" in r.stderr and "next step:" in r.stderr
     assert not list((tmp_path / "mf").glob("*"))  # nothing rendered
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("turbo:\n", "error: turbo (in {f}): nothing under it\n  next step: put its settings under it, indented, or "
+                  "delete the line 'turbo:' in {f}\n"),
+    ("turbo:\n  kv:\n", "error: turbo.kv (in {f}): nothing under it\n"),
+    ("turbo:\n  kv: 3\n", "error: turbo.kv (in {f}): expected a mapping, got int 3\n"),
+    ("turbo:\n  workspace: {a: 1}\n", "error: turbo.workspace (in {f}): expected a single value, got a mapping\n"),
+    ("run: yes\n", "error: run (in {f}): expected a mapping, got bool True\n"),
+])
+def test_an_empty_or_misshapen_section_is_named_not_a_merge_traceback(tmp_path: Path, text: str, says: str) -> None:
+    """invoke would end these in AmbiguousMergeError: each is named by its key and file."""
+    f = tmp_path / "mine.yaml"
+    f.write_text(text)
+    r = invoke("-f", str(f), "settings-show")
+    assert r.returncode == 2 and says.format(f=f) in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_settings_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "mine.yaml"
+    f.write_bytes(b"turbo:\n  workspace: \xe9\n")
+    r = invoke("-f", str(f), "settings-show")
+    assert r.returncode == 2 and f"error: {f}: not UTF-8 text (byte 20: b'\\xe9')" in r.stderr

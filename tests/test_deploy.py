@@ -578,6 +578,32 @@ def test_a_cut_during_the_switch_or_the_health_check_rolls_back(fresh: dict, fla
                       "(target <= health timeout + 5 s)")
 
 
+def test_ctrl_c_leaves_the_host_on_a_verified_release(fresh: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (a KeyboardInterrupt raised by the deploy's own progress line for the step) before the switch leaves
+    the old release; after it, the host is switched back under the lock, and the lock is gone afterwards."""
+    from ollama_turbo.core.errors import Interrupted
+    from ollama_turbo.deploy import releases
+
+    env = fresh
+    deployed(env, 0)
+    v1, v2 = version_of(env["dists"][0]), version_of(env["dists"][1])
+    for name, value in env["sshd"].env().items():
+        monkeypatch.setenv(name, value)
+    s = config.parse(yaml.safe_load(env["fleet"].read_text())["turbo"])
+    for step, left in (("2/7 ", "nothing was switched: mac keeps the release it served; the partial upload is kept "
+                                "and the next deploy resumes it"),
+                       ("4/7 ", f"mac was put back on {v1}, which answers again ({v2} was not verified)")):
+        def say(line: str, step: str = step) -> None:
+            if f"] {step}" in line:
+                raise KeyboardInterrupt
+
+        with pytest.raises(Interrupted) as exc:
+            releases.deploy(s, s.host("mac"), env["dists"][1], specs_dir=env["specs"], say=say,
+                            accept_unmeasured=True)
+        assert (exc.value.left, exc.value.hosts) == (left, ["mac"])
+        _serves(env, v1)
+
+
 def test_a_stall_past_the_timeout_rolls_back(fresh: dict, flaky: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     env = fresh
     deployed(env, 0)

@@ -28,7 +28,7 @@ def spec(tmp_path: Path, name: str, body: str) -> Path:
 
 
 def test_rendering_matches_the_golden_files(tmp_path: Path) -> None:
-    r = invoke("-f", str(ROOT / "examples/fleet.yaml"), "modelfiles", "--out", str(tmp_path))
+    r = invoke("-f", str(ROOT / "examples/fleet.yaml"), "modelfiles", "--examples", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     golden = sorted(p.relative_to(GOLDEN) for p in GOLDEN.rglob("*.Modelfile"))
     rendered = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.Modelfile"))
@@ -76,6 +76,11 @@ def world_model(tmp_path: Path) -> Path:
     ("parameters: {}\n", "bad.from", "required"),
     ("from: x\ncolour: red\n", "bad.colour", "unknown key"),
     ("from: x\nparameters: {num_ctx: 4096}\n", "bad.parameters.num_ctx", "top level"),
+    ("from: x\ngeometry: {layers: 99999999999999999999, kv_heads: 2, head_dim: 64}\n", "bad.geometry.layers",
+     "expected a whole number from 1 to 4,096, got 99999999999999999999"),
+    ("from: x\ngeometry: {layers: 4, kv_heads: 2, head_dim: 64, weights_gib: .nan}\n", "bad.geometry.weights_gib",
+     "expected a number of GiB from 0 to 1,048,576, got nan"),
+    ("from: x\ngeometry: {layers: 4, kv_heads: 0, head_dim: 64}\n", "bad.geometry.kv_heads", "from 1 to 8,192"),
 ])
 def test_bad_specs_name_the_file_and_key(tmp_path: Path, body: str, key: str, words: str) -> None:
     p = spec(tmp_path, "bad", body)
@@ -120,3 +125,14 @@ def test_spec_naming_an_unknown_host(tmp_path: Path) -> None:
     s = modelfile.load_spec(spec(tmp_path, "x", "from: x\nhosts: [laptop]\n"))
     with pytest.raises(ConfigError, match="unknown host 'laptop'"):
         modelfile.render_all(fleet(), [s], tmp_path / "out")
+
+
+def test_a_spec_that_is_not_utf8_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "specs" / "bad.yaml"
+    bad.parent.mkdir()
+    bad.write_bytes(b"from: x\n\xff\xfe\n")
+    with pytest.raises(ConfigError) as info:
+        modelfile.load_specs(bad.parent)
+    assert str(info.value) == (f"{bad}: not UTF-8 text (byte 8: b'\\xff')\n  next step: save {bad} as UTF-8, or "
+                               f"move it out of {bad.parent}")
+    assert info.value.exit_code == 2

@@ -84,7 +84,7 @@ def test_wheel_installs_the_cli_and_its_package_data(installed: Path, tmp_path: 
 
     (tmp_path / "invoke.yaml").write_text(FLEET)
     out = tmp_path / "mf"
-    r = _run([cli, "modelfiles", "--out", out], cwd=tmp_path, env=env)
+    r = _run([cli, "modelfiles", "--examples", "--out", out], cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.Modelfile"))
     assert written, r.stdout

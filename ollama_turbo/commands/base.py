@@ -4,7 +4,6 @@ the settings, and small writers."""
 from __future__ import annotations
 
 import json as jsonlib
-import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -13,10 +12,11 @@ from typing import Any
 from invoke.exceptions import Exit
 from invoke.tasks import Task, task
 
+from ollama_turbo.commands.flags import check_flags, number
 from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core import proc, settings_files
 from ollama_turbo.core import settings as config
-from ollama_turbo.core.errors import ConfigError, TurboError, UsageError
+from ollama_turbo.core.errors import EXIT_INTERRUPTED, ConfigError, Interrupted, TurboError, UsageError
 
 # Short flags are chosen here, by hand, and mean the same in every task (invoke's automatic
 # ones gave -d three meanings and produced a broken flag for --n-predict).
@@ -69,9 +69,7 @@ def entry(fn: Callable[..., Any]) -> Callable[..., Any]:
         if kwargs.get("verbose"):
             proc.set_verbose(True)
         try:
-            for flag, kind in OUTPUT_FLAGS.items():  # before any work: a result that cannot be written is no result
-                if isinstance(kwargs.get(flag), str) and kwargs[flag]:
-                    check_output(kwargs[flag], flag, kind)
+            check_flags(kwargs)  # before any work: bad source paths, outputs that cannot be written
             return fn(c, *args, **kwargs)
         except TurboError as err:
             if isinstance(err, ConfigError) and not err.hint:  # every usage error says what to do next
@@ -79,32 +77,28 @@ def entry(fn: Callable[..., Any]) -> Callable[..., Any]:
             elif isinstance(err, UsageError) and not err.hint:
                 err.hint = f"see --help {fn.__name__.replace('_', '-')} for what each flag takes"
             raise Exit(f"error: {err}", code=err.exit_code) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C: one line saying what was left, and exit 130
+            raise Exit(interrupted_line(fn.__name__, kwargs, exc), code=EXIT_INTERRUPTED) from None
 
     return wrapper
 
 
-OUTPUT_FLAGS = {"json": "file", "markdown": "file", "out": "dir", "dest": "dir"}
+HOST_TASKS = ("deploy", "rollback")  # the tasks that change a host
 
 
-def check_output(value: str, flag: str, kind: str) -> None:
-    """``--flag value`` names a file or folder this run can write: its folder exists (or is made) and is writable."""
-    path = Path(value).expanduser()
-    folder = path if kind == "dir" else path.parent
-    name = "--" + flag.replace("_", "-")
-    if kind == "file" and path.is_dir():
-        raise UsageError(f"{name} {value}: is a folder, not a file", hint=f"give {name} a file name")
-    blocker = next((a for a in [folder, *folder.parents] if a.exists() and not a.is_dir()), None)
-    if blocker is not None:
-        raise UsageError(f"{name} {value}: {blocker} is a file, not a folder",
-                         hint=f"give {name} a path in a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{name} {value}: cannot make the folder {folder}: {exc.strerror or exc}",
-                         hint=f"give {name} a path in a writable folder") from None
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{name} {value}: the folder {folder} is not writable",
-                         hint=f"give {name} a path in a writable folder")
+def interrupted_line(name: str, kwargs: dict[str, Any], exc: KeyboardInterrupt) -> str:
+    """What a task stopped by Ctrl-C left: a host task names the state of its host (see deploy.rollback.put_back)
+    and ``invoke status`` as the next step; any other task, that it stopped where its output ends."""
+    task = name.replace("_", "-")
+    if isinstance(exc, Interrupted):
+        left, hosts = exc.left, exc.hosts
+    elif name in HOST_TASKS:  # stopped before it reached a host
+        left = "no host was changed"
+        hosts = [h.strip() for h in str(kwargs.get("host") or kwargs.get("hosts") or "").split(",") if h.strip()]
+    else:
+        return f"interrupted: {task} stopped; nothing after the last step printed was done"
+    step = "; ".join(f"invoke status --host {h}" for h in hosts[:3]) or "invoke status --host H for each host"
+    return f"interrupted: {task} stopped; {left}; next step: {step}"
 
 
 def turbo_task(**help: str) -> Callable[[Callable[..., Any]], TurboTask]:
@@ -127,12 +121,25 @@ def settings(c: Any) -> config.Settings:
     return settings_files.settings(c.config, project_dir(c))
 
 
-def specs_dir(c: Any, given: str) -> Path:
-    """``--specs``, else ``modelfiles/`` in the project, else the example specs shipped with the package."""
-    if given:
-        return Path(given)
-    local = project_dir(c) / "modelfiles"
-    return local if local.is_dir() else PACKAGED_SPECS
+INIT_STEP = "write one for your model: invoke spec-init --from MODEL (an Ollama model name or a .gguf file)"
+INIT_HINT = INIT_STEP + ", or give --specs DIR"
+
+
+def specs_dir(c: Any, given: str, examples: bool = False) -> tuple[Path | None, str]:
+    """The Modelfile specs a task uses: ``--specs DIR``, else ``modelfiles/`` in the project; the examples shipped
+    with the package only when asked (``examples``). With none: None, and why there are none."""
+    if examples:
+        if given:
+            raise UsageError("give --specs DIR or --examples, not both", hint="drop one of them")
+        return PACKAGED_SPECS, ""
+    folder = Path(given).expanduser() if given else project_dir(c) / "modelfiles"
+    if not folder.is_dir():
+        if given:
+            raise UsageError(f"--specs {given}: no such folder", hint=f"give the folder of your specs, or {INIT_STEP}")
+        return None, f"no Modelfile specs: {folder} does not exist"
+    if not any(folder.glob("*.yaml")):
+        return None, f"no Modelfile specs: {folder} has no <name>.yaml"
+    return folder, ""
 
 
 def block_table(c: Any, manifest: str | manifest_mod.Manifest | None = "", fork: str = "", fork_ref: str = "") -> Any:
@@ -141,7 +148,8 @@ def block_table(c: Any, manifest: str | manifest_mod.Manifest | None = "", fork:
     from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
 
     if manifest and fork:
-        raise UsageError("give --manifest (a build's block formats) or --fork (a fork's), not both")
+        raise UsageError("give --manifest (a build's block formats) or --fork (a fork's), not both",
+                         hint="drop one of them")
     if manifest:
         return BlockTable.from_manifest(manifest if isinstance(manifest, manifest_mod.Manifest)
                                         else manifest_mod.load(Path(manifest)))
@@ -153,6 +161,11 @@ def block_table(c: Any, manifest: str | manifest_mod.Manifest | None = "", fork:
         co = sources.open_configured(s, "fork", fork, fork_ref)
         return blocks.table_for_checkout(co)
     return BUILTIN
+
+
+def reserve(value: float) -> float:
+    """``--reserve-gib``: finite and not negative (a negative reserve would count memory the host lacks)."""
+    return number(float(value), "reserve_gib", why="a negative reserve would count memory the host does not have")
 
 
 def write_json(path: str, payload: Any) -> None:

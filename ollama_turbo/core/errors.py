@@ -8,6 +8,7 @@ Exit codes (abidiff-style bits, shared by every task):
 2     usage: bad flags or bad settings (names the key and file)
 4     review: a change a person should look at (api-check)
 8     incompatible: the fork cannot be used as it is (api-check)
+130   interrupted (Ctrl-C): one line says what was left
 ====  ==========================================================
 """
 
@@ -18,6 +19,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_REVIEW = 4
 EXIT_INCOMPATIBLE = 8
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a program Ctrl-C stopped
 
 
 class TurboError(Exception):
@@ -89,3 +91,13 @@ class ToolMissing(TurboError):
 
 class SourceError(TurboError):
     """A source tree is missing, not a git repository, lacks a ref, or is of an unknown era."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, caught where the state it leaves is known: ``left`` says what that state is, ``hosts`` the hosts
+    a person should look at next. A KeyboardInterrupt still, so no ``except Exception`` swallows it."""
+
+    def __init__(self, left: str, *, hosts: list[str] | None = None) -> None:
+        super().__init__(left)
+        self.left = left
+        self.hosts = list(hosts or [])

@@ -8,6 +8,7 @@ project root, ``INVOKE_TURBO_*`` environment variables and ``invoke -f FILE`` al
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -235,10 +236,11 @@ def parse(raw: Mapping[str, Any], origin: Origin = _no_origin, *, base: Path | N
     for name, members in v.mapping(full["groups"], "groups").items():
         key = f"groups.{name}"
         if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
-            raise v.fail(key, f"expected a list of host names, got {members!r}")
+            raise v.fail(key, f"expected a list of host names, got {members!r}", hint="e.g. fleet: [mac-1, mac-2]")
         unknown = [m for m in members if m not in hosts]
         if unknown:
-            raise v.fail(key, f"unknown host {unknown[0]!r}; configured hosts: {', '.join(sorted(hosts)) or 'none'}")
+            raise v.fail(key, f"unknown host {unknown[0]!r}; configured hosts: {', '.join(sorted(hosts)) or 'none'}",
+                         hint="add it under turbo.hosts, or take it out of the group")
         groups[str(name)] = list(members)
     return Settings(workspace=ws, sources=sources, kv=kv, build=build, hosts=hosts, groups=groups)
 
@@ -274,7 +276,8 @@ class _Validator:
             if unknown:
                 k = f"{key}.{unknown[0]}" if key else str(unknown[0])
                 raise self.fail(k, f"unknown key {unknown[0]!r}; expected one of: "
-                                   + ", ".join(sorted(allowed)))
+                                   + ", ".join(sorted(allowed)),
+                                hint="fix its spelling or remove it (README, Settings)")
         return dict(value)
 
     def string(self, value: Any, key: str, pattern: str | None = None) -> str:
@@ -388,8 +391,9 @@ class _Validator:
             raise self.fail(f"{key}.listen", f"port {listen.rsplit(':', 1)[1]} is not a TCP port (1 to 65535)")
         mem = m["memory_gib"]
         if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float))
-                                or mem <= 0):
-            raise self.fail(f"{key}.memory_gib", f"expected a positive number, got {mem!r}")
+                                or not math.isfinite(mem) or mem <= 0):
+            raise self.fail(f"{key}.memory_gib", f"expected a positive number, got {mem!r}",
+                            hint="give the host's memory in GiB, e.g. memory_gib: 36")
         ssh = m["ssh"]
         if not isinstance(ssh, str):
             raise self.fail(f"{key}.ssh", f"expected a string (user@host, an ssh alias or "
@@ -404,8 +408,9 @@ class _Validator:
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise self.fail(f"{key}.keep", f"expected a whole number >= 1 (releases to keep), got {keep!r}")
         ht = m["health_timeout"]
-        if isinstance(ht, bool) or not isinstance(ht, (int, float)) or ht <= 0:
-            raise self.fail(f"{key}.health_timeout", f"expected seconds > 0, got {ht!r}")
+        if isinstance(ht, bool) or not isinstance(ht, (int, float)) or not math.isfinite(ht) or ht <= 0:
+            raise self.fail(f"{key}.health_timeout", f"expected seconds > 0, got {ht!r}",
+                            hint="e.g. health_timeout: 60")
         return Host(
             name=name, ssh=ssh, os=os_, service=service, listen=listen,
             memory_gib=None if mem is None else float(mem),

@@ -7,6 +7,7 @@ a :class:`ConfigError` naming the file and line.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -41,11 +42,12 @@ def runtime_file(argv: Sequence[str]) -> Path | None:
     return Path(env) if env else None
 
 
-def check_file(path: Path) -> None:
+def check_file(path: Path) -> Any:
+    """The file's YAML, or a ConfigError naming the file (and line) when it cannot be read as settings."""
     if not path.exists():
         raise ConfigError(f"settings file {path} does not exist", hint="check the -f argument")
     if path.suffix not in SUFFIXES:
-        return
+        return None
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -58,16 +60,51 @@ def check_file(path: Path) -> None:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
                           hint=f"save {path} as UTF-8") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read settings file {path}: {exc}") from None
+        raise ConfigError(f"cannot read settings file {path}: {exc.strerror or exc}",
+                          hint=f"make {path} a readable file") from None
     if data is not None and not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    if isinstance(data, Mapping) and "turbo" in data and not isinstance(data["turbo"], Mapping | None):
-        raise ConfigError("expected a mapping", key="turbo", source=str(path))
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}",
+                          hint=f"put the settings under 'turbo:' in {path} (README, Settings)")
+    return data
+
+
+def check_shapes(files: Sequence[tuple[Path, Any]]) -> None:
+    """invoke merges its files, in this order, into its own defaults and ours: a section where a single value
+    stands, a single value where a section stands, or a section with nothing under it (``turbo:`` alone) would
+    end in invoke's AmbiguousMergeError. Each is named here, with its key and file."""
+    from invoke.config import Config
+
+    tree = copy.deepcopy({**Config.global_defaults(), "turbo": config.DEFAULTS, "ollama_turbo": {"project_dir": ""}})
+    for path, data in files:
+        if isinstance(data, Mapping):
+            _merge_shape(tree, data, (), path)
+
+
+def _merge_shape(base: dict[str, Any], update: Mapping[str, Any], path: tuple[str, ...], source: Path) -> None:
+    for key, value in update.items():
+        here = (*path, str(key))
+        old = base.get(key)
+        if key not in base:
+            base[key] = copy.deepcopy(value)
+        elif isinstance(old, dict) and isinstance(value, dict):
+            _merge_shape(old, value, here, source)
+        elif isinstance(old, dict) and value is None:
+            raise ConfigError("nothing under it", key=".".join(here), source=str(source), prefix="",
+                              hint=f"put its settings under it, indented, or delete the line '{key}:' in {source}")
+        elif isinstance(old, dict):
+            raise ConfigError(f"expected a mapping, got {type(value).__name__} {value!r}", key=".".join(here),
+                              source=str(source), prefix="",
+                              hint=f"put its settings under '{key}:', indented, or delete the line in {source}")
+        elif isinstance(value, dict):
+            raise ConfigError("expected a single value, got a mapping", key=".".join(here), source=str(source),
+                              prefix="", hint="give it one value (settings-show prints the current one)")
+        else:
+            base[key] = value
 
 
 def preflight(project_dir: Path, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> None:
-    for f in config_files(project_dir, argv):
-        check_file(f)
+    files = config_files(project_dir, argv)
+    check_shapes([(f, check_file(f)) for f in files])
     check_environment(os.environ if environ is None else environ)
 
 

@@ -78,6 +78,18 @@ class Checkout:
         return dest
 
 
+def local_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a local checkout, before anything is opened (None: a URL, or a checkout)."""
+    if is_url(url):
+        return None
+    path = Path(url).expanduser()
+    if not path.exists():
+        return "no such folder"
+    if not path.is_dir():
+        return "a file, not a git checkout"
+    return None if _git_dir(path) is not None else "not a git checkout (no .git)"
+
+
 def _git_dir(path: Path) -> Path | None:
     r = proc.run(["git", "-C", str(path), "rev-parse", "--absolute-git-dir"], check=False)
     return Path(r.stdout.strip()) if r.ok else None

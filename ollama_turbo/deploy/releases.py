@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from ollama_turbo.core.errors import TurboError
+from ollama_turbo.core.errors import Interrupted, TurboError
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.deploy_plan import ON_FAILURE, STEPS, DeployPlan, Intent, decide, survey
 from ollama_turbo.deploy.dists import check_platform, load_dist
@@ -28,7 +28,7 @@ from ollama_turbo.deploy.hostview import wait_version
 from ollama_turbo.deploy.lock import host_lock, lock_owner
 from ollama_turbo.deploy.models import create_models
 from ollama_turbo.deploy.record import NAME as RECORD
-from ollama_turbo.deploy.rollback import Attempt, recover, rollback_to
+from ollama_turbo.deploy.rollback import Attempt, interrupted, put_back, recover, rollback_to
 from ollama_turbo.deploy.services import Manager
 from ollama_turbo.deploy.store import (
     history,
@@ -107,6 +107,7 @@ def carry_out(intent: Intent, *, dry_run: bool = False, say: Say = print, t0: fl
             "anyone who reaches this address can create, delete and pull models (listen on 127.0.0.1 or a private "
             "address, or put a proxy with authentication in front)")
     t = connect(host.name, host.ssh)
+    attempt: Attempt | None = None
     try:
         check_platform(intent.build, host, t)
         layout = layout_of(t, host)
@@ -116,12 +117,21 @@ def carry_out(intent: Intent, *, dry_run: bool = False, say: Say = print, t0: fl
             res.seconds = time.perf_counter() - t0
             return res
         run = Run(t, mgr, say, t0, Attempt(lock_owner()))
+        attempt = run.attempt
         try:
             with host_lock(t, layout, say, run.attempt.owner, recovers=True):  # taken before any state is read
-                return apply(survey(intent, t, layout, mgr), run)
+                try:
+                    return apply(survey(intent, t, layout, mgr), run)
+                except KeyboardInterrupt:  # Ctrl-C: back on a verified release, still under the lock
+                    raise Interrupted(put_back(t, host, layout, mgr, version, run.attempt, say),
+                                      hosts=[host.name]) from None
         except TransportError as exc:
             recover(host, version, run.attempt, exc, say)
             raise  # recover raises; this is for the type checker
+    except KeyboardInterrupt as exc:  # before the lock, or a second Ctrl-C during the switch back
+        if isinstance(exc, Interrupted):
+            raise
+        raise interrupted(host, version, attempt) from None
     finally:
         with contextlib.suppress(Exception):
             t.close()

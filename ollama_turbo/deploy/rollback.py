@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ollama_turbo.core import poll
-from ollama_turbo.core.errors import TurboError
+from ollama_turbo.core.errors import Interrupted, TurboError
 from ollama_turbo.core.settings import Host, Settings
+from ollama_turbo.deploy.deploy_plan import STEPS
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.hostview import wait_version
 from ollama_turbo.deploy.lock import host_lock
@@ -41,6 +42,7 @@ class Attempt:
     old_config: str = ""
     switched: bool = False
     step: str = "connecting"
+    left: str = ""              # after Ctrl-C: what the host was left on, once that is settled
 
 
 def recover(host: Host, version: str, attempt: Attempt, exc: TransportError, say: Say) -> None:
@@ -93,6 +95,48 @@ def recover(host: Host, version: str, attempt: Attempt, exc: TransportError, say
                       hint=f"invoke status --host {host.name}; deploy again when the network is stable") from None
 
 
+def put_back(t: Transport, host: Host, layout: Layout, mgr: Manager, version: str, attempt: Attempt,
+             say: Say) -> str:
+    """Ctrl-C during a deploy, its lock still held: a host switched to the new, unverified release is switched
+    back and its previous release restarted and awaited. Returns what the host was left on."""
+    if not attempt.switched or attempt.step == STEPS["prune"]:
+        attempt.left = left_after(host, version, attempt)
+        return attempt.left
+    back = attempt.previous or "no release (its service is stopped)"
+    say(f"[{host.name}] interrupted during {attempt.step}; switching back to {back}")
+    try:
+        rollback_to(t, host, layout, mgr, attempt.previous, attempt.old_config, say)
+        if attempt.old_previous:
+            set_previous(t, layout, attempt.old_previous)
+        history(t, layout, version, "interrupted")
+    except TurboError as exc:
+        attempt.left = (f"{host.name} was switched to {version}, which is not verified, and the switch back to "
+                        f"{back} failed: {exc.message}")
+        return attempt.left
+    attempt.left = (f"{host.name} was put back on {attempt.previous}, which answers again ({version} was not "
+                    "verified)" if attempt.previous else
+                    f"{host.name} had no previous release: its service was stopped ({version} was not verified)")
+    return attempt.left
+
+
+def left_after(host: Host, version: str, attempt: Attempt | None) -> str:
+    """What a deploy stopped by Ctrl-C left on its host, from what it had done."""
+    if attempt is None or attempt.step == "connecting":
+        return f"nothing on {host.name} was changed"
+    if attempt.left:
+        return attempt.left
+    if attempt.step == STEPS["prune"]:
+        return f"{host.name} serves {version}, verified; only the pruning of old releases was cut short"
+    if attempt.switched:
+        return f"{host.name} may serve {version}, which is not verified: the switch back was interrupted"
+    kept = "; the partial upload is kept and the next deploy resumes it" if attempt.step == STEPS["upload"] else ""
+    return f"nothing was switched: {host.name} keeps the release it served{kept}"
+
+
+def interrupted(host: Host, version: str, attempt: Attempt | None) -> Interrupted:
+    return Interrupted(left_after(host, version, attempt), hosts=[host.name])
+
+
 def rollback_to(t: Transport, host: Host, layout: Layout, mgr: Manager, previous: str | None,
                  old_config: str, say: Say) -> None:
     if previous:
@@ -127,18 +171,31 @@ def rollback(settings: Settings, host: Host, to: str | None = None, say: Say = p
                               hint="pick one of those with --to")
         if dry_run:
             return {"host": host.name, "from": current, "to": target, "status": "dry-run"}
-        with host_lock(t, layout, say):
-            switch(t, layout, target, host)
-            if current and current != target:
-                set_previous(t, layout, current)
-            t_restart = time.perf_counter()
-            mgr.restart()
-            with t.forward(host.port, host.probe_host) as url:
-                ok, why = wait_version(url, target, host.health_timeout)
-            downtime = round(time.perf_counter() - t_restart, 2)
-            history(t, layout, target, "rollback" if ok else "rollback-failed")
-            if not ok:
-                raise DeployError(f"{host.name}: {target} did not come up: {why}\n{log_tail(t, layout)}")
-            return {"host": host.name, "from": current, "to": target, "status": "rolled-back", "downtime_s": downtime}
+        stage = "before"
+        try:
+            with host_lock(t, layout, say):
+                stage = "switch"
+                switch(t, layout, target, host)
+                if current and current != target:
+                    set_previous(t, layout, current)
+                stage = "restart"
+                t_restart = time.perf_counter()
+                mgr.restart()
+                with t.forward(host.port, host.probe_host) as url:
+                    ok, why = wait_version(url, target, host.health_timeout)
+                downtime = round(time.perf_counter() - t_restart, 2)
+                history(t, layout, target, "rollback" if ok else "rollback-failed")
+                if not ok:
+                    raise DeployError(f"{host.name}: {target} did not come up: {why}\n{log_tail(t, layout)}")
+                stage = "done"
+                return {"host": host.name, "from": current, "to": target, "status": "rolled-back",
+                        "downtime_s": downtime}
+        except KeyboardInterrupt:
+            left = {"before": f"nothing was switched: {host.name} keeps {current or 'no release'}",
+                    "switch": f"{host.name} may have been switched to {target}, and was not restarted",
+                    "restart": f"{host.name} was switched to {target} (verified when it was deployed), but its "
+                               "restart was not awaited",
+                    "done": f"{host.name} serves {target}"}[stage]
+            raise Interrupted(left, hosts=[host.name]) from None
     finally:
         t.close()

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ollama_turbo.core.errors import TurboError, UsageError
+from ollama_turbo.core.errors import Interrupted, TurboError, UsageError
 from ollama_turbo.core.settings import Settings
 from ollama_turbo.deploy import releases
 from ollama_turbo.deploy.deploy_plan import Intent, decide
@@ -124,6 +124,12 @@ def rollout(settings: Settings, names: list[str], dist: Path, *, batch: int = 2,
             except TurboError as exc:
                 o.result, o.error = "failed", str(exc).splitlines()[0]
                 r.stopped_at = name
+            except KeyboardInterrupt as exc:  # Ctrl-C: this host's state, the ones done, the ones not reached
+                left = exc.left if isinstance(exc, Interrupted) else f"nothing on {name} was changed"
+                done = [d.host for d in r.outcomes if d.result == "deployed"]
+                raise Interrupted(f"rolling deploy stopped at {name}: {left}"
+                                  + (f"; deployed and verified before it: {', '.join(done)}" if done else "")
+                                  + "; the hosts not reached keep their release", hosts=[name]) from None
             o.seconds = time.perf_counter() - h0
             if r.stopped_at:
                 break

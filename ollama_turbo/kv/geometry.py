@@ -10,6 +10,13 @@ from typing import Any
 from ..core.errors import UsageError
 from ..fork.cache_types import KVMemError
 
+# More than any model has: a bigger number is a typo (and would size tables of that many layers).
+MAX_LAYERS = 4096
+MAX_HEADS = 8192
+MAX_HEAD_DIM = 65536
+LIMITS = {"layers": MAX_LAYERS, "kv heads": MAX_HEADS, "heads": MAX_HEADS, "head dim": MAX_HEAD_DIM}
+NOT_A_MODEL = "check the file or numbers describe a real model (a GGUF's own metadata, or its model card)"
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -40,9 +47,11 @@ class Geometry:
     @classmethod
     def simple(cls, layers: int, kv_heads: int, head_dim: int, heads: int | None = None,
                **kw: Any) -> Geometry:
-        for what, n in (("layers", layers), ("kv heads", kv_heads), ("head dim", head_dim)):
+        for what, n in (("layers", layers), ("kv heads", kv_heads), ("head dim", head_dim), ("heads", heads or 1)):
             if n <= 0:
                 raise UsageError(f"{what} must be positive, got {n}")
+            if n > LIMITS[what]:
+                raise UsageError(f"{what}: {n} is more than {LIMITS[what]:,}, more than any model has")
         return cls(n_layer=layers, n_head_kv=(kv_heads,) * layers,
                    n_head=((heads or kv_heads),) * layers, head_dim_k=head_dim, head_dim_v=head_dim, **kw)
 
@@ -82,8 +91,14 @@ def geometry_from_metadata(kv: Mapping[str, Any], *, source: str = "model",
             return tuple(int(x) for x in value)
         raise KVMemError(f"{source}: {arch}.{what} has {value!r}, expected a number or {n_layer} numbers")
 
+    if n_layer > MAX_LAYERS:
+        raise KVMemError(f"{source}: {arch}.block_count is {n_layer:,}, more than {MAX_LAYERS:,} layers: not a model's",
+                         hint=NOT_A_MODEL)
     n_head = per_layer(heads, "attention.head_count")
     n_head_kv = per_layer(heads_kv if heads_kv is not None else heads, "attention.head_count_kv")
+    if max(n_head + n_head_kv) > MAX_HEADS:
+        raise KVMemError(f"{source}: {arch}.attention.head_count(_kv) has {max(n_head + n_head_kv):,}, more than "
+                         f"{MAX_HEADS:,} heads: not a model's", hint=NOT_A_MODEL)
     dim_k, dim_v = get("attention.key_length"), get("attention.value_length")
     if dim_k is None or dim_v is None:
         embd = get("embedding_length")
@@ -93,6 +108,9 @@ def geometry_from_metadata(kv: Mapping[str, Any], *, source: str = "model",
                              f"no {arch}.embedding_length")
         dim_k = dim_k or embd // h
         dim_v = dim_v or embd // h
+    if not 0 < int(dim_k) <= MAX_HEAD_DIM or not 0 < int(dim_v) <= MAX_HEAD_DIM:
+        raise KVMemError(f"{source}: head size {dim_k}/{dim_v} is not between 1 and {MAX_HEAD_DIM:,}",
+                         hint=NOT_A_MODEL)
     window = get("attention.sliding_window") or 0
     pattern = get("attention.sliding_window_pattern")
     swa: tuple[bool, ...] = ()

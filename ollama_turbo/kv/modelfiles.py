@@ -16,6 +16,7 @@ A spec::
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from ollama_turbo.core import templates
 from ollama_turbo.core.errors import ConfigError, TurboError
 from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import Host, Settings
+from ollama_turbo.core.sizes import MAX_TOKENS
 from ollama_turbo.fork import cache_types
 from ollama_turbo.fork.behaviour import effective
 from ollama_turbo.fork.cache_types import BUILTIN, GIB, BlockTable
@@ -93,7 +95,14 @@ def load_spec(path: Path) -> Spec:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}",
+                          hint=f"fix the syntax in {path}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
+                          hint=f"save {path} as UTF-8, or move it out of {path.parent}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}",
+                          hint=f"make it a readable file, or move it out of {path.parent}") from None
     if not isinstance(raw, dict):
         raise _err(path, "", "expected a mapping with at least 'from'")
     unknown = sorted(set(raw) - SPEC_KEYS)
@@ -135,6 +144,8 @@ def load_spec(path: Path) -> Spec:
     geometry = raw.get("geometry") or {}
     if not isinstance(geometry, dict) or set(geometry) - GEOMETRY_KEYS:
         raise _err(path, "geometry", "expected a mapping with: " + ", ".join(sorted(GEOMETRY_KEYS)))
+    for key, value in geometry.items():
+        _check_geometry(path, key, value)
     gguf = raw.get("gguf")
     for key in ("system", "template"):
         if raw.get(key) is not None and not isinstance(raw[key], str):
@@ -142,6 +153,32 @@ def load_spec(path: Path) -> Spec:
     return Spec(name=path.stem, path=path, from_=from_, num_ctx=num_ctx, kv=kv, parameters=params,
                 system=raw.get("system") or "", template=raw.get("template") or "", hosts=hosts,
                 gguf=Path(gguf).expanduser() if gguf else None, geometry=geometry)
+
+
+# the largest number each geometry key takes (more is a typo), and whether 0 is one of its values
+GEOMETRY_LIMITS: dict[str, tuple[int, bool]] = {
+    "layers": (geometry.MAX_LAYERS, False), "kv_heads": (geometry.MAX_HEADS, False),
+    "heads": (geometry.MAX_HEADS, False), "head_dim": (geometry.MAX_HEAD_DIM, False),
+    "full_attention_interval": (geometry.MAX_LAYERS, False), "context_length": (MAX_TOKENS, True),
+    "ssm_conv_kernel": (1 << 16, True), "ssm_inner_size": (1 << 24, True), "ssm_state_size": (1 << 24, True),
+    "ssm_group_count": (1 << 16, True), "weights_gib": (1 << 20, True),
+}
+
+
+def _check_geometry(path: Path, key: str, value: Any) -> None:
+    """One ``geometry:`` value: the architecture's name, or a number in its range."""
+    if key == "arch":
+        if not isinstance(value, str) or not value:
+            raise _err(path, "geometry.arch", f"expected the GGUF's architecture name (e.g. llama, qwen35), got "
+                                              f"{value!r}")
+        return
+    limit, zero = GEOMETRY_LIMITS[key]
+    kinds = (int, float) if key == "weights_gib" else (int,)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) \
+            or not (0 if zero else 1) <= value <= limit:
+        what = "a number of GiB" if key == "weights_gib" else "a whole number"
+        raise _err(path, f"geometry.{key}", f"expected {what} from {0 if zero else 1} to {limit:,}, got {value!r}",
+                   hint=f"give the model's own {key} (from its GGUF or model card)")
 
 
 def load_specs(directory: Path) -> list[Spec]:

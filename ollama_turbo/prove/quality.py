@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -53,8 +54,8 @@ class Thresholds:
                 value = float(text)
             except ValueError:
                 raise UsageError(f"{flag} {text!r} is not a number", hint=f"e.g. {flag} {default}") from None
-            if value <= 0:
-                raise UsageError(f"{flag} {text!r} must be positive")
+            if not math.isfinite(value) or value <= 0:
+                raise UsageError(f"{flag} {text!r} must be a positive number", hint=f"e.g. {flag} {default}")
             values.append(value)
         return cls(*values)
 
