@@ -13,6 +13,7 @@ import pytest
 
 from ollama_turbo import sample
 from ollama_turbo.core import gpu, manifest
+from ollama_turbo.sample.gitrepo import Repo
 
 from .conftest import invoke
 
@@ -93,8 +94,10 @@ def test_a_cuda_arch_that_is_no_architecture_is_refused(world: sample.World, tmp
 ])
 def test_bad_cuda_flags_are_refused_before_any_source_is_opened(world: sample.World, tmp_path: Path,
                                                                  args: list[str], words: str) -> None:
-    # the sources do not exist: a flag error must come first, and nothing is fetched or made
-    code, _, err = build(world, tmp_path / "ws", *args, ollama=tmp_path / "no-ollama")
+    # an empty repository as Ollama: opened, it would be no Ollama at all; a flag error comes first, nothing is made
+    empty = tmp_path / "empty-ollama"
+    Repo.init(empty).commit("nothing yet")
+    code, _, err = build(world, tmp_path / "ws", *args, ollama=empty)
     assert code == 2 and words in err, err
     assert not (tmp_path / "ws").exists()
 

@@ -214,3 +214,34 @@ def test_a_baseline_of_another_text_is_refused_before_llama_perplexity_runs(buil
     assert r.returncode == 2
     assert f"the baseline in {ws / 'q1'} was measured on another text (ollama-turbo's README" in r.stderr
     assert not (tmp_path / "q" / "llama-perplexity.log").exists()
+
+
+def test_stock_ollama_beside_the_custom_build(built: tuple[sample.World, Path, Path], tmp_path: Path) -> None:
+    """Stock's types on stock's own llama-perplexity, the fork's on the custom build's, against stock's f16."""
+    world, dist, ws = built
+    r = invoke("build-ollama", "--ollama", str(world.ollama_c), "--upstream", str(world.upstream), "--stock",
+               "--backend", "cpu", env={"INVOKE_TURBO_WORKSPACE": str(ws)})
+    assert r.returncode == 0, r.stderr
+    stock = Path(r.stdout.strip().splitlines()[-1])
+    out = tmp_path / "side"
+    r = invoke("quality", "--model", str(world.model), "--manifest", str(dist), "--stock", str(stock), "--types",
+               "q8_0,q4_0,turbo4", "--ctx", "512", "--out", str(out), env={"INVOKE_TURBO_WORKSPACE": str(ws)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "quality.json").read_text())
+    rows = {x["label"]: x for x in report["results"]}
+    assert set(rows) == {"stock q8_0", "stock q4_0", "turbo4"}
+    assert (rows["stock q8_0"]["build"], rows["turbo4"]["build"]) == ("stock", "custom")
+    assert report["stock"]["version"].startswith("0.31.0-stock+b110") and report["kv_ctx"] == 32768
+    assert rows["stock q8_0"]["kv_mib"] == 8.5 * 1024 / 1024 * 4 and rows["turbo4"]["kv_mib"] > 0
+    log = (out / "llama-perplexity.log").read_text()
+    assert f"{stock}/lib/ollama/llama-perplexity" in log and f"{dist}/lib/ollama/llama-perplexity" in log
+    md = (out / "quality.md").read_text()
+    assert "| stock q8_0 | stock | 512 |" in md and "worth their memory at ctx 512" in md
+    assert (out / "kld_vs_memory.png").stat().st_size > 1000
+    index = json.loads((ws / "quality/index.json").read_text())
+    assert "stock q8_0" in next(iter(index.values()))["configs"]
+    # the fork's types are not stock's: a stock build asked for one is refused before anything runs
+    r = invoke("quality", "--model", str(world.model), "--manifest", str(stock), "--types", "turbo4", "--ctx", "512",
+               env={"INVOKE_TURBO_WORKSPACE": str(ws)})
+    assert r.returncode == 2 and "turbo4: " in r.stderr
+    assert "has no turbo4 cache type (a stock build: it has" in r.stderr

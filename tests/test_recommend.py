@@ -79,6 +79,8 @@ changes some layers: boundary V: with turbo2 V the fork keeps V of the first 2 a
 turbo2              51.0  yes  unmeasured           -         -             -  configured turbo2, the fork changes \
 some layers: boundary V: with turbo2 V the fork keeps V of the first 2 and last 2 layers at q8_0 \
 (TURBO_LAYER_ADAPTIVE=0 disables)
+(stock Ollama's q8_0 and q4_0 are not measured for this model: invoke quality --stock STOCK_DIST tells whether \
+it needs a custom build at all)
 
 choice: q8_0 — BORDERLINE: no measured config that fits without a CPU fallback passes the quality gates; q8_0 fits \
 (95.6 MiB of the 140,185.6 MiB h200 has for the cache at 8,192 tokens), stays on the GPU (2 graph splits in the \
@@ -174,6 +176,30 @@ def test_without_a_bench_the_lowest_kld_of_those_that_pass_is_chosen() -> None:
         "(no bench given)")
     assert opts[0].reason == ("higher mean KLD than q8_0 (0.00716 against 0.00130); no bench to compare decode "
                               "speed")
+
+
+def test_stock_ollama_that_passes_needs_no_custom_build_and_turbo_says_what_it_would_buy() -> None:
+    opts = [opt("stock q8_0", kld=0.00120, dppl=0.0070, max_ctx=1_712_128),
+            opt("stock q4_0", "FAIL", 0.04810, 0.9120, max_ctx=3_226_624),
+            opt("turbo4", kld=0.00716, dppl=0.2581, max_ctx=3_425_280),
+            opt("q8_0/turbo4", kld=0.00402, dppl=0.0390, max_ctx=2_244_608)]
+    d = decide(opts, H200)
+    assert d.choice is opts[0] and d.why == (
+        "stock q8_0 fits (95.6 MiB of the 140,185.6 MiB h200 has for the cache at 8,192 tokens) and passes the "
+        "quality gates (mean KLD 0.00120, ΔPPL +0.0070 at ctx 4096): no custom build needed for this model on h200 "
+        "at 8,192 tokens; turbo4 gives 2.0x the context of stock q8_0 on this "
+        "host (3,425,280 tokens against 1,712,128) at mean KLD 0.00716, ΔPPL +0.2581 at ctx 4096")
+    assert opts[1].reason == "fails the quality gate: mean KLD 0.04810, ΔPPL +0.9120 at ctx 4096"
+    assert opts[3].reason.startswith("passes too, but needs the custom build, and stock q8_0 needs none; q8_0/turbo4 "
+                                     "gives 1.3x the context of stock q8_0")
+
+
+def test_a_custom_config_chosen_over_stock_says_it_needs_the_custom_build() -> None:
+    opts = [opt("stock q8_0", "BORDERLINE", 0.02428, 0.0412), opt("turbo4", kld=0.00716, dppl=0.2581)]
+    d = decide(opts, H200)
+    assert d.choice is opts[1] and d.why.endswith(
+        "; it needs the custom build (stock Ollama's: stock q8_0 BORDERLINE (mean KLD 0.02428, ΔPPL +0.0412 at ctx "
+        "4096) while turbo4 passes)")
 
 
 def test_a_config_that_does_not_fit_says_what_it_needs_and_the_budget() -> None:

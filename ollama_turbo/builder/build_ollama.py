@@ -27,7 +27,7 @@ from ollama_turbo.builder.llama_server import TOOLS, build_tools
 from ollama_turbo.builder.llama_server import publish as llama_publish
 from ollama_turbo.builder.options import BuildError, Options
 from ollama_turbo.builder.plan import Plan, build_platform, make_plan
-from ollama_turbo.check.carry import CARRIED, LEFT_OUT, NOT_NEEDED, Carried
+from ollama_turbo.check.carry import APPLIED, CARRIED, LEFT_OUT, NOT_NEEDED, Carried
 from ollama_turbo.core import manifest, proc, redact, rules, sources, toolchain
 from ollama_turbo.core.errors import CommandError
 from ollama_turbo.core.settings import Settings
@@ -258,8 +258,11 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
     step(f"apply {len(plan.rules)} Go rules", lambda: rules.apply_rules(ollama_dir, plan.rules))
 
     if plan.contract is not None:  # carried onto the fork by the plan, before Go or CMake ran
-        step(f"give Ollama's CMake the {len(plan.contract.carried)} compat patches as carried onto the fork",
-             lambda: carry_into(ollama_dir, plan.contract.carried if plan.contract else []))
+        carried = plan.contract.carried
+        as_is = all(c.status == APPLIED for c in carried)
+        step(f"Ollama's {len(carried)} compat patches apply as they are (its own CMake applies them)" if as_is else
+             f"give Ollama's CMake the {len(carried)} compat patches as carried onto the fork",
+             lambda: carry_into(ollama_dir, carried))
         patch_results.extend(plan.contract.patch_records())
     cache_key = hashlib.sha256("\0".join([
         plan.fork.sha, manifest.tree_hash(ollama_dir, ["llama/server", "llama/compat"]), preset,

@@ -55,6 +55,36 @@ def rename_flag_rules(renames: list[Any]) -> list[Rule]:
             f"{r.flag} {r.value}") for r in renames]
 
 
+SHIFT_SAFE_K = ("f16", "bf16", "f32")  # K types the fork's llama-server shifts without crashing (field record)
+
+
+def context_shift_rules() -> list[Rule]:
+    """Era C: Ollama runs llama-server with ``--context-shift``; the fork's crashes (SIGSEGV) shifting a quantized
+    K cache, so a runner whose K is quantized gets no context shift: a generation that reaches the end of the
+    context stops there (or a prompt too long for it is refused with Ollama's own message) instead of killing
+    the runner."""
+    safe = ", ".join(f'"{t}"' for t in SHIFT_SAFE_K)
+    helper = (f"// turboContextShiftSafe ({MARK}): the fork's llama-server crashes shifting a quantized K cache;\n"
+              "// context shift stays on where K is unquantized (a k/v pair names K first).\n"
+              "func turboContextShiftSafe(kvCacheType string) bool {\n"
+              '\tk, _, _ := strings.Cut(strings.ToLower(kvCacheType), "/")\n'
+              '\tif k == "" {\n\t\tk = strings.ToLower(os.Getenv("LLAMA_ARG_CACHE_TYPE_K"))\n\t}\n'
+              f'\treturn k == "" || slices.Contains([]string{{{safe}}}, k)\n'
+              "}\n\n")
+    return [
+        Rule(name="context-shift-helper", file="llm/llama_server.go", anchor=r"^func appendContextShiftArgs\(",
+             action="insert_before", text=helper, expect=r"^func turboContextShiftSafe\(",
+             why="says whether a runner's K cache can be shifted by the fork's llama-server"),
+        Rule(name="context-shift-quantized-k", file="llm/llama_server.go",
+             anchor=r"appendContextShiftArgs\(params, (\w+)\.opts, (\w+)\.config\.ContextShift\)", action="replace",
+             text=r"appendContextShiftArgs(params, \1.opts, \2.config.ContextShift && "
+                  r"turboContextShiftSafe(\1.kvCacheType))",
+             expect=r"ContextShift && turboContextShiftSafe\(",
+             why="no --context-shift for a quantized K cache: the fork's llama-server crashes (SIGSEGV) shifting "
+                 "one, which Ollama reports as HTTP 500 'unexpected EOF'"),
+    ]
+
+
 def era_b_rules(blocks: list[Block]) -> list[Rule]:
     names = ", ".join(f'"{b.name}"' for b in blocks)
     rules = [Rule(

@@ -224,7 +224,7 @@ def _enclosing(co: sources.Checkout) -> Callable[[str, int], str | None]:
     return find
 
 
-def _check_options(opts: Options, backend: str) -> None:
+def check_options(opts: Options, backend: str) -> None:
     """The flags that need no source: refused before any checkout is opened or fetched."""
     if (opts.part or opts.base_from) and backend != "cuda":
         raise UsageError(f"--part/--base-from split a CUDA build (the GPU backend is built where the CUDA toolkit "
@@ -245,7 +245,7 @@ def _check_options(opts: Options, backend: str) -> None:
 def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     ws = settings.workspace
     backend = opts.backend or settings.build.backend
-    _check_options(opts, backend)
+    check_options(opts, backend)
     ollama, fork, pick = ref_choice.sources_for(settings, opts, probe)
     for co in (ollama, fork):
         changed = sources.dirty(co)
@@ -303,6 +303,12 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
         skipped += go_rules.allowlists_not_needed(grep, cache_blocks)
         rule_list += (drop_flag_rules(dropped) + go_rules.rename_flag_rules(the_contract.renamed_flags)
                       + go_rules.per_model_rules(fork_types))
+        shift = go_rules.context_shift_rules()
+        if re.search(r"appendContextShiftArgs\(params", (o_dir / "llm/llama_server.go").read_text()):
+            rule_list += shift
+        else:
+            skipped += [go_rules.Outcome(r.name, r.file, "not needed", None, "this Ollama does not run llama-server "
+                                         "with --context-shift") for r in shift]
         per_model = {"supported": True, "param": go_rules.PER_MODEL_PARAM, "allowed": fork_types}
         patches = [c.patch for c in the_contract.carried]
     else:

@@ -111,10 +111,13 @@ def _expect_deployed(rec: Any, expect: Any, model: str, cache_type: str, s: Any,
                 "binary; the report sets the two side by side",
     measure_fallback="measure a config whose attention falls back to the CPU at every depth (default: the first "
                      "depth only; deeper prompts would time the CPU)",
+    stock="stock Ollama's build (build-ollama --stock): the types it has run on its own llama-server beside the "
+          "custom build's (with --llama-server), labelled 'stock <K/V>'",
 )
 def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8192",
           reps=3, n_predict=32, niah_lengths="1024,4096", niah_depths="0.1,0.5,0.9", ab_predict=128,
-          llama_server="", gguf="", ctx=0, log="", manifest="", out="", llama_bench="", measure_fallback=False):
+          llama_server="", gguf="", ctx=0, log="", manifest="", out="", llama_bench="", measure_fallback=False,
+          stock=""):
     """Measure each cache type: tok/s per depth, latency, KV memory, needle retrieval, A/B outputs."""
     from ollama_turbo.prove import bench as bench_mod
     from ollama_turbo.prove import reports
@@ -146,10 +149,20 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
             provenance["build"] = deployed.summary()
         provenance.update(host=host, parallel=s.kv.parallel)
     else:
+        if llama_server == "auto":
+            llama_server = str(tools.tool("llama-server"))
+        stock_server = None
+        if stock:
+            st = reports.Tools.of(stock)
+            if st.manifest is None or not st.manifest.stock:
+                raise UsageError(f"--stock {stock}: not a stock build",
+                                 hint="build one with invoke build-ollama --stock")
+            stock_server = targets_mod.StockServer(st.tool("llama-server"), frozenset(st.manifest.cache_types), st.env)
+            provenance["stock"] = st.provenance
         targets = targets_mod.choose(url=url, log=log, api=api, model=model, types=types,
                                      llama_server=llama_server, gguf=gguf, ctx=int(ctx), opts=opts,
                                      logs_dir=out_dir / "logs", extra_env={**s.kv.env, **tools.env},
-                                     parallel=s.kv.parallel)
+                                     parallel=s.kv.parallel, stock=stock_server)
         if llama_server:
             provenance.update(server=llama_server, host=f"{platform.node()} (here)",
                               parallel=s.kv.parallel)
@@ -192,15 +205,17 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
     json="also write the report as JSON to this file",
     threads="llama-perplexity's CPU threads (default: every core here; the KL divergence runs on the CPU)",
     gpu_layers="layers on the GPU (default: all where the build has a GPU backend, else 0)",
+    stock="stock Ollama's build (build-ollama --stock) beside the custom one: the f16 baseline and the types it has "
+          "(f16, q8_0, q4_0, their pairs) run on its own llama-perplexity, labelled 'stock <K/V>'",
 )
 def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo3,q8_0/turbo4", ctx="512,4096",
             corpus="", chunks=0, max_kld="", max_dppl="", baseline="", bench="", out="", json="", threads=0,
-            gpu_layers=-1):
+            gpu_layers=-1, stock=""):
     """What the compressed cache does to the model: KLD, top-1, ΔPPL vs f16; the pass-criteria verdicts."""
 
     from ollama_turbo.core.sizes import parse_sizes
     from ollama_turbo.fork.cache_types import parse_pairs
-    from ollama_turbo.prove import criteria, reports
+    from ollama_turbo.prove import criteria, quality_report, reports
     from ollama_turbo.prove import quality as quality_mod
 
     s = settings(c)
@@ -216,13 +231,16 @@ def quality(c, model, manifest="", llama_perplexity="", types="q8_0,turbo4,turbo
                                gpu_layers=None if int(gpu_layers) == -1 else int(gpu_layers), fork=s.kv.fork)
     if manifest:
         opts.blocks = block_table(c, tools.manifest)
+    if stock:
+        opts.stock = reports.stock_side(stock, tools.manifest, opts.pairs)
+    reports.check_types(opts.pairs, tools.manifest, opts.stock)
     out_dir = Path(out) if out else reports.quality_out(s.workspace, Path(model))
     report, rows = reports.run_quality(s.workspace, Path(model), binary, tools, opts, out_dir,
                                        corpus=Path(corpus) if corpus else None,
                                        baseline=Path(baseline) if baseline else None,
                                        bench=load_bench(bench) if bench else None,
                                        say=lambda line: print(line, flush=True))
-    print(quality_mod.markdown(report))
+    print(quality_report.markdown(report))
     print("Pass criteria:\n" + criteria.render(rows))
     write_json(json, report)
     print(out_dir)

@@ -211,9 +211,9 @@ def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="",
                  part="", base_from="", stock=False, verbose=False):
     """Build Ollama around the fork: patched, version-stamped, with a provenance manifest."""
     from ollama_turbo.builder import build_ollama as build
+    from ollama_turbo.builder.plan import check_options
 
     s = settings(c)
-    flags.check_configured_sources(s, {"ollama": ollama, "fork": fork})
     if backend and backend not in config.BACKENDS:
         raise ConfigError(f"--backend {backend!r} is not one of: {', '.join(config.BACKENDS)}",
                           hint="e.g. --backend cuda on a Linux GPU box, --backend metal on a Mac")
@@ -224,6 +224,8 @@ def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="",
     if stock and (fork or fork_ref or leave_out or placements or skip_verify):
         raise UsageError("--stock builds the llama.cpp Ollama pins: --fork, --fork-ref, --leave-out, --placements and "
                          "--skip-verify are for builds with the fork", hint="drop them, or drop --stock")
+    check_options(opts, backend or s.build.backend)  # the flags first, then the sources they name
+    flags.check_configured_sources(s, {"ollama": ollama, **({"upstream": upstream} if stock else {"fork": fork})})
     r = build.run(s, opts)
     print(r.render())
     write_json(json, r.to_json())

@@ -146,8 +146,10 @@ class Manifest:
         return verify(self.dist, self.files)
 
     def tool_path(self, name: str) -> Path:
-        """Where the build keeps one of its tools (``build_flags.tool_paths``; builds from before it: ``tools/``)."""
-        return self.dist / self.tool_paths.get(name, f"tools/{name}")
+        """Where the build keeps one of its tools (``build_flags.tool_paths``; builds from before it: ``tools/``);
+        llama-server is where Ollama runs it from."""
+        default = "lib/ollama/llama-server" if name == "llama-server" else f"tools/{name}"
+        return self.dist / self.tool_paths.get(name, default)
 
     def tool_env(self) -> dict[str, str]:
         """The environment the build's tools (llama-perplexity, llama-bench) need to run on its GPU backend, as

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 UNMEASURED = "unmeasured"
 FALLBACK_PREFIX = "CPU fallback: "
+STOCK = "stock "  # the label of a config run by stock Ollama's build
 
 
 @dataclass
@@ -39,6 +40,12 @@ class Option:
     on_gpu: str | None = None        # what showed it staying on the GPU there (graph splits), when known
     note: str = ""                   # what the fork changes of this config on this model; "" when nothing
     reason: str = ""                 # why it was chosen, or the first step of the rule it fails
+    max_ctx: int | None = None       # the longest context its cache fits on the host (planner), for comparisons
+
+    @property
+    def stock(self) -> bool:
+        """A config of stock Ollama (its own build, no fork): chosen, it needs no custom build."""
+        return self.config.startswith(STOCK)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,8 @@ def _measured(viable: list[Option], measured: list[Option], s: Situation) -> Dec
     tier = passing or [o for o in measured if o.quality == "BORDERLINE"]
     if not tier:
         return _none_allowed(viable, s)
+    if passing and any(o.stock for o in passing):  # stock Ollama does it: no custom build needed
+        tier = [o for o in passing if o.stock]
     timed = [o for o in tier if o.decode_tps is not None]
     best = max(timed, key=lambda o: o.decode_tps or 0.0) if timed else min(tier, key=lambda o: o.kld or 0.0)
     for o in tier:
@@ -135,6 +144,11 @@ def _measured(viable: list[Option], measured: list[Option], s: Situation) -> Dec
         for o in measured:
             if o.quality == "BORDERLINE":
                 o.reason = f"BORDERLINE ({gate_numbers(o)}) while {best.config} passes"
+        if best.stock:
+            for o in passing:
+                if not o.stock:
+                    o.reason = f"passes too, but needs the custom build, and {best.config} needs none" + \
+                        _more_context(o, best)
     clauses = [f"fits ({_fits(best, s)})"] + ([f"stays on the GPU ({best.on_gpu})"] if best.on_gpu else [])
     clauses.append(f"passes the quality gates ({gate_numbers(best)})" if passing else
                    f"is within twice the quality gates ({gate_numbers(best)})")
@@ -143,11 +157,28 @@ def _measured(viable: list[Option], measured: list[Option], s: Situation) -> Dec
     elif len(tier) > 1:
         clauses.append("has the lowest mean KLD (no bench given)")
     best.reason = _and(clauses)
+    if passing and best.stock:
+        more = [o for o in passing if not o.stock and (o.max_ctx or 0) > (best.max_ctx or 0)]
+        extra = f"; {_more_context(max(more, key=lambda o: o.max_ctx or 0), best).lstrip('; ')}" if more else ""
+        return Decision(best, f"{best.config} {best.reason}: no custom build needed for this model on {s.host} "
+                              f"at {s.ctx:,} tokens{extra}", measured=True)
     if passing:
-        return Decision(best, best.reason, measured=True)
+        stock_said = [o for o in measured if o.stock]
+        needs = ("; it needs the custom build (stock Ollama's: " + "; ".join(f"{o.config} {o.reason}"
+                                                                             for o in stock_said) + ")"
+                 if stock_said else "")
+        return Decision(best, best.reason + needs, measured=True)
     untried = f"; not measured yet: {', '.join(o.config for o in unmeasured)}" if unmeasured else ""
     return Decision(best, "BORDERLINE: no measured config that fits without a CPU fallback passes the quality gates; "
                           f"{best.config} {best.reason}{untried}", measured=True)
+
+
+def _more_context(o: Option, than: Option) -> str:
+    """What a config buys over another: its longest context on the host against the other's."""
+    if not (o.max_ctx and than.max_ctx) or o.max_ctx <= than.max_ctx:
+        return ""
+    return (f"; {o.config} gives {o.max_ctx / than.max_ctx:.1f}x the context of {than.config} on this host "
+            f"({o.max_ctx:,} tokens against {than.max_ctx:,}) at {gate_numbers(o)}")
 
 
 def _guided(viable: list[Option], s: Situation) -> Decision:

@@ -16,7 +16,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.core.manifest import sha256
 from ollama_turbo.fork.behaviour import ForkBehaviour
 from ollama_turbo.fork.cache_types import BUILTIN, BlockTable, label
-from ollama_turbo.prove import offload
+from ollama_turbo.prove import offload, quality_report, server_log
 from ollama_turbo.prove.server_log import kv_lines
 from ollama_turbo.prove.smoke import cache_type_from_log
 
@@ -64,6 +64,24 @@ def grade(value: float, limit: float) -> str:
     return "PASS" if value <= limit else "BORDERLINE" if value <= 2 * limit else "FAIL"
 
 
+@dataclass(frozen=True)
+class Stock:
+    """Stock Ollama's build, measured beside the custom one: the f16 baseline and every config of the types it
+    has run on its own llama-perplexity (labelled ``stock <K/V>``); the fork's types on the custom build's."""
+
+    binary: Path
+    types: frozenset[str]
+    env: dict[str, str] = field(default_factory=dict)
+    backend: str = ""
+    version: str = ""
+
+    def takes(self, pair: tuple[str, str]) -> bool:
+        return pair[0] in self.types and pair[1] in self.types
+
+
+STOCK = "stock "  # the label of a config measured on stock Ollama's build
+
+
 @dataclass
 class Options:
     pairs: list[tuple[str, str]]
@@ -77,6 +95,7 @@ class Options:
     backend: str = ""  # the build's backend (its manifest), when known
     env: dict[str, str] = field(default_factory=dict)  # the build's tool environment (its GPU backend)
     fork: ForkBehaviour = field(default_factory=ForkBehaviour)  # what the fork does to a K/V pair, for the check
+    stock: Stock | None = None  # stock Ollama's build beside the custom one: its types measured with its own tools
 
     def resolved_threads(self) -> int:
         """``--threads``, else the CPUs this process may run on (a container's, not the host's)."""
@@ -171,6 +190,24 @@ def _run(binary: Path, model: Path, corpus: Path, ctx: int, base: Path, pair: tu
     return text
 
 
+def _kv_at_context(model: Path, rows: list[dict[str, Any]], opts: Options) -> int | None:
+    """Each row's KV MiB at the model's own trained context (the planner's, for the build's block formats), so the
+    report can set memory against damage; None where the model's geometry cannot be read."""
+    from ollama_turbo.kv.geometry import geometry_from_gguf
+    from ollama_turbo.kv.memory import estimate
+
+    try:
+        geo = geometry_from_gguf(model)
+        ctx = geo.n_ctx_train or 0
+        if not ctx:
+            return None
+        for r in rows:
+            r["kv_mib"] = round(estimate(geo, ctx, r["type_k"], r["type_v"], blocks=opts.blocks, fb=opts.fork).mib, 2)
+    except (TurboError, OSError, ValueError):
+        return None
+    return ctx
+
+
 def ran_with(text: str, pair: tuple[str, str], fork: ForkBehaviour) -> str:
     """What cache llama-perplexity really ran for ``pair``, from its own output; a pass that ran another K/V than
     its label is a :class:`QualityError` naming both (its numbers would be filed under the wrong config)."""
@@ -225,8 +262,10 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
             raise UsageError(f"corpus file not found: {corpus}")
         corpus_name = str(corpus)
     model_sha, binary_sha, corpus_sha = sha256(model), sha256(binary), sha256(corpus)
+    stock = opts.stock
     if baseline is not None:
-        check_baseline(baseline, model_sha, binary_sha, corpus_sha)
+        check_baseline(baseline, model_sha, sha256(stock.binary) if stock else binary_sha, corpus_sha)
+    stock_opts = replace(opts, env=stock.env, backend=stock.backend) if stock else opts
     log = out / "llama-perplexity.log"
     rows: list[dict[str, Any]] = []
     tokens = 0  # the corpus, as llama-perplexity counted it (when it says)
@@ -239,9 +278,11 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
     def timed(ctx: int, base: Path, pair: tuple[str, str] | None) -> str:
         nonlocal done
         t0 = time.perf_counter()
-        text = _run(binary, model, corpus_path, ctx, base, pair, opts, log)
+        on_stock = stock is not None and (pair is None or stock.takes(pair))
+        text = _run(stock.binary if stock and on_stock else binary, model, corpus_path, ctx, base, pair,
+                    stock_opts if on_stock else opts, log)
         done += 1
-        what = label(*pair) if pair else "f16 baseline"
+        what = (STOCK if on_stock else "") + (label(*pair) if pair else "f16 baseline")
         say(f"  [{done}/{passes}] {what} at ctx {ctx}: {time.perf_counter() - t0:.1f} s")
         return text
 
@@ -263,12 +304,18 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
             bits = (opts.blocks.get(pair[0]).bits_per_value + opts.blocks.get(pair[1]).bits_per_value) / 2
             v_kld = grade(stats["kld"], opts.thresholds.max_kld)
             v_dppl = grade(max(stats["dppl"], 0.0), opts.thresholds.max_dppl)
-            rows.append({"label": label(*pair), "type_k": pair[0], "type_v": pair[1], "ctx": ctx,
+            on_stock = stock is not None and stock.takes(pair)
+            rows.append({"label": (STOCK if on_stock else "") + label(*pair), "type_k": pair[0], "type_v": pair[1],
+                         "build": "stock" if on_stock else "custom", "ctx": ctx,
                          "bits_per_value": bits, **stats, "verdict_kld": v_kld, "verdict_dppl": v_dppl,
                          "verdict": worst(v_kld, v_dppl), **where.to_json(), "cache": cache,
-                         "cpu_fallback": offload.fallback(where, reference)})
+                         "rotation": server_log.rotation(text), "cpu_fallback": offload.fallback(where, reference)})
+    kv_ctx = _kv_at_context(model, rows, opts)
     report = {
         "model": {"path": str(model), "name": model.name, "sha256": model_sha},
+        **({"kv_ctx": kv_ctx} if kv_ctx else {}),
+        **({"stock": {"version": stock.version, "llama_perplexity": str(stock.binary),
+                      "llama_perplexity_sha256": sha256(stock.binary)}} if stock else {}),
         "build": {"llama_perplexity": str(binary), "llama_perplexity_sha256": binary_sha, **(provenance or {})},
         "corpus": {"name": corpus_name, "path": str(corpus), "tokens": tokens or None,
                    "evaluated_tokens": {str(k): v for k, v in evaluated.items()},
@@ -280,8 +327,7 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
                 "passes": passes, "seconds": round(time.perf_counter() - t_start, 2)},
     }
     (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "quality.md").write_text(markdown(report))
-    plot(report, out / "kld_vs_bits.png")
+    quality_report.write(report, out)
     return report
 
 
@@ -290,57 +336,6 @@ ORDER = ["PASS", "BORDERLINE", "FAIL"]
 
 def worst(*verdicts: str) -> str:
     return max(verdicts, key=ORDER.index)
-
-
-def markdown(report: dict[str, Any]) -> str:
-    c, t = report["corpus"], report["thresholds"]
-    lines = ["# ollama-turbo quality", "",
-             f"model `{report['model']['name']}`; corpus {c['name']} ("
-             + (f"{c['tokens']:,} tokens; " if c.get("tokens") else "")
-             + "evaluated: " + ", ".join(f"{n:,} tokens at ctx {k}" for k, n in c["evaluated_tokens"].items())
-             + "); baseline: the f16 "
-             f"cache of the same build; gates: mean KLD <= {t['max_kld']}, PPL increase <= {t['max_dppl']} "
-             "(up to twice: BORDERLINE)", ""]
-    run = report.get("run")
-    if run:
-        layers = "llama.cpp's default GPU offload" if run["gpu_layers"] is None else \
-            f"{run['gpu_layers']} layers on the GPU"
-        lines += [f"llama-perplexity: {run['threads']} threads, {layers}"
-                  + (f" ({run['gpu_backend']})" if run.get("gpu_backend") else "")
-                  + f"; {run['passes']} passes in {run['seconds']:.1f} s", ""]
-    lines += [
-             "| K/V | ctx | bits/value | mean KLD | 99% KLD | top-1 agreement | PPL | ΔPPL | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in report["results"]:
-        lines.append(f"| {r['label']} | {r['ctx']} | {r['bits_per_value']:.3g} | {r['kld']:.5f} ± {r['kld_err']:.5f} | "
-                     f"{r['kld_p99']:.5f} | {100 * r['top1']:.2f} % | {r['ppl']:.4f} | "
-                     f"{r['dppl']:+.4f} ± {r['dppl_err']:.4f} | {r['verdict']} |")
-    lines += [f"\n**{r['label']} at ctx {r['ctx']}: {r['cpu_fallback']}**" for r in report["results"]
-              if r.get("cpu_fallback")]
-    lines += ["", "![mean KLD by bits per value](kld_vs_bits.png)", ""]
-    return "\n".join(lines)
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for ctx in report["contexts"]:
-        rows = [r for r in report["results"] if r["ctx"] == ctx]
-        ax.scatter([r["bits_per_value"] for r in rows], [r["kld"] for r in rows], label=f"ctx {ctx}")
-        for r in rows:
-            ax.annotate(r["label"], (r["bits_per_value"], r["kld"]), fontsize=7)
-    ax.axhline(report["thresholds"]["max_kld"], color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("bits per value (mean of K and V)")
-    ax.set_ylabel("mean KL divergence vs f16 cache")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def record(workspace: Path, report: dict[str, Any], report_path: Path) -> Path:
@@ -386,8 +381,10 @@ def model_sha256(workspace: Path, model: Path) -> str:
     return str(cache[key])
 
 
-def verdict_for(workspace: Path, model_sha: str, pair: tuple[str, str]) -> dict[str, Any] | None:
-    """The recorded quality verdict of this model with this K/V config, or None when unmeasured."""
+def verdict_for(workspace: Path, model_sha: str, pair: tuple[str, str], *, stock: bool = False
+                ) -> dict[str, Any] | None:
+    """The recorded quality verdict of this model with this K/V config (on stock Ollama's build, ``stock``), or
+    None when unmeasured."""
     index_path = workspace / "quality" / INDEX
     if not index_path.is_file():
         return None
@@ -395,5 +392,5 @@ def verdict_for(workspace: Path, model_sha: str, pair: tuple[str, str]) -> dict[
         index = json.loads(index_path.read_text())
     except ValueError:
         return None
-    entry = index.get(model_sha, {}).get("configs", {}).get(label(*pair))
+    entry = index.get(model_sha, {}).get("configs", {}).get((STOCK if stock else "") + label(*pair))
     return dict(entry) if entry else None

@@ -21,10 +21,12 @@ from ollama_turbo.kv import memory
 from ollama_turbo.kv.geometry import geometry_from_gguf, read_gguf_metadata
 from ollama_turbo.kv.plan import DEFAULT_RESERVE_GIB, Budget
 from ollama_turbo.prove import offload, quality
-from ollama_turbo.prove.choose import UNMEASURED, Option, Situation, decide
+from ollama_turbo.prove.choose import STOCK, UNMEASURED, Option, Situation, decide
 
 CANDIDATES = [("q8_0", "q8_0"), ("q8_0", "turbo4"), ("q8_0", "turbo3"), ("turbo4", "turbo4"), ("turbo3", "turbo3"),
               ("q4_0", "q4_0"), ("q8_0", "turbo2"), ("turbo2", "turbo2")]
+# stock Ollama's own configs (its build, llama.cpp as Ollama pins it, which rotates quantized caches)
+STOCK_CANDIDATES = [("q8_0", "q8_0"), ("q4_0", "q4_0")]
 # the field's order for a model nothing has been measured on: K protected with q8_0, or not
 GUIDANCE_PROTECT_K = [("q8_0", "turbo4"), ("q8_0", "turbo3"), ("q8_0", "q8_0")]
 GUIDANCE = [("turbo4", "turbo4"), ("q8_0", "turbo4"), ("q8_0", "q8_0")]
@@ -45,11 +47,18 @@ class Recommendation:
     measured: bool
     options: list[Option] = field(default_factory=list)
     next_step: str = ""  # with no choice: what to do about its reason
+    stock_measured: bool = True  # stock Ollama's configs of this model were measured (else they are not offered)
 
     def lines(self) -> list[str]:
         """The settings lines to use."""
         if self.choice is None:
             return []
+        if self.choice.startswith(STOCK):
+            kv = self.choice.removeprefix(STOCK)
+            k, _, v = kv.partition("/")
+            return ["# stock Ollama (its own release, or build-ollama --stock, deployed), for every model on the host:",
+                    f"OLLAMA_KV_CACHE_TYPE={k}" if not v or v == k else
+                    f"LLAMA_ARG_CACHE_TYPE_K={k} LLAMA_ARG_CACHE_TYPE_V={v}"]
         k, _, v = self.choice.partition("/")
         v = v or k
         return ["# this model's own cache, in its Modelfile (a build with per-model cache types):",
@@ -69,6 +78,9 @@ class Recommendation:
             dec = f"{o.decode_tps:.1f}" if o.decode_tps is not None else "-"
             out.append(f"{o.config:<14}{o.kv_mib:>10,.1f}  {'yes' if o.fits else 'no':<5}{o.quality:<12}{kld:>10}"
                        f"{dppl:>10}{dec:>14}  {o.note}".rstrip())
+        if not self.stock_measured:
+            out.append("(stock Ollama's q8_0 and q4_0 are not measured for this model: invoke quality --stock "
+                       "STOCK_DIST tells whether it needs a custom build at all)")
         if self.choice is None:
             return "\n".join(out)
         out += ["", f"choice: {self.choice} — {self.why}", "", "not chosen:"]
@@ -82,7 +94,8 @@ class Recommendation:
 def _bench_result(bench: dict[str, Any] | None, config: str) -> dict[str, Any] | None:
     """A bench's result for this config, by the one K/V label of its types."""
     for r in (bench or {}).get("results", []):
-        if (label(r["type_k"], r["type_v"]) if "type_k" in r and "type_v" in r else r["label"]) == config:
+        stock = STOCK if str(r.get("label", "")).startswith(STOCK) else ""
+        if (stock + label(r["type_k"], r["type_v"]) if "type_k" in r and "type_v" in r else r["label"]) == config:
             return dict(r)
     return None
 
@@ -128,10 +141,12 @@ def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: di
     budget = Budget(host, h.memory_gib, geo.weights_bytes, reserve_gib)
     model_sha = quality.model_sha256(settings.workspace, model)
     options = []
-    for pair in CANDIDATES:
-        config = label(*pair)
+    measured_stock = any(quality.verdict_for(settings.workspace, model_sha, p, stock=True) for p in STOCK_CANDIDATES)
+    stock_pairs = STOCK_CANDIDATES if measured_stock else []
+    for pair, stock in [*((p, True) for p in stock_pairs), *((p, False) for p in CANDIDATES)]:
+        config = (STOCK if stock else "") + label(*pair)
         est = memory.estimate(geo, ctx, pair[0], pair[1], fb, blocks=blocks)
-        v = quality.verdict_for(settings.workspace, model_sha, pair)
+        v = quality.verdict_for(settings.workspace, model_sha, pair, stock=stock)
         result = _bench_result(bench, config)
         fell, source, on_gpu = _gpu_evidence(result, v, v is not None and v.get("backend") == "cuda"
                                              and h.os == "linux")
@@ -140,7 +155,8 @@ def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: di
             config, est.mib, est.memory_bytes <= budget.kv_bytes, v["verdict"] if v else UNMEASURED,
             v.get("kld") if v else None, v.get("dppl") if v else None, v.get("ctx") if v else None,
             decode[0] if decode else None, decode[1] if decode else None, fell, source, on_gpu,
-            effective(pair[0], pair[1], n_layer=geo.n_layer, gqa_ratio=geo.gqa_ratio, fb=fb).explain()))
+            effective(pair[0], pair[1], n_layer=geo.n_layer, gqa_ratio=geo.gqa_ratio, fb=fb).explain(),
+            max_ctx=memory.max_context(geo, budget.kv_bytes, pair[0], pair[1], fb, blocks=blocks, limit=1 << 24)))
     meta = read_gguf_metadata(model)
     ftype = str(meta.get("general.file_type", ""))
     low_bit = any(x in model.name.upper() for x in LOW_BIT_WEIGHTS) or ftype in LOW_BIT_FILE_TYPES
@@ -150,4 +166,4 @@ def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: di
     d = decide(options, Situation(str(model), host, ctx, budget.kv_bytes / MIB,
                                   tuple(label(*p) for p in guidance), ", ".join(traits)))
     return Recommendation(model.name, host, ctx, d.choice.config if d.choice else None, d.why, d.measured, options,
-                          d.next_step)
+                          d.next_step, stock_measured=measured_stock)

@@ -87,6 +87,40 @@ def run_quality(workspace: Path, model: Path, binary: Path, tools: Tools, opts: 
     return report, rows
 
 
+def stock_side(dist: str, custom: Manifest | None, pairs: list[tuple[str, str]]) -> quality.Stock:
+    """Stock Ollama's build for a side-by-side quality run: a build of ``build-ollama --stock`` whose llama.cpp is the
+    pin of the custom build's Ollama (another pin is said, not refused: stock moves with Ollama)."""
+    tools = Tools.of(dist)
+    m = tools.manifest
+    assert m is not None
+    if not m.stock:
+        raise UsageError(f"--stock {dist}: {m.version} is not a stock build (its manifest says flavor "
+                         f"{m.data.get('flavor', 'custom')!r})", hint="build one with invoke build-ollama --stock")
+    if custom is not None and custom.stock:
+        raise UsageError(f"--manifest {custom.path}: a stock build; the custom build goes there, stock in --stock")
+    pin, mine = m.data.get("pinned", {}).get("tag"), (custom.data.get("pinned", {}).get("tag") if custom else None)
+    if custom is not None and pin != mine:
+        print(f"NOTE: stock {m.version} builds llama.cpp {pin}, the custom build's Ollama pins {mine}: stock Ollama "
+              "of another release (recorded in the report)")
+    return quality.Stock(tools.tool("llama-perplexity"), frozenset(m.cache_types), tools.env, tools.backend,
+                         m.version)
+
+
+def check_types(pairs: list[tuple[str, str]], build: Manifest | None, stock: quality.Stock | None) -> None:
+    """Every config is one the build that measures it has (stock's types on stock, the rest on the custom build):
+    refused before llama-perplexity runs, naming the types each build has."""
+    for p in pairs:
+        if stock is not None and stock.takes(p):
+            continue
+        if build is not None and build.cache_types and not all(t in build.cache_types for t in p):
+            missing = next(t for t in p if t not in build.cache_types)
+            raise UsageError(f"{label(*p)}: {build.version} has no {missing} cache type "
+                             f"({'a stock build: ' if build.stock else ''}it has {', '.join(build.cache_types)})"
+                             + (f"; stock {stock.version} has {', '.join(sorted(stock.types))}" if stock else ""),
+                             hint="measure the fork's types with the custom build (--manifest) and stock's with "
+                                  "--stock")
+
+
 def quality_out(workspace: Path, model: Path) -> Path:
     """Where a quality run writes by default: ``<workspace>/quality/<model>-<timestamp>``."""
     import datetime

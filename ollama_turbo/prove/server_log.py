@@ -54,6 +54,14 @@ def kv_lines(log: str) -> list[KVLine]:
             for m, c, n, k, km, v, vm in KV_LINE.findall(log)]
 
 
+def rotation(log: str) -> dict[str, bool] | None:
+    """Whether llama.cpp rotated K and V (its Hadamard transform of a quantized cache), as its own
+    ``attn_rot_k = N`` / ``attn_rot_v = N`` lines say (the last of each); None where it does not say."""
+    k = re.findall(r"attn_rot_k = (\d)", log)
+    v = re.findall(r"attn_rot_v = (\d)", log)
+    return {"k": k[-1] == "1", "v": v[-1] == "1"} if k and v else None
+
+
 def _numbers(log: str, key: str) -> list[int] | None:
     """The last ``print_info: <key> = N`` (or ``= [a, b, ...]`` when layers differ) of a llama.cpp log."""
     found = re.findall(rf"print_info: {key} += +(\[[\d, ]*\]|\d+)", log)

@@ -7,6 +7,7 @@ import functools
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -32,15 +33,18 @@ def pairs_for(types: str) -> list[tuple[str, str]]:
 
 
 def choose(*, url: str, log: str, api: str, model: str, types: str, llama_server: str, gguf: str, ctx: int,
-           opts: Options, logs_dir: Path, extra_env: dict[str, str], parallel: int = 1
-           ) -> list[tuple[Endpoint, Starter]]:
+           opts: Options, logs_dir: Path, extra_env: dict[str, str], parallel: int = 1,
+           stock: StockServer | None = None) -> list[tuple[Endpoint, Starter]]:
     """Servers for ``bench``: started here (``--llama-server``) or already running (``--url``)."""
     if llama_server:
         if not gguf:
             raise UsageError("--llama-server needs --gguf MODEL")
         size = ctx or max([*opts.depths, *opts.niah_lengths, 0]) + 1024
         return local_llama_server(Path(llama_server), Path(gguf), pairs_for(types), ctx=size, logs=logs_dir,
-                                  extra_env=extra_env, parallel=parallel)
+                                  extra_env=extra_env, parallel=parallel, stock=stock)
+    if stock is not None:
+        raise UsageError("--stock runs stock Ollama's llama-server here beside the custom build's: it goes with "
+                         "--llama-server (e.g. --llama-server auto --manifest DIST --stock STOCK_DIST)")
     if url:
         urls = parse_urls(url)
         logs = {k: Path(v) for k, v in (parse_urls(log) if log else {}).items()}
@@ -80,15 +84,29 @@ def _fixed(ep: Endpoint) -> Starter:
     return start
 
 
+@dataclass(frozen=True)
+class StockServer:
+    """Stock Ollama's llama-server beside the custom build's: the types it has run on it, labelled ``stock <K/V>``."""
+
+    binary: Path
+    types: frozenset[str]
+    env: dict[str, str]
+
+
 def local_llama_server(binary: Path, gguf: Path, pairs: list[tuple[str, str]], *, ctx: int, logs: Path,
-                       extra_env: dict[str, str] | None = None, parallel: int = 1) -> list[tuple[Endpoint, Starter]]:
-    """Start ``binary`` once per cache type, on 127.0.0.1, and stop it after that type's bench."""
+                       extra_env: dict[str, str] | None = None, parallel: int = 1,
+                       stock: StockServer | None = None) -> list[tuple[Endpoint, Starter]]:
+    """Start ``binary`` once per cache type, on 127.0.0.1, and stop it after that type's bench; with ``stock``,
+    the types stock Ollama's build has start its own llama-server instead."""
     out: list[tuple[Endpoint, Starter]] = []
     for k, v in pairs:
-        lab = label(k, v)
-        log = logs / f"llama-server-{lab.replace('/', '-')}.log"
+        on_stock = stock is not None and k in stock.types and v in stock.types
+        lab = ("stock " if on_stock else "") + label(k, v)
+        log = logs / f"llama-server-{lab.replace('/', '-').replace(' ', '-')}.log"
         ep = Endpoint(lab, k, v, "", "llama-server", gguf.name, file_reader(log))
-        out.append((ep, functools.partial(_spawn, binary, gguf, ep, ctx, log, extra_env or {}, parallel)))
+        env = {**(extra_env or {}), **(stock.env if stock and on_stock else {})}
+        server = stock.binary if stock and on_stock else binary
+        out.append((ep, functools.partial(_spawn, server, gguf, ep, ctx, log, env, parallel)))
     return out
 
 
