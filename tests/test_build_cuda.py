@@ -109,7 +109,9 @@ def test_cuda_for_an_era_b_ollama_is_refused_with_the_reason(world: sample.World
 
 
 def test_parts_belong_to_cuda_builds_only(world: sample.World, tmp_path: Path) -> None:
-    r = invoke("build-ollama", "--ollama", str(tmp_path / "no-ollama"), "--fork", str(world.fork), "--backend", "cpu",
+    empty = tmp_path / "empty-ollama"  # opened, it would be no Ollama: the flag is refused first
+    Repo.init(empty).commit("nothing yet")
+    r = invoke("build-ollama", "--ollama", str(empty), "--fork", str(world.fork), "--backend", "cpu",
                "--part", "base", env={"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")})
     assert r.returncode == 2 and "a cpu build is built in one piece" in r.stderr  # before the sources are opened
 

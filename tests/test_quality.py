@@ -59,8 +59,9 @@ def test_quality_measures_kld_top1_and_dppl_against_the_f16_cache(measured: dict
     assert measured["corpus"]["name"] == "ollama-turbo's README (its documentation)"
     assert measured["corpus"]["tokens"] > 2 * 1024 and measured["corpus"]["evaluated_tokens"]["1024"] > 0
     md = (out / "quality.md").read_text()
-    assert "| K/V | ctx | bits/value | mean KLD |" in md and "## Pass criteria" in md
-    assert (out / "kld_vs_bits.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| K/V | build | ctx | bits/value | KV MiB at 32,768 | mean KLD |" in md and "## Pass criteria" in md
+    assert "| turbo4 | custom | 512 | 4.25 | 34.0 |" in md  # the sample model's heads pad to 128: as q8_0
+    assert (out / "kld_vs_memory.png").read_bytes()[:4] == b"\x89PNG"
     index = json.loads((ws / "quality/index.json").read_text())
     entry = next(iter(index.values()))
     assert entry["configs"]["turbo2"]["verdict"] == "FAIL" and entry["configs"]["turbo4"]["verdict"] == "PASS"

@@ -23,7 +23,7 @@ from typing import Any
 from ollama_turbo import __version__
 from ollama_turbo.builder import era_c as build_era_c
 from ollama_turbo.builder import go_modules, gpu_part, machine
-from ollama_turbo.builder.llama_server import TOOLS, build_tools
+from ollama_turbo.builder.llama_server import TOOLS, TOOLS_KEY, build_tools
 from ollama_turbo.builder.llama_server import publish as llama_publish
 from ollama_turbo.builder.options import BuildError, Options
 from ollama_turbo.builder.plan import Plan, build_platform, make_plan
@@ -266,7 +266,7 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
         patch_results.extend(plan.contract.patch_records())
     cache_key = hashlib.sha256("\0".join([
         plan.fork.sha, manifest.tree_hash(ollama_dir, ["llama/server", "llama/compat"]), preset,
-        str(toolchain.cmake_version()), "tools: " + " ".join(TOOLS), *[a["define"] for a in plan.adaptations],
+        str(toolchain.cmake_version()), TOOLS_KEY, *[a["define"] for a in plan.adaptations],
         *plan.targets]).encode()).hexdigest()[:16]
     cached = settings.workspace / "cache" / "llama-server" / cache_key
     tools: dict[str, str] = {}  # llama-perplexity: built from the same fork and flags, for invoke quality
@@ -294,8 +294,9 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
     shutil.copytree(cached / "lib", stage / "lib")
     # the tools sit beside llama-server: they link the same shared libraries, found through $ORIGIN
     for tool in (cached / "tools").glob("*") if (cached / "tools").is_dir() else []:
-        shutil.copy2(tool, stage / "lib" / "ollama" / tool.name)
-        tool_paths[tool.name] = f"lib/ollama/{tool.name}"
+        shutil.copy2(tool, stage / "lib" / "ollama" / tool.name)  # a tool, or a library of its own
+        if tool.name in TOOLS:
+            tool_paths[tool.name] = f"lib/ollama/{tool.name}"
     if (cached / "tools.json").is_file():
         tools.update(json.loads((cached / "tools.json").read_text()))
     step(f"go build ollama {plan.version}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def compiler_cache(base: Path) -> tuple[list[str], dict[str, str]]:
 
 # built from the same sources and flags as llama-server: for invoke quality, and bench's llama-bench column
 TOOLS = ("llama-perplexity", "llama-bench")
+TOOLS_KEY = "tools with their own libraries: " + " ".join(TOOLS)  # what the llama-server cache holds of them
+SHARED = re.compile(r"\.(so(\.\d+)*|dylib)$")
 
 
 def build_tools(build_dir: Path, dest: Path, *, log: Path) -> dict[str, str]:
@@ -70,6 +73,9 @@ def build_tools(build_dir: Path, dest: Path, *, log: Path) -> dict[str, str]:
         if found:
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copy2(found[0], dest / tool)
+            # newer llama.cpp builds a tool as a thin program over a library of its own (libllama-bench-impl.so)
+            for lib in sorted(p for p in build_dir.rglob(f"lib{tool}*") if p.is_file() and SHARED.search(p.name)):
+                shutil.copy2(lib, dest / lib.name)
             outcome[tool] = "built"
         else:
             outcome[tool] = f"not built (exit {r.returncode}; see {log})"

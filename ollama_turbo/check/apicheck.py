@@ -344,8 +344,11 @@ def render(r: Report, markdown: bool = False) -> str:
     lines.append("")
     if r.era == sources.ERA_C:
         lines.append(h("llama-server flags Ollama passes (llm/llama_server.go)"))
+        renamed = {c.symbol for c in r.changes if c.kind == "flag_renamed"}
         for fl in r.flags:
-            state = "ok" if fl.in_fork else ("MISSING" if fl.always else "missing")
+            state = "ok" if fl.in_fork else ("passed by the fork's older name (Go rule)" if fl.name in renamed else
+                                              "MISSING: dropped by the build (Go rule)" if fl.always else
+                                              "missing: fails when its condition holds")
             lines.append(f"  {fl.name:<18} {'always' if fl.always else 'conditional':<12} {state}")
         ct = r.cache_types
         lines.append("")

@@ -243,7 +243,7 @@ def check_baseline(previous: Path, model_sha: str, binary_sha: str, corpus_sha: 
 def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | None = None,
         baseline: Path | None = None, provenance: dict[str, Any] | None = None,
         say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Measure every config at every context; write quality.json, quality.md and kld_vs_bits.png.
+    """Measure every config at every context; write quality.json, quality.md and kld_vs_memory.png.
 
     ``say`` hears one line per pass (the f16 baseline and each config) with its time."""
     if not binary.is_file():

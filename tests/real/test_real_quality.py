@@ -31,7 +31,7 @@ def test_real_quality_q8_0_beats_q4_0_and_recommend_uses_it(real_llama_server: P
     assert by["q8_0"]["kld"] < by["q4_0"]["kld"]
     assert 0 < by["q8_0"]["top1"] <= 1 and 0 < by["q4_0"]["top1"] <= 1
     assert report["corpus"]["evaluated_tokens"]["512"] == 6 * 512
-    for name in ("quality.json", "quality.md", "kld_vs_bits.png", "llama-perplexity.log"):
+    for name in ("quality.json", "quality.md", "kld_vs_memory.png", "llama-perplexity.log"):
         assert (out / name).is_file()
     bench(f"quality, real llama-perplexity, SmolLM2 (f16 + q8_0 + q4_0, -c 512, 6 chunks): {seconds:.1f} s; "
           + "; ".join(f"{k}: mean KLD {x['kld']:.5f}, 99% {x['kld_p99']:.4f}, top-1 {100 * x['top1']:.1f} %, "
