@@ -20,6 +20,7 @@ from ollama_turbo.core import manifest, proc
 from ollama_turbo.sample.gitrepo import Repo
 
 from .conftest import bench, invoke, serving
+from .test_build_cuda import fake_nvcc
 
 pytestmark = pytest.mark.sample
 
@@ -170,3 +171,22 @@ def test_with_no_ref_the_newest_release_the_fork_takes_is_built(world: sample.Wo
                         "--ollama-ref or turbo.sources.ollama.ref named)")
     assert first[1].startswith("  passed over v0.32.0: llama/compat/0002-llama-cpp-hooks.patch: hunk 1")
     assert "0.31.0-turbo+" in r.stdout
+
+
+def test_the_gpu_half_of_a_two_part_build_configures_with_the_carried_patches(world: sample.World,
+                                                                              tmp_path: Path) -> None:
+    # both halves run Ollama's CMake, which applies the compat patches: the second half must hand it the carried
+    # ones too, or its configure stops at Ollama's own patch (which does not apply to the fork)
+    rules = rules_file(world, tmp_path / "rules.yaml")
+    env = {"INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws"), "INVOKE_TURBO_SOURCES_UPSTREAM_URL": str(world.upstream),
+           "PATH": fake_nvcc(tmp_path)}
+    common = ("build-ollama", "--ollama", str(world.ollama_c), "--fork", str(world.fork), "--backend", "cuda",
+              "--cuda-arch", "90", "--placements", str(rules), "--leave-out", "nova")
+    r = invoke(*common, "--part", "base", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    part = next((tmp_path / "ws" / "parts").iterdir())
+    r = invoke(*common, "--base-from", str(part), env=env)
+    assert "give Ollama's CMake the" in r.stdout and "compat patches as carried onto the fork" in r.stdout
+    assert "does not apply" not in r.stdout + r.stderr
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "ws" / "logs").glob("*.log"))
+    assert "patch does not apply" not in logs

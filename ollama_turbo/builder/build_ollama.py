@@ -140,6 +140,8 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         parts["base"] = {"built_on": platform.node(), "machine": here, "built_at": _now(), "ran": BASE_RAN}
     gpu: dict[str, Any] | None = None
     if plan.backend == "cuda" and not opts.part:
+        if base is not None:  # this half configures Ollama's CMake too: it applies the patches as carried
+            _give_cmake_carried(plan, ollama_dir, step)
         gpu = _build_gpu(plan, settings, work, ollama_dir, stage, log, step)
         parts["gpu"] = {"built_on": platform.node(), "machine": here, "built_at": _now(),
                         "ran": f"the CUDA backend (cmake preset {plan.preset}, sm_{plan.cuda_arch})"}
@@ -257,12 +259,8 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
     preset = gpu_part.BASE_PRESET if plan.backend == "cuda" else plan.preset  # a GPU build's base: Ollama's CPU
     step(f"apply {len(plan.rules)} Go rules", lambda: rules.apply_rules(ollama_dir, plan.rules))
 
-    if plan.contract is not None:  # carried onto the fork by the plan, before Go or CMake ran
-        carried = plan.contract.carried
-        as_is = all(c.status == APPLIED for c in carried)
-        step(f"Ollama's {len(carried)} compat patches apply as they are (its own CMake applies them)" if as_is else
-             f"give Ollama's CMake the {len(carried)} compat patches as carried onto the fork",
-             lambda: carry_into(ollama_dir, carried))
+    _give_cmake_carried(plan, ollama_dir, step)
+    if plan.contract is not None:
         patch_results.extend(plan.contract.patch_records())
     cache_key = hashlib.sha256("\0".join([
         plan.fork.sha, manifest.tree_hash(ollama_dir, ["llama/server", "llama/compat"]), preset,
@@ -304,6 +302,18 @@ def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage
                                       extra_env=go_env))
     return {"cmake_preset": preset, "fetchcontent_source_dir": "scratch copy of the fork",
             "llama_server_cache_key": cache_key, "tools": tools, "tool_paths": tool_paths}
+
+
+def _give_cmake_carried(plan: Plan, ollama_dir: Path, step: _Steps) -> None:
+    """Ollama's compat folder as the fork needs it, before any of Ollama's CMake runs (each half of a two-part
+    build configures it): the patches as the plan carried them onto the fork."""
+    if plan.contract is None:
+        return
+    carried = plan.contract.carried
+    as_is = all(c.status == APPLIED for c in carried)
+    step(f"Ollama's {len(carried)} compat patches apply as they are (its own CMake applies them)" if as_is else
+         f"give Ollama's CMake the {len(carried)} compat patches as carried onto the fork",
+         lambda: carry_into(ollama_dir, carried))
 
 
 def carry_into(ollama_dir: Path, carried: list[Carried]) -> None:
