@@ -105,6 +105,11 @@ def test_the_compatibility_record_merges_and_renders(tmp_path: Path) -> None:
             "1 rule); 003-laguna.patch: left out: models of architecture laguna are not supported by this "
             "build | 8 applied, 26 not needed | turbo4: PASS |") in md
     assert "refused: 001-llama-cpp-hooks.patch: tools/mtmd/clip.cpp" in md
+    # refused before, built now: the row keeps nothing of the refusal
+    compat.record(path, {"ollama": "v0.31.0", "fork": "69d8e4be4", "backend": "cpu",
+                         "build": {"status": "built", "run_seconds": 30.0}})
+    assert json.loads(path.read_text())[1]["build"] == {"status": "built", "run_seconds": 30.0}
+    assert "clip.cpp" not in path.with_suffix(".md").read_text()
     with pytest.raises(UsageError, match="missing: backend"):
         compat.merge([], {"ollama": "x", "fork": "y"})
     (tmp_path / "bad.json").write_text("{not json")

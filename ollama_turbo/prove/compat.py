@@ -31,7 +31,8 @@ def load(path: Path) -> list[dict[str, Any]]:
 
 
 def merge(rows: list[dict[str, Any]], facts: dict[str, Any]) -> list[dict[str, Any]]:
-    """``rows`` with ``facts`` added to the row of the same key (created if new); nested dicts are merged."""
+    """``rows`` with ``facts`` added to the row of the same key (created if new); nested dicts are merged, unless
+    their ``status`` changed (a release refused before and built now keeps nothing of the refusal)."""
     missing = [k for k in KEY if not facts.get(k)]
     if missing:
         raise UsageError(f"a compatibility fact needs {', '.join(KEY)}; missing: {', '.join(missing)}")
@@ -41,8 +42,9 @@ def merge(rows: list[dict[str, Any]], facts: dict[str, Any]) -> list[dict[str, A
         row = {k: facts[k] for k in KEY}
         out.append(row)
     for k, v in facts.items():
-        if isinstance(v, dict) and isinstance(row.get(k), dict):
-            row[k] = {**row[k], **v}
+        old = row.get(k)
+        if isinstance(v, dict) and isinstance(old, dict) and v.get("status", old.get("status")) == old.get("status"):
+            row[k] = {**old, **v}  # more facts about the same outcome; a new outcome replaces the old one's
         else:
             row[k] = v
     row.setdefault("date", dt.date.today().isoformat())
