@@ -2,9 +2,9 @@
 assembled from the tasks in ``ollama_turbo.commands``.
 
 Thin by rule: a task parses its flags, calls one function of the package, prints the result
-and maps :class:`TurboError` to its exit code. Settings come from invoke's configuration
-(``invoke.yaml`` in the project directory, ``INVOKE_TURBO_*``, ``-f FILE``), checked before
-invoke reads them so a malformed file is a one-line error, not a traceback.
+and maps :class:`TurboError` to its exit code. Settings (``invoke.yaml`` in the project directory,
+``INVOKE_TURBO_*``, ``-f FILE``) are read by the toolkit itself (:mod:`ollama_turbo.core.settings_layers`);
+the files are checked before invoke reads them too, so a malformed one is a one-line error, not a traceback.
 """
 
 from __future__ import annotations
