@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from ollama_turbo.cli import namespace, preflight
+from ollama_turbo.core.settings_files import runtime_file
 
 ROOT = Path(__file__).resolve().parent
 
 preflight(ROOT, sys.argv)
-ns = namespace(ROOT)
+ns = namespace(ROOT, runtime_file(sys.argv))

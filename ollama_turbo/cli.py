@@ -2,9 +2,9 @@
 assembled from the tasks in ``ollama_turbo.commands``.
 
 Thin by rule: a task parses its flags, calls one function of the package, prints the result
-and maps :class:`TurboError` to its exit code. Settings come from invoke's configuration
-(``invoke.yaml`` in the project directory, ``INVOKE_TURBO_*``, ``-f FILE``), checked before
-invoke reads them so a malformed file is a one-line error, not a traceback.
+and maps :class:`TurboError` to its exit code. Settings (``invoke.yaml`` in the project directory,
+``INVOKE_TURBO_*``, ``-f FILE``) are read by the toolkit itself (:mod:`ollama_turbo.core.settings_layers`);
+the files are checked before invoke reads them too, so a malformed one is a one-line error, not a traceback.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ class TurboProgram(Program):
             self.no_tasks_given()
 
     def update_config(self, merge: bool = True) -> None:
-        self.config.load_overrides({}, merge=False)
         runtime = self.args.config.value or os.environ.get("INVOKE_RUNTIME_CONFIG")
+        self.config.load_overrides({"ollama_turbo": {"settings_file": runtime or ""}}, merge=False)
         self.config.set_runtime_path(Path(runtime) if runtime else None)
         self.config.load_runtime(merge=False)
         if merge:
@@ -164,11 +164,13 @@ class TurboProgram(Program):
 adopt_parse_errors(TurboProgram)
 
 
-def namespace(project: Path | None = None) -> Collection:
-    """The task collection; ``project`` is where settings and specs are read (default: the current directory)."""
+def namespace(project: Path | None = None, settings_file: Path | None = None) -> Collection:
+    """The task collection; ``project`` is where settings and specs are read (default: the current directory),
+    ``settings_file`` the ``-f`` file (the ``ollama-turbo`` program sets it when it parses its flags)."""
     ns = Collection(sample, demo, settings_show, plan, modelfiles, spec_init, api_check, verify_fork, upstream_tree,
                     build_ollama, smoke, bench, quality, recommend, deploy, rollback, status, compat_record)
-    ns.configure({"turbo": config.DEFAULTS, "ollama_turbo": {"project_dir": str(project) if project else ""}})
+    ns.configure({"turbo": config.DEFAULTS, "ollama_turbo": {"project_dir": str(project) if project else "",
+                                                             "settings_file": str(settings_file or "")}})
     return ns
 
 

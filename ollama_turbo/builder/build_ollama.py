@@ -7,6 +7,7 @@ part, parts/<version>/).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -28,7 +29,7 @@ from ollama_turbo.builder.llama_server import publish as llama_publish
 from ollama_turbo.builder.options import BuildError, Options
 from ollama_turbo.builder.plan import Plan, build_platform, make_plan
 from ollama_turbo.check.carry import APPLIED, CARRIED, LEFT_OUT, NOT_NEEDED, Carried
-from ollama_turbo.core import manifest, proc, redact, rules, sources, toolchain
+from ollama_turbo.core import build_record, manifest, proc, redact, rules, toolchain
 from ollama_turbo.core.errors import CommandError
 from ollama_turbo.core.settings import Settings
 
@@ -72,7 +73,7 @@ class Result:
             "version": p.version, "era": p.era, "flavor": "stock" if p.stock else "custom", "backend": p.backend,
             "dist": str(self.dist),
             "rules": [o.to_json() for o in p.outcomes], "per_model_kv": p.per_model_kv,
-            "patches": p.contract.patch_records() if p.contract and p.era == "C" else p.patches,
+            "patches": p.contract.patch_records() if p.contract and p.era.rules.carries_patches else p.patches,
             "merge_base": p.contract.upstream if p.contract else "",
             "carry_seconds": p.contract.carry_seconds if p.contract else 0.0,
             "dropped_flags": p.dropped_flags, "adaptations": p.adaptations, "commands": p.commands,
@@ -133,7 +134,7 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         n_mods = len(go_modules.required((ollama_dir / "go.mod").read_text()))
         step(f"download the {n_mods} Go modules Ollama requires (GOPROXY, vendor/ or the module cache)",
              lambda: go_modules.download(ollama_dir, extra_env=opts.go_env, log=log))
-        if plan.era == sources.ERA_C:
+        if plan.era.rules.cmake_presets:  # llama.cpp built by Ollama's CMake, beside the Go binary
             extra = _build_c(plan, settings, work, ollama_dir, stage, log, step, patch_results, opts.go_env)
         else:
             extra = _build_b(plan, work, ollama_dir, stage, log, step, patch_results, opts.go_env)
@@ -147,41 +148,42 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
                         "ran": f"the CUDA backend (cmake preset {plan.preset}, sm_{plan.cuda_arch})"}
         if base is not None and machine.same(here, parts["base"]["machine"]):
             parts["gpu"]["same_machine_as_base"] = True
-    data = {
-        "version": plan.version, "era": plan.era, "flavor": "stock" if plan.stock else "custom",
-        "ollama": {"url": plan.ollama.url, "ref": plan.ollama.ref, "sha": plan.ollama.sha,
-                   "version": plan.info.version},
-        "fork": {"url": plan.fork.url, "ref": plan.fork.ref, "sha": plan.fork.sha},
-        "pinned": ({"tag": plan.info.pin, "merge_base": plan.contract.upstream if plan.contract else ""}
-                   if plan.era == "C" else {"fetch_head": plan.info.pin}),
-        "backend": plan.backend, "preset": plan.preset if plan.era == "C" else None,
-        "platform": build_platform(), "identity": plan.identity,
-        "kv": {"type_k": settings.kv.type_k, "type_v": settings.kv.type_v,
-               "flash_attention": settings.kv.flash_attention, "env": redact.env(settings.kv.env)},
-        "cache_types": {b.name: {"ggml_type": b.ggml_type, "block": b.block, "bytes": b.size}
-                        for b in plan.all_blocks},
-        "rules": [o.to_json() for o in plan.outcomes],
-        "per_model_kv": plan.per_model_kv,
-        "patches": patch_results,
-        "dropped_flags": plan.dropped_flags,
-        "adaptations": plan.adaptations,
-        "verify_fork": plan.verify,
-        "toolchain": tools,
-        "build_flags": {"ldflags": build_era_c.ldflags(plan.version), **extra},
-        "inputs_key": plan.key, "ollama_turbo": __version__,
-        "built_at": _now(),
-    }
+    record = build_record.BuildRecord(
+        version=plan.version, era=plan.era, flavor="stock" if plan.stock else "custom",
+        ollama=build_record.SourceRef(plan.ollama.url, plan.ollama.ref, plan.ollama.sha, plan.info.version),
+        fork=build_record.SourceRef(plan.fork.url, plan.fork.ref, plan.fork.sha),
+        pinned=plan.era.pin_record(plan.info.pin, plan.contract.upstream if plan.contract else ""),
+        backend=plan.backend, preset=plan.preset if plan.era.rules.cmake_presets else None,
+        platform=build_platform(), identity=plan.identity,
+        planned_kv=build_record.PlannedKV(settings.kv.type_k, settings.kv.type_v, settings.kv.flash_attention,
+                                          redact.env(settings.kv.env)),
+        cache_types={b.name: build_record.CacheType(b.block, b.size, b.ggml_type) for b in plan.all_blocks},
+        rules=[o.to_json() for o in plan.outcomes], per_model_kv=_per_model(plan.per_model_kv),
+        patches=patch_results, dropped_flags=plan.dropped_flags, adaptations=plan.adaptations,
+        verify_fork=plan.verify, toolchain=tools,
+        build_flags={"ldflags": build_era_c.ldflags(plan.version), **extra},
+        inputs_key=plan.key, ollama_turbo=__version__, built_at=_now())
     if plan.backend == "cuda":
-        data.update(cuda_arch=plan.cuda_arch, parts=parts, gpu=gpu)
+        record = dataclasses.replace(record, cuda_arch=plan.cuda_arch, parts=parts, gpu=_gpu(gpu))
     if opts.part:  # a base part: recorded beside its files, completed into a dist by --base-from
-        data = redact.tree({**data, "part": "base", "built_on": platform.node(), "machine": here,
+        data = redact.tree({**record.to_json(), "part": "base", "built_on": platform.node(), "machine": here,
                             "files": manifest.file_sums(stage)})
         gpu_part.write_part(stage, data)
         _publish(stage, plan.dist, work)
         return Result("base-part", plan, plan.dist, data, time.perf_counter() - t0, log)
-    manifest.write(stage, redact.tree(data))  # the manifest travels to every host: no credentials in it
+    manifest.write(stage, record)  # the manifest travels to every host: no credentials in it
     _publish(stage, plan.dist, work)
     return Result("built", plan, plan.dist, manifest.load(plan.dist).data, time.perf_counter() - t0, log)
+
+
+def _per_model(pm: dict[str, Any]) -> build_record.PerModelKV:
+    allowed = pm.get("allowed")
+    return build_record.PerModelKV(bool(pm.get("supported")), tuple(allowed) if allowed is not None else None,
+                                   str(pm.get("why_not") or ""), str(pm.get("param") or ""))
+
+
+def _gpu(g: dict[str, Any] | None) -> build_record.GPU | None:
+    return build_record.GPU(**{k: str(v) for k, v in g.items()}) if g else None
 
 
 def _publish(stage: Path, dest: Path, work: Path) -> None:
@@ -242,7 +244,7 @@ def _toolchain(plan: Plan, *, go: bool = True, cuda: bool = False) -> dict[str, 
         tools["go"] = str(toolchain.require_go(toolchain.go_mod_version(go_mod)))
     if cuda:  # the plan read it (and refused a build without nvcc)
         tools["nvcc"] = plan.cuda_toolkit
-    if plan.era == sources.ERA_C:
+    if plan.era.rules.cmake_presets:
         tools["cmake"] = str(toolchain.require_cmake("3.24"))
     else:
         toolchain.require("make")

@@ -18,13 +18,13 @@ from typing import Any
 
 from ollama_turbo import __version__
 from ollama_turbo.builder import era_c as build_era_c
-from ollama_turbo.builder import go_rules, gpu_part, ref_choice
-from ollama_turbo.builder.go_rules import drop_flag_rules, era_b_rules, kv_bytes_rules
+from ollama_turbo.builder import go_rules, gpu_part, ref_choice, rule_families
 from ollama_turbo.builder.options import PROBE_PATHS, BuildError, Options
 from ollama_turbo.builder.ref_choice import pinned_upstream
 from ollama_turbo.check import carry_report, carry_rules, fork_contract, verify_fork
 from ollama_turbo.check.carry import Upstream
 from ollama_turbo.core import gpu, proc, rules, sources
+from ollama_turbo.core.era import Era
 from ollama_turbo.core.errors import SourceError, ToolMissing, UsageError
 from ollama_turbo.core.settings import CUDA_ARCH_EXAMPLES, CUDA_ARCH_PATTERN, Settings
 from ollama_turbo.fork import blocks
@@ -37,7 +37,7 @@ Say = Callable[[str], None]
 class Plan:
     version: str
     identity: str  # sha256 of what makes this build differ from another (build_identity)
-    era: str
+    era: Era
     backend: str
     preset: str
     ollama: sources.Checkout
@@ -69,9 +69,9 @@ class Plan:
             f"era {self.era}",
             (f"llama    {self.fork.url} @ {self.fork.ref} ({self.fork.sha[:12]}): stock, the llama.cpp Ollama pins"
              if self.stock else f"fork     {self.fork.url} @ {self.fork.ref} ({self.fork.sha[:12]})"),
-            f"pinned   llama.cpp {self.info.pin if self.era == 'C' else 'FETCH_HEAD ' + self.info.pin[:12]} "
+            f"pinned   llama.cpp {self.era.pin_text(self.info.pin)} "
             + ("(built as pinned: no fork, no rules of ours)" if self.stock else "(replaced by the fork)"),
-            f"backend  {self.backend}" + (f" (cmake preset {self.preset})" if self.era == "C" else "")
+            f"backend  {self.backend}" + (f" (cmake preset {self.preset})" if self.era.rules.cmake_presets else "")
             + (f", for sm_{self.cuda_arch}" if self.cuda_arch else ""),
             f"version  {self.version} (identity {self.identity[:12]}: Ollama and fork commits, backend, "
             f"preset, {build_platform()['os']}/{build_platform()['arch']}, rules)",
@@ -94,7 +94,7 @@ class Plan:
 
 
     def _render_patches(self) -> list[str]:
-        if self.contract is None or self.era != "C":
+        if self.contract is None or not self.era.rules.carries_patches:
             return (["patches applied by Ollama's own mechanism:", *[f"  {p}" for p in self.patches]]
                     if self.patches else ["patches: none"])
         c = self.contract
@@ -150,7 +150,7 @@ def _cuda_arch(given: str, notes: list[str] | None) -> str:
     return ""
 
 
-def _check_backend(backend: str, era: str, notes: list[str] | None = None) -> tuple[str, str]:
+def _check_backend(backend: str, era: Era, notes: list[str] | None = None) -> tuple[str, str]:
     """The CMake preset for ``backend`` here, and for CUDA the toolkit's version line (nvcc's last, "" where
     nvcc is absent). With ``notes`` (a dry run, or a base part, which builds no GPU code) what only the native
     build needs (macOS, nvcc) becomes a note in the plan instead of an error."""
@@ -168,8 +168,8 @@ def _check_backend(backend: str, era: str, notes: list[str] | None = None) -> tu
                              "on the OS and CPU it was built on",
                              hint="build on the GPU box, or --part base on a Linux machine of the box's CPU "
                                   "architecture")
-        if era == sources.ERA_B:
-            raise UsageError("--backend cuda: this Ollama is era B (it builds llama.cpp into its own binary "
+        if not era.rules.cuda:
+            raise UsageError(f"--backend cuda: this Ollama is era {era} (it builds llama.cpp into its own binary "
                              "through cgo, with CUDA runners that its Makefile builds outside our build); "
                              "CUDA builds of the custom Ollama need an era C Ollama (v0.30.0 or later), where "
                              "llama-server is built with Ollama's CMake CUDA preset",
@@ -284,39 +284,25 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
         if opts.stock else _verify(f_dir, fork, opts)
     all_blocks = list(blocks.derive(f_dir, fork_types).values())  # recorded: plans for this build use them
     cache_blocks = [b for b in all_blocks if b.name in new]
-    dropped: list[str] = []
+    era = info.era
     adaptations: list[dict[str, str]] = []
-    grep = _grep(ollama)
-    skipped: list[go_rules.Outcome] = []
+    patches = the_contract.patch_names()
     per_model: dict[str, Any] = {"supported": False, "param": go_rules.PER_MODEL_PARAM}
     if opts.stock:  # Ollama as its own release builds it: no rules of ours, its own patches
-        rule_list = []
+        dropped: list[str] = []
+        rule_list: list[rules.Rule] = []
+        skipped: list[go_rules.Outcome] = []
         per_model["why_not"] = ("a stock build: Ollama's own cache handling, one type for the host "
                                 "(OLLAMA_KV_CACHE_TYPE; LLAMA_ARG_CACHE_TYPE_K/V in its environment split K and V)")
-        patches = [c.patch for c in the_contract.carried]
-    elif info.era == sources.ERA_C:
-        dropped = the_contract.dropped_flags
-        kv_rules = kv_bytes_rules(cache_blocks)
-        needed, why_not = go_rules.kv_bytes_needed(grep, _enclosing(ollama))
-        rule_list = kv_rules if needed else []
-        skipped += [] if needed else [go_rules.Outcome(r.name, r.file, "not needed", None, why_not) for r in kv_rules]
-        skipped += go_rules.allowlists_not_needed(grep, cache_blocks)
-        rule_list += (drop_flag_rules(dropped) + go_rules.rename_flag_rules(the_contract.renamed_flags)
-                      + go_rules.per_model_rules(fork_types))
-        shift = go_rules.context_shift_rules()
-        if re.search(r"appendContextShiftArgs\(params", (o_dir / "llm/llama_server.go").read_text()):
-            rule_list += shift
-        else:
-            skipped += [go_rules.Outcome(r.name, r.file, "not needed", None, "this Ollama does not run llama-server "
-                                         "with --context-shift") for r in shift]
-        per_model = {"supported": True, "param": go_rules.PER_MODEL_PARAM, "allowed": fork_types}
-        patches = [c.patch for c in the_contract.carried]
     else:
-        rule_list = kv_bytes_rules(cache_blocks) + era_b_rules(cache_blocks)
-        per_model["why_not"] = ("era B runs llama.cpp inside Ollama through cgo, with one cache type per process; "
-                                "a cache type per model needs an era C Ollama (v0.30.0 or later)")
-        patches = sorted(str(p.relative_to(o_dir)) for p in (o_dir / "llama/patches").glob("*.patch"))
-    if info.era == sources.ERA_C and fork.exists("tools/server/CMakeLists.txt"):
+        dropped = the_contract.dropped_flags
+        server_go = o_dir / "llm/llama_server.go"
+        rule_list, skipped = rule_families.make(rule_families.Context(
+            era, the_contract, cache_blocks, _grep(ollama), _enclosing(ollama),
+            server_go.read_text() if era.rules.server_argv and server_go.is_file() else ""))
+        per_model = {"supported": True, "param": go_rules.PER_MODEL_PARAM, "allowed": fork_types} \
+            if era.rules.per_model_kv else {**per_model, "why_not": era.rules.per_model_why_not}
+    if era.rules.cmake_presets and fork.exists("tools/server/CMakeLists.txt"):
         adaptations = build_era_c.fork_cmake_adaptations(fork.read("tools/server/CMakeLists.txt"))
     # every rule must apply now, so a moved anchor is found before anything is built; where it applies is
     # recorded (file:line of the anchor in Ollama's own source)
@@ -351,32 +337,22 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     server_cmake = o_dir / "llama/server/CMakeLists.txt"
     if server_cmake.is_file():
         plan.targets = build_era_c.install_targets(server_cmake.read_text(errors="replace"))
-    if info.era == sources.ERA_C:
-        base_preset = gpu_part.BASE_PRESET if backend == "cuda" else preset
-        base = [
-            "go mod download (through GOPROXY, vendor/ or the module cache; before any CMake work)",
-            f"cmake -S llama/server -B <build> --preset {base_preset} -DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP=<fork copy>"
-            + "".join(f" {a['define']}" for a in adaptations),
-            f"cmake --build <build> --target {' '.join(plan.targets)}",
-            "cmake --install <build> --component llama-server",
-            f'go build -trimpath -ldflags "{ld}" -o bin/ollama .']
+    base = era.build_steps(fork_git=str(fork.git_dir), fork_sha=fork.sha, ldflags=ld,
+                           preset=gpu_part.BASE_PRESET if backend == "cuda" else preset,
+                           defines="".join(f" {a['define']}" for a in adaptations), targets=" ".join(plan.targets))
+    if backend == "cuda":  # only an era that builds CUDA gets here (_check_backend)
         gpu = [
             f"cmake -S llama/server -B <build-gpu> --preset {preset} "
             f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch or '<arch>'} -DFETCHCONTENT_SOURCE_DIR_LLAMA_CPP=<fork copy>"
             + "".join(f" {a['define']}" for a in adaptations),
             "cmake --build <build-gpu> --target ggml-cuda",
             f"cmake --install <build-gpu> --component llama-server   # lib/ollama/{gpu_part.runner_dir(preset)}/"]
-        if backend != "cuda":
-            plan.commands = base
-        elif opts.part:
+        if opts.part:
             plan.commands = [*base, f"# then, on the GPU box: --base-from <parts/{version}>"]
         elif opts.base_from:
             plan.commands = [f"# base part from {opts.base_from} (Go binary, llama-server, tools)", *gpu]
         else:
             plan.commands = [*base, *gpu]
     else:
-        plan.commands = [
-            "go mod download (through GOPROXY, vendor/ or the module cache)",
-            f"make -f Makefile.sync UPSTREAM={fork.git_dir} FETCH_HEAD={fork.sha} clean apply-patches sync",
-            f'go build -trimpath -ldflags "{ld}" -o bin/ollama .']
+        plan.commands = base
     return plan

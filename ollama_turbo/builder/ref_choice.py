@@ -91,7 +91,7 @@ def sources_for(settings: Settings, opts: Options, probe: Path) -> tuple[sources
             pick = [f"Ollama {ref}: the newest release (stock builds take any)"]
         ollama = sources.open_configured(settings, "ollama", opts.ollama, ref)
         info = sources.detect(ollama)
-        if info.era != sources.ERA_C:
+        if not info.era.rules.stock:
             raise UsageError(f"--stock builds an era C Ollama (v0.30.0 or later); {ollama.ref} is era {info.era}",
                              hint="name an era C release with --ollama-ref")
         up = opts.upstream or settings.sources.upstream.url

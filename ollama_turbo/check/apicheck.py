@@ -27,12 +27,12 @@ from ollama_turbo.check import carry as carry_mod
 from ollama_turbo.check.apidiff import COMPATIBLE, INCOMPATIBLE, REVIEW, Change
 from ollama_turbo.check.placement import PlacementRule
 from ollama_turbo.core import capi, sources
+from ollama_turbo.core.era import Era
 from ollama_turbo.core.errors import EXIT_INCOMPATIBLE, EXIT_OK, EXIT_REVIEW, ConfigError, SourceError, TurboError
 from ollama_turbo.core.settings import Settings
 from ollama_turbo.fork import sources as fork_sources
 
 PERSISTED_ENUMS = {"ggml_type", "llama_ftype"}
-ERA_B_INCLUDES = ["llama/llama.cpp/include", "ml/backend/ggml/ggml/include"]
 
 
 @dataclass
@@ -89,7 +89,7 @@ class CarryOptions:
 
 @dataclass
 class Report:
-    era: str
+    era: Era
     ollama: dict[str, str]
     fork: dict[str, str]
     pinned: dict[str, str]
@@ -145,7 +145,7 @@ def _enum_of(c: Change, model: capi.HeaderModel) -> str | None:
     return None
 
 
-def assess(changes: list[Change], era: str, refs: dict[str, list[str]], old: capi.HeaderModel,
+def assess(changes: list[Change], era: Era, refs: dict[str, list[str]], old: capi.HeaderModel,
            new: capi.HeaderModel) -> None:
     """Set ``used_by_ollama`` and ``counts_as`` on C API changes."""
     for c in changes:
@@ -154,14 +154,14 @@ def assess(changes: list[Change], era: str, refs: dict[str, list[str]], old: cap
         if enum and not c.kind.endswith("_added"):
             names.add(enum)
         uses = sorted({u for n in names for u in refs.get(n, [])})
-        c.used_by_ollama = bool(uses) if era == sources.ERA_B else False
+        c.used_by_ollama = bool(uses) if era.rules.links_c_api else False
         c.uses = uses[:5]
         counts = c.severity
         if c.severity == INCOMPATIBLE:
             persisted = enum in PERSISTED_ENUMS and c.kind.startswith("enum")
             if persisted:
                 c.detail += f"; {enum} ids are stored in GGUF files and KV state"
-            elif era == sources.ERA_C:
+            elif not era.rules.links_c_api:
                 counts = REVIEW
                 c.detail += "; era C Ollama does not link the C API (only the fork's own llama-server does)"
             elif c.kind.startswith("enum"):
@@ -193,10 +193,11 @@ def check(settings: Settings, *, ollama: sources.Checkout, fork: sources.Checkou
         ollama={"url": ollama.url, "ref": ollama.ref, "sha": ollama.sha, "version": info.version},
         fork={"url": fork.url, "ref": fork.ref, "sha": fork.sha}, pinned={}, target=target)
     upstream: sources.Checkout | None = None
-    if info.era == sources.ERA_B:
-        pinned_dirs = [ollama_dir / d for d in ERA_B_INCLUDES]
+    era = info.era
+    if era.rules.pinned_includes:  # the pinned llama.cpp is vendored in Ollama's tree
+        pinned_dirs = [ollama_dir / d for d in era.rules.pinned_includes]
         report.pinned = {"kind": "vendored", "fetch_head": info.pin,
-                         "source": f"{ollama.url}@{ollama.short}: " + ", ".join(ERA_B_INCLUDES)}
+                         "source": f"{ollama.url}@{ollama.short}: " + ", ".join(era.rules.pinned_includes)}
     else:
         up_url = upstream_url or settings.sources.upstream.url
         upstream = sources.open_source("upstream", up_url, info.pin, settings.workspace)
@@ -209,13 +210,14 @@ def check(settings: Settings, *, ollama: sources.Checkout, fork: sources.Checkou
     t1 = time.perf_counter()
     report.changes = apidiff.diff(old, new, old_name="pinned llama.cpp", new_name="fork")
     report.timings = {"parse_s": round(t1 - t0, 3), "diff_s": round(time.perf_counter() - t1, 3)}
-    refs = contract.cgo_references(ollama_dir) if info.era == sources.ERA_B else {}
-    assess(report.changes, info.era, refs, old, new)
-    if info.era == sources.ERA_B:
-        _era_b(report, settings, ollama_dir, fork, ws)
+    refs = contract.cgo_references(ollama_dir) if era.rules.links_c_api else {}
+    assess(report.changes, era, refs, old, new)
+    the = _contract(report, info, ollama_dir, fork, fork_dir, ws, upstream, carry or CarryOptions())
+    if era.rules.server_argv:  # the fork's llama-server is given the cache types by name
+        _cache_types(report, settings, the)
+        _server_contract(report, the)
     else:
-        assert upstream is not None
-        _era_c(report, settings, info, ollama_dir, fork, fork_dir, ws, upstream, carry or CarryOptions())
+        _vendored_contract(report, settings, the, ollama_dir, fork, ws)
     for c in report.changes:
         for s in suppressions or []:
             if s.matches(c):
@@ -224,8 +226,34 @@ def check(settings: Settings, *, ollama: sources.Checkout, fork: sources.Checkou
     return report
 
 
-def _era_b(report: Report, settings: Settings, ollama_dir: Path, fork: sources.Checkout, ws: Path) -> None:
-    report.allowlists = contract.kv_allowlists(ollama_dir)
+def _contract(report: Report, info: sources.OllamaInfo, ollama_dir: Path, fork: sources.Checkout, fork_dir: Path,
+              ws: Path, upstream: sources.Checkout | None, opts: CarryOptions) -> fork_contract.Contract:
+    """The one evaluation of Ollama's contract with the fork, which the report then reads."""
+    if info.era.rules.server_argv and not (ollama_dir / "llm/llama_server.go").exists():
+        raise SourceError(f"ollama {report.ollama['ref']}: llm/llama_server.go not found; cannot tell "
+                          "which llama-server flags Ollama passes")
+    scratch = ws / "scratch" / f"carry-{fork.sha[:12]}"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    if upstream is None:  # a vendored era: no 3-way merges, Ollama's own mechanism applies its patches
+        base = carry.Upstream("", absent=f"era {info.era}: {info.era.rules.patch_mechanism}")
+    else:
+        pinned = upstream
+        base = carry.Upstream(f"llama.cpp {info.pin} ({report.pinned.get('source', '')})",
+                              read=lambda p: pinned.read(p) if pinned.exists(p) else None)
+    the = fork_contract.evaluate(info, ollama_dir, fork, fork_dir, upstream=base, scratch=scratch,
+                                 leave_out=opts.leave_out, rules=opts.rules)
+    report.allowlists = the.allowlists
+    report.flags, report.carried, report.merge_base = the.flags, the.carried, the.upstream
+    if info.era.rules.carries_patches:
+        report.timings["carry_s"] = the.carry_seconds
+    return the
+
+
+def _vendored_contract(report: Report, settings: Settings, the: fork_contract.Contract, ollama_dir: Path,
+                       fork: sources.Checkout, ws: Path) -> None:
+    """A vendored era: the Go allowlists the build must extend, and Ollama's patches tried on the fork with its
+    own mechanism (``git am -3``)."""
     wanted = {settings.kv.type_k, settings.kv.type_v}
     for a in report.allowlists:
         lacking = sorted(t for t in wanted if t not in a.types and t != "f16")
@@ -234,27 +262,28 @@ def _era_b(report: Report, settings: Settings, ollama_dir: Path, fork: sources.C
                 "kv_allowlist", a.function, a.file, REVIEW,
                 f"{a.file}:{a.line} {a.function} knows {', '.join(a.types) or 'nothing'}; the build's Go "
                 f"rules must add {', '.join(lacking)} or Ollama silently falls back to f16"))
-    patches = sorted((ollama_dir / "llama/patches").glob("*.patch"))
+    patches = [ollama_dir / p for p in the.patches]
     report.patches = contract.try_am_patches(patches, fork, ws / "scratch" / f"am-{fork.sha[:12]}",
                                              ollama_dir)
-    _patch_changes(report, "llama/patches (git am -3)")
+    _patch_changes(report, f"{the.era.rules.patch_dir} (git am -3)")
 
 
-def _era_c(report: Report, settings: Settings, info: sources.OllamaInfo, ollama_dir: Path, fork: sources.Checkout,
-           fork_dir: Path, ws: Path, upstream: sources.Checkout, opts: CarryOptions) -> None:
-    go = ollama_dir / "llm/llama_server.go"
-    if not go.exists():
-        raise SourceError(f"ollama {report.ollama['ref']}: llm/llama_server.go not found; cannot tell "
-                          "which llama-server flags Ollama passes")
-    scratch = ws / "scratch" / f"carry-{fork.sha[:12]}"
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    base = carry.Upstream(f"llama.cpp {info.pin} ({report.pinned.get('source', '')})",
-                          read=lambda p: upstream.read(p) if upstream.exists(p) else None)
-    the = fork_contract.evaluate(info, ollama_dir, fork, fork_dir, upstream=base, scratch=scratch,
-                                 leave_out=opts.leave_out, rules=opts.rules)
-    report.flags, report.carried, report.merge_base = the.flags, the.carried, the.upstream
-    report.timings["carry_s"] = the.carry_seconds
+def _cache_types(report: Report, settings: Settings, the: fork_contract.Contract) -> None:
+    """The configured K/V types against the cache types the fork's llama-server accepts."""
+    types = the.fork_types
+    wanted = [settings.kv.type_k, settings.kv.type_v]
+    report.cache_types = {"configured": {"k": wanted[0], "v": wanted[1]}, "fork": types,
+                          "ok": all(t in types for t in wanted)}
+    for t in sorted(set(wanted)):
+        if t not in types:
+            report.changes.append(_contract_change(
+                "cache_type_unsupported", t, "common/arg.cpp", INCOMPATIBLE,
+                f"the fork's --cache-type-k/-v accept {', '.join(types) or 'nothing'}; {t} is not among them"))
+
+
+def _server_contract(report: Report, the: fork_contract.Contract) -> None:
+    """An era whose contract is llama-server's command line: each flag the fork lacks, and each compat patch
+    that had to be carried, refused or left out."""
     renamed = {r.flag: r for r in the.renamed_flags}
     for f in report.flags:
         if not f.in_fork and f.name in renamed:
@@ -271,15 +300,6 @@ def _era_c(report: Report, settings: Settings, info: sources.OllamaInfo, ollama_
                 + ("the build drops it from the argv (Go rule drop-flag" + f.name + "), else llama-server would "
                    "exit with 'invalid argument'" if f.always else
                    "llama-server exits with 'invalid argument' when that condition holds")))
-    types = the.fork_types
-    wanted = [settings.kv.type_k, settings.kv.type_v]
-    report.cache_types = {"configured": {"k": wanted[0], "v": wanted[1]}, "fork": types,
-                          "ok": all(t in types for t in wanted)}
-    for t in sorted(set(wanted)):
-        if t not in types:
-            report.changes.append(_contract_change(
-                "cache_type_unsupported", t, "common/arg.cpp", INCOMPATIBLE,
-                f"the fork's --cache-type-k/-v accept {', '.join(types) or 'nothing'}; {t} is not among them"))
     for c in report.carried:
         if c.status == carry.REFUSED:
             report.changes.append(_contract_change(
@@ -342,7 +362,7 @@ def render(r: Report, markdown: bool = False) -> str:
             if counts != COMPATIBLE:
                 lines.append(f"                {c.detail}")
     lines.append("")
-    if r.era == sources.ERA_C:
+    if r.era.rules.server_argv:
         lines.append(h("llama-server flags Ollama passes (llm/llama_server.go)"))
         renamed = {c.symbol for c in r.changes if c.kind == "flag_renamed"}
         for fl in r.flags:
@@ -361,11 +381,12 @@ def render(r: Report, markdown: bool = False) -> str:
         for a in r.allowlists:
             lines.append(f"  {a.file}:{a.line} {a.function}: {', '.join(a.types)}")
         lines.append("")
-    if r.era == sources.ERA_C:
-        lines.append(h(f"Ollama's compat patches carried onto the fork (llama/compat; 3-way base: {r.merge_base})"))
+    if r.era.rules.carries_patches:
+        lines.append(h(f"Ollama's compat patches carried onto the fork ({r.era.rules.patch_dir}; 3-way base: "
+                       f"{r.merge_base})"))
         lines += carry_report.render(r.carried)
     else:
-        lines.append(h("Ollama's patches on the fork (llama/patches)"))
+        lines.append(h(f"Ollama's patches on the fork ({r.era.rules.patch_dir})"))
         for p in r.patches:
             extra = f" ({', '.join(p.files)})" if p.status not in ("applied", "already-applied") else ""
             lines.append(f"  {p.status:<16} {p.patch}{extra}")
@@ -433,7 +454,7 @@ def scan(settings: Settings, *, ollama_url: str, refs: str, fork: sources.Checko
             row.pin = r.pinned.get("tag") or r.pinned.get("fetch_head", "")[:12]
             row.incompatible, row.review = r.count(INCOMPATIBLE), r.count(REVIEW)
             row.missing_flags = [c.symbol for c in r.changes if c.kind == "flag_missing"]
-            row.patches = carry_report.brief(r.carried) if r.era == sources.ERA_C else \
+            row.patches = carry_report.brief(r.carried) if r.era.rules.carries_patches else \
                 f"{sum(p.status == 'applied' for p in r.patches)} of {len(r.patches)} apply (git am -3)"
             row.refused = [f"{Path(c.patch).name}: {c.why}" for c in r.carried if c.status == carry_mod.REFUSED]
             row.refused += [c.detail for c in r.changes if c.kind == "patch_conflict"]

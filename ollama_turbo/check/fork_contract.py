@@ -20,6 +20,7 @@ from ollama_turbo.check.carry import Carried, CarryError, Upstream
 from ollama_turbo.check.carry_rules import RULES
 from ollama_turbo.check.placement import PlacementRule
 from ollama_turbo.core import sources
+from ollama_turbo.core.era import Era
 from ollama_turbo.core.errors import TurboError
 from ollama_turbo.fork import sources as fork_sources
 
@@ -45,10 +46,11 @@ class Rename:
 
 @dataclass
 class Contract:
-    """One Ollama release against one fork commit. Era C fills ``flags``, ``dropped_flags``, ``renamed_flags``
-    and ``carried``; era B only ``allowlists`` (its patches are applied by ``git am -3`` at build time)."""
+    """One Ollama release against one fork commit. An era whose contract is llama-server's argv (C) fills
+    ``flags``, ``dropped_flags``, ``renamed_flags`` and ``carried``; a vendored era (B) ``allowlists`` and
+    ``patches`` (applied by Ollama's own ``git am -3`` at build time)."""
 
-    era: str
+    era: Era
     info: sources.OllamaInfo
     fork_types: list[str]
     allowlists: list[contract.Allowlist] = field(default_factory=list)
@@ -58,6 +60,7 @@ class Contract:
     carried: list[Carried] = field(default_factory=list)
     upstream: str = ""  # the base of 3-way merges, or why there was none
     carry_seconds: float = 0.0
+    patches: list[str] = field(default_factory=list)  # era B: Ollama's patches, applied as they are by its build
 
     @property
     def refused(self) -> list[Carried]:
@@ -82,8 +85,12 @@ class Contract:
                                       "tag Ollama's LLAMA_CPP_VERSION names; nothing was built")
 
     def patch_records(self) -> list[dict[str, Any]]:
-        """What the manifest records of each compat patch."""
+        """What the manifest records of each compat patch carried onto the fork (with how)."""
         return [c.to_json() for c in self.carried]
+
+    def patch_names(self) -> list[str]:
+        """The patches the build takes, by file."""
+        return [c.patch for c in self.carried] if self.era.rules.carries_patches else list(self.patches)
 
 
 def fork_file(fork_dir: Path, rel: str) -> str:
@@ -126,7 +133,9 @@ def evaluate(info: sources.OllamaInfo, ollama_dir: Path, fork: sources.Checkout,
     arg_cpp, ggml_c = fork_sources.read_fork_sources(fork_dir)
     c = Contract(era=info.era, info=info, fork_types=fork_sources.fork_cache_types(arg_cpp, ggml_c),
                  allowlists=contract.kv_allowlists(ollama_dir))
-    if info.era != sources.ERA_C:
+    if not info.era.rules.server_argv:  # a vendored era: its patches are applied by Ollama's own mechanism
+        c.patches = sorted(str(p.relative_to(ollama_dir)) for p in (ollama_dir / info.era.rules.patch_dir)
+                           .glob("*.patch"))
         return c
     c.flags, c.dropped_flags, c.renamed_flags = server_flags(ollama_dir, fork_sources.fork_flags(arg_cpp))
     named = compat_patches(ollama_dir)

@@ -4,6 +4,7 @@ the settings, and small writers."""
 from __future__ import annotations
 
 import json as jsonlib
+import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -16,6 +17,7 @@ from ollama_turbo.commands.flags import check_flags, number
 from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core import proc, settings_files
 from ollama_turbo.core import settings as config
+from ollama_turbo.core import settings_layers as layers
 from ollama_turbo.core.errors import EXIT_INTERRUPTED, ConfigError, Interrupted, TurboError, UsageError
 
 # Short flags are chosen here, by hand, and mean the same in every task (invoke's automatic
@@ -115,10 +117,21 @@ def project_dir(c: Any) -> Path:
     return Path(configured) if configured else Path.cwd()
 
 
+def settings_file(c: Any) -> Path | None:
+    """The ``-f FILE`` settings file the program was given (or ``INVOKE_RUNTIME_CONFIG``), None without one."""
+    given = c.config.get("ollama_turbo", {}).get("settings_file")
+    return Path(given) if given else settings_files.runtime_file([])
+
+
+def settings_layers(c: Any) -> layers.Layers:
+    """Every layer of the settings, as the toolkit reads them (defaults, files, environment, -f)."""
+    return layers.load(project_dir(c), settings_file(c), os.environ)
+
+
 def settings(c: Any) -> config.Settings:
     """The settings, read and checked once per task (cache types and the fork's knobs in ``turbo.kv`` too, so a
     bad one stops every task at the start, naming its key, instead of the stage that first reads it)."""
-    return settings_files.settings(c.config, project_dir(c))
+    return settings_layers(c).settings(project_dir(c))
 
 
 INIT_STEP = "write one for your model: invoke spec-init --from MODEL (an Ollama model name or a .gguf file)"

@@ -8,7 +8,7 @@ from typing import Any
 
 from invoke.exceptions import Exit
 
-from ollama_turbo.commands.base import project_dir, settings, turbo_task
+from ollama_turbo.commands.base import project_dir, settings, settings_layers, turbo_task
 from ollama_turbo.core.errors import ConfigError, UsageError
 
 
@@ -41,12 +41,21 @@ def demo(c, verbose=False, cache_type="turbo4", keep_running=False):
         raise Exit(code=1)
 
 
-@turbo_task(key="show only this dotted key, e.g. kv.type_k")
-def settings_show(c, key=""):
+@turbo_task(key="show only this dotted key, e.g. kv.type_k",
+            where="print where each value came from (built-in defaults, a settings file, the environment, -f) "
+                  "instead of the values")
+def settings_show(c, key="", where=False):
     """Print the validated settings (defaults merged with invoke.yaml, env and -f)."""
     import dataclasses
 
     value: Any = dataclasses.asdict(settings(c))
+    if where:
+        sources = settings_layers(c).sources()
+        picked = {k: v for k, v in sources.items() if not key or k == key or k.startswith(key.rstrip(".") + ".")}
+        if key and not picked:
+            raise ConfigError("no such setting", key=key, hint="run settings-show --where without --key")
+        print(jsonlib.dumps(picked, indent=2))
+        return
     for derived in ("fork", "parallel"):  # parsed from kv.env, not keys of their own
         value["kv"].pop(derived, None)
     for part in [p for p in key.split(".") if p]:

@@ -1,13 +1,14 @@
 """The provenance manifest of a build: what went in, and the sha256 of every file.
 
-A build writes it (:func:`write`); every task that takes a build reads it through one loader (:func:`load`, or
-:func:`read` where a missing or broken one only means "no build here", :func:`parse` for a host's copy) into a
-:class:`Manifest`: the fields the stages act on, checked and typed once; ``data`` keeps the whole record for
-reports and the hosts.
+A build writes its :class:`~ollama_turbo.core.build_record.BuildRecord` (:func:`write`); every task that takes
+a build reads it through one loader (:func:`load`, or :func:`read` where a missing or broken one only means "no
+build here", :func:`parse` for a host's copy) into a :class:`Manifest`: the same record, checked and typed
+once, with where it was read; ``data`` keeps the JSON as read for reports and the hosts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,15 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ollama_turbo.core.errors import TurboError, UsageError
+from ollama_turbo.core import redact
+from ollama_turbo.core.build_record import GPU, BuildRecord, ManifestError, PerModelKV
+from ollama_turbo.core.era import Era
+from ollama_turbo.core.errors import TurboError
 
 NAME = "manifest.json"
-ERAS = ("B", "C")
 SUMMARY_KEYS = ("version", "era", "flavor", "ollama", "fork", "backend")
-
-
-class ManifestError(UsageError):
-    """A manifest that is missing, not JSON, or not a build manifest: names the file and the next step."""
 
 
 class DamagedBuild(TurboError):
@@ -59,9 +58,14 @@ def file_sums(root: Path) -> dict[str, str]:
             if p.is_file() and p.name != NAME}
 
 
-def write(root: Path, data: dict[str, Any]) -> Path:
-    data = dict(data, files=file_sums(root))
+def write(root: Path, record: BuildRecord | Mapping[str, Any]) -> Path:
+    """Write ``record`` as the manifest of the build in ``root``, with the checksum of every file there; it
+    travels to every host, so no credentials are in it. A record's JSON (a manifest read back, edited) is
+    checked as a reader checks it."""
     path = root / NAME
+    if not isinstance(record, BuildRecord):
+        record = BuildRecord.from_json(record, str(path))
+    data = redact.tree(dataclasses.replace(record, files=file_sums(root)).to_json())
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     return path
 
@@ -75,44 +79,64 @@ def verify(root: Path, want: Mapping[str, str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class GPU:
-    """A CUDA build's GPU backend: the architecture it was compiled for and where its module lives."""
-
-    arch: str
-    runner_dir: str  # lib/ollama/cuda_v13
-    module: str      # the backend module, relative to the dist
-    preset: str = ""
-    toolkit: str = ""
-
-
-@dataclass(frozen=True)
-class PerModelKV:
-    """Whether the build takes a cache type per model (``PARAMETER kv_cache_type``), and which types."""
-
-    supported: bool
-    allowed: tuple[str, ...] | None = None  # the types its llama-server accepts; None: not recorded
-    why_not: str = ""
-
-
-@dataclass(frozen=True)
 class Manifest:
-    """A build's manifest, read once. ``path`` is its file; the dist is the directory holding it."""
+    """A build's manifest, read once: its :class:`BuildRecord` and where it was read. ``path`` is its file; the
+    dist is the directory holding it."""
 
     path: Path
-    version: str
-    era: str
-    backend: str
-    files: dict[str, str]
-    built_at: str = ""
-    inputs_key: str = ""
-    platform: dict[str, str] = field(default_factory=dict)
-    gpu: GPU | None = None
-    cache_types: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (values, bytes) per block
-    per_model_kv: PerModelKV = PerModelKV(False)
-    tool_paths: dict[str, str] = field(default_factory=dict)
-    tools_why: dict[str, str] = field(default_factory=dict)  # why a tool is missing, as the build recorded it
-    data: dict[str, Any] = field(default_factory=dict, repr=False)  # the whole record
+    record: BuildRecord
+    data: dict[str, Any] = field(default_factory=dict, repr=False)  # the JSON as read, for reports and hosts
     host: str = ""  # where it was read from, when that is a host's release and not a dist here
+
+    @property
+    def version(self) -> str:
+        return self.record.version
+
+    @property
+    def era(self) -> Era:
+        return self.record.era
+
+    @property
+    def backend(self) -> str:
+        return self.record.backend
+
+    @property
+    def files(self) -> dict[str, str]:
+        return self.record.files
+
+    @property
+    def built_at(self) -> str:
+        return self.record.built_at
+
+    @property
+    def inputs_key(self) -> str:
+        return self.record.inputs_key
+
+    @property
+    def platform(self) -> dict[str, str]:
+        return self.record.platform
+
+    @property
+    def gpu(self) -> GPU | None:
+        return self.record.gpu
+
+    @property
+    def per_model_kv(self) -> PerModelKV:
+        return self.record.per_model_kv
+
+    @property
+    def cache_types(self) -> dict[str, tuple[int, int]]:
+        """name -> (values, bytes) per block."""
+        return {n: (c.block, c.bytes) for n, c in self.record.cache_types.items()}
+
+    @property
+    def tool_paths(self) -> dict[str, str]:
+        return self.record.tool_paths
+
+    @property
+    def tools_why(self) -> dict[str, str]:
+        """Why a tool is missing, as the build recorded it."""
+        return self.record.tools_why
 
     @property
     def dist(self) -> Path:
@@ -125,14 +149,14 @@ class Manifest:
     @property
     def stock(self) -> bool:
         """Ollama with the llama.cpp it pins, no fork and no rules of ours (``build-ollama --stock``)."""
-        return self.data.get("flavor") == "stock"
+        return self.record.stock
 
     @property
     def left_out(self) -> list[str]:
         """What this build leaves out, as its patch records say: "model architecture laguna" for each compat patch
         the user left out (the build does not run such models)."""
         out = []
-        for p in self.data.get("patches") or []:
+        for p in self.record.patches:
             if isinstance(p, dict) and p.get("status") == "left-out":
                 out.append(str(p.get("feature") or p.get("patch")))
         return list(dict.fromkeys(out))
@@ -212,58 +236,4 @@ def parse(text: str, path: Path, *, host: str = "") -> Manifest:
 
 
 def _typed(d: Mapping[str, Any], path: Path, host: str) -> Manifest:
-    def bad(key: str, want: str) -> ManifestError:
-        return ManifestError(f"{path}: {key} is {d.get(key)!r}, expected {want}",
-                             hint="rebuild with invoke build-ollama (the manifest was edited or is damaged)")
-
-    def text(key: str, default: str = "") -> str:
-        v = d.get(key, default)
-        if v is None:
-            return default
-        if not isinstance(v, str):
-            raise bad(key, "a string")
-        return v
-
-    def table(key: str) -> dict[str, Any]:
-        v = d.get(key) or {}
-        if not isinstance(v, dict):
-            raise bad(key, "an object")
-        return v
-
-    files = table("files")
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        raise bad("files", "an object of file -> sha256")
-    era = text("era")
-    if era not in ERAS:
-        raise bad("era", " or ".join(ERAS))
-    version = text("version")
-    if not version:
-        raise bad("version", "a version")
-    g = table("gpu")
-    gpu = None
-    if g:
-        if not all(g.get(k) for k in ("arch", "runner_dir", "module")):
-            raise bad("gpu", "an object with arch, runner_dir and module")
-        gpu = GPU(arch=str(g["arch"]), runner_dir=str(g["runner_dir"]), module=str(g["module"]),
-                  preset=str(g.get("preset") or ""), toolkit=str(g.get("toolkit") or ""))
-    try:
-        blocks = {str(n): (int(v["block"]), int(v["bytes"])) for n, v in table("cache_types").items()}
-    except (KeyError, TypeError, ValueError):
-        raise bad("cache_types", "a table of block and bytes per type") from None
-    pm = table("per_model_kv")
-    allowed = pm.get("allowed")
-    flags = table("build_flags")
-    for key in ("tool_paths", "tools"):
-        if not isinstance(flags.get(key) or {}, dict):
-            raise bad("build_flags", f"an object whose {key} is an object")
-    return Manifest(
-        path=path, version=version, era=era, backend=text("backend"), files=dict(files),
-        built_at=text("built_at"), inputs_key=text("inputs_key"),
-        platform={str(k): str(v) for k, v in table("platform").items() if v is not None},
-        gpu=gpu, cache_types=blocks,
-        per_model_kv=PerModelKV(bool(pm.get("supported")),
-                                tuple(map(str, allowed)) if isinstance(allowed, list) else None,
-                                str(pm.get("why_not") or "")),
-        tool_paths={str(k): str(v) for k, v in (flags.get("tool_paths") or {}).items()},
-        tools_why={str(k): str(v) for k, v in (flags.get("tools") or {}).items()},
-        data=dict(d), host=host)
+    return Manifest(path=path, record=BuildRecord.from_json(d, str(path)), data=dict(d), host=host)

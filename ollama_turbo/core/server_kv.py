@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from ollama_turbo.core.era import Era
 from ollama_turbo.core.errors import UsageError
 from ollama_turbo.core.kv_types import KVPair
 
@@ -21,11 +22,12 @@ class PairNotPossible(UsageError):
     """A pair this server cannot be given (era B Ollama: one type for K and V)."""
 
 
-def to_env(era: str, pair: KVPair) -> list[tuple[str, str]]:
+def to_env(era: str | Era, pair: KVPair) -> list[tuple[str, str]]:
     """The variables that give an Ollama server of ``era`` this pair."""
     if pair.symmetric:
         return [(ONE, pair.k)]
-    if era == "C":  # Ollama passes one OLLAMA_KV_CACHE_TYPE to both; llama-server reads these when it passes none
+    # era C: Ollama passes one OLLAMA_KV_CACHE_TYPE to both; llama-server reads these when it passes none
+    if Era.named(era).rules.kv_split:
         return [(K, pair.k), (V, pair.v)]
     raise PairNotPossible(f"era B Ollama has one cache type for K and V; {pair.label} is not possible",
                           hint="set turbo.kv.type_k and type_v to the same type")

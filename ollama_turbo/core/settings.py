@@ -1,8 +1,8 @@
 """Settings: defaults in code, validated into typed objects.
 
-Settings live under the ``turbo`` key of invoke's configuration, so ``invoke.yaml`` at the
-project root, ``INVOKE_TURBO_*`` environment variables and ``invoke -f FILE`` all override
-:data:`DEFAULTS`. Every validation error names the dotted key and where it came from.
+Settings live under the ``turbo`` key, so ``invoke.yaml`` at the project root, ``INVOKE_TURBO_*``
+environment variables and ``-f FILE`` all override :data:`DEFAULTS` (read and merged by
+:mod:`ollama_turbo.core.settings_layers`). Every validation error names the dotted key and where it came from.
 """
 
 from __future__ import annotations

@@ -1,15 +1,16 @@
-"""Bridge between invoke's configuration and :mod:`ollama_turbo.config`.
+"""The settings files and variables, checked: each problem one :class:`ConfigError` naming the file (and line)
+or the variable.
 
-invoke reads ``invoke.yaml`` itself, after importing ``tasks.py``; a malformed file would end
-in a YAML traceback. :func:`preflight` reads the same files first and turns any problem into
-a :class:`ConfigError` naming the file and line.
+The toolkit reads and merges its settings itself (:mod:`ollama_turbo.core.settings_layers`); invoke reads the
+same files for its own configuration, after importing ``tasks.py``, where a malformed file would end in a YAML
+traceback or a merge error. :func:`preflight` checks them before either reads them.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +114,12 @@ BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": Fals
                  "0": False}
 
 
-def _leaves(tree: Mapping[str, Any], path: tuple[str, ...] = ()) -> dict[str, tuple[tuple[str, ...], Any]]:
+def leaves(tree: Mapping[str, Any], path: tuple[str, ...] = ()) -> dict[str, tuple[tuple[str, ...], Any]]:
     """``INVOKE_TURBO_<PATH>`` -> (path, default) for every setting the environment can set."""
     out: dict[str, tuple[tuple[str, ...], Any]] = {}
     for k, v in tree.items():
         if isinstance(v, Mapping) and v:
-            out.update(_leaves(v, (*path, k)))
+            out.update(leaves(v, (*path, k)))
         else:
             out[ENV_PREFIX + "_".join((*path, k)).upper()] = ((*path, k), v)
     return out
@@ -127,7 +128,7 @@ def _leaves(tree: Mapping[str, Any], path: tuple[str, ...] = ()) -> dict[str, tu
 def check_environment(environ: Mapping[str, str]) -> None:
     """``INVOKE_TURBO_*`` variables: each must name a setting, and a yes/no setting must say yes or no
     (invoke itself reads any non-empty word, ``false`` included, as true)."""
-    known = _leaves(config.DEFAULTS)
+    known = leaves(config.DEFAULTS)
     for name in sorted(n for n in environ if n.startswith(ENV_PREFIX)):
         if name not in known:
             close = [k for k in known if k.startswith(name.rsplit("_", 1)[0])][:3] or sorted(known)[:4]
@@ -140,72 +141,3 @@ def check_environment(environ: Mapping[str, str]) -> None:
                               hint="use true/false, yes/no, on/off or 1/0")
 
 
-def environment_booleans(environ: Mapping[str, str]) -> dict[tuple[str, ...], bool]:
-    """The yes/no settings the environment sets, read as words (see :func:`check_environment`)."""
-    out = {}
-    for name, (path, default) in _leaves(config.DEFAULTS).items():
-        if isinstance(default, bool) and name in environ:
-            word = environ[name].strip().lower()
-            if word in BOOLEAN_WORDS:
-                out[path] = BOOLEAN_WORDS[word]
-    return out
-
-
-def plain(value: Any) -> Any:
-    """Turn invoke's DataProxy trees into plain dicts and lists."""
-    if isinstance(value, Mapping) or hasattr(value, "_config"):
-        return {k: plain(value[k]) for k in value}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
-
-
-def _has(tree: Any, path: list[str]) -> bool:
-    node = tree
-    for part in path:
-        if not isinstance(node, Mapping) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
-def origin_of(cfg: Any) -> config.Origin:
-    """Where a ``turbo.<key>`` came from: the -f file, the environment, or a YAML file."""
-    layers = [
-        ("_runtime", "_runtime_path"), ("_env", None), ("_project", "_project_path"),
-        ("_user", "_user_path"), ("_system", "_system_path"),
-    ]
-
-    def origin(key: str) -> str:
-        path = ["turbo", *[p for p in key.split(".") if p]]
-        for attr, path_attr in layers:
-            tree = getattr(cfg, attr, None) or {}
-            for depth in range(len(path), 1, -1):
-                if _has(tree, path[:depth]):
-                    if path_attr is None:
-                        return "environment INVOKE_" + "_".join(path[:depth]).upper()
-                    return str(getattr(cfg, path_attr, None) or attr.strip("_") + " settings")
-        return "built-in defaults"
-
-    return origin
-
-
-def given_in(cfg: Any) -> Callable[[str], bool]:
-    """Whether the user set ``turbo.<key>`` (a settings file, -f, or the environment), exactly."""
-    layers = ("_runtime", "_env", "_project", "_user", "_system")
-
-    def given(key: str) -> bool:
-        path = ["turbo", *[p for p in key.split(".") if p]]
-        return any(_has(getattr(cfg, attr, None) or {}, path) for attr in layers)
-
-    return given
-
-
-def settings(cfg: Any, project_dir: Path) -> config.Settings:
-    raw = plain(cfg.get("turbo", {})) or {}
-    for path, value in environment_booleans(os.environ).items():  # the word, not invoke's truthiness
-        node = raw
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return config.parse(raw, origin_of(cfg), base=project_dir, given=given_in(cfg))

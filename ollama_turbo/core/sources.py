@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ollama_turbo.core import proc, redact
+from ollama_turbo.core.era import Era
 from ollama_turbo.core.errors import CommandError, SourceError
 from ollama_turbo.core.settings import Settings, Source
-
-ERA_B, ERA_C = "B", "C"
 
 
 def is_url(s: str) -> bool:
@@ -188,7 +187,7 @@ def dirty(co: Checkout) -> list[str]:
 
 @dataclass(frozen=True)
 class OllamaInfo:
-    era: str
+    era: Era
     pin: str            # FETCH_HEAD sha (era B) or llama.cpp tag (era C)
     upstream_url: str   # era B: UPSTREAM in Makefile.sync; era C: LLAMA_CPP_GIT_REPOSITORY default
     version: str        # from the nearest tag, without the leading v
@@ -196,18 +195,19 @@ class OllamaInfo:
 
 def detect(co: Checkout) -> OllamaInfo:
     """Which integration era an Ollama tree is, and what llama.cpp it pins."""
-    if co.exists("LLAMA_CPP_VERSION") and co.exists("llama/server/CMakeLists.txt"):
-        pin = co.read("LLAMA_CPP_VERSION").strip()
+    era = next((e for e in (Era.C, Era.B) if all(co.exists(f) for f in e.rules.markers)), None)
+    if era is Era.C:
+        pin = co.read(era.rules.pin_file).strip()
         cm = co.read("llama/server/CMakeLists.txt")
         m = re.search(r'set\(LLAMA_CPP_GIT_REPOSITORY\s+"([^"]+)"', cm)
-        return OllamaInfo(ERA_C, pin, m.group(1) if m else "", ollama_version(co))
-    if co.exists("Makefile.sync") and co.exists("llama/llama.cpp"):
-        mk = co.read("Makefile.sync")
+        return OllamaInfo(era, pin, m.group(1) if m else "", ollama_version(co))
+    if era is Era.B:
+        mk = co.read(era.rules.pin_file)
         m = re.search(r"^FETCH_HEAD\s*[:?]?=\s*(\S+)", mk, re.M)
         if not m:
             raise SourceError(f"ollama: Makefile.sync at {co.ref} has no FETCH_HEAD")
         u = re.search(r"^UPSTREAM\s*[:?]?=\s*(\S+)", mk, re.M)
-        return OllamaInfo(ERA_B, m.group(1), u.group(1) if u else "", ollama_version(co))
+        return OllamaInfo(era, m.group(1), u.group(1) if u else "", ollama_version(co))
     if co.exists("llm/llama.cpp"):
         raise SourceError(f"ollama {co.ref} ({co.short}) is era A (llm/llama.cpp submodule, <= v0.3.14), "
                           "which ollama-turbo does not support",

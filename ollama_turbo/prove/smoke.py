@@ -19,6 +19,7 @@ from typing import Any
 
 import requests
 
+from ollama_turbo.core.era import Era
 from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.kv.geometry import geometry_from_metadata
@@ -155,7 +156,7 @@ def cache_type_from_log(log: str, type_k: str, type_v: str, era: str | None,
     era = era or ("C" if "starting llama server" in log or "--cache-type-k" in log else "B")
     evidence = []
     ok = True
-    if era == "C":
+    if Era.named(era).rules.server_argv:
         starts = [ln for ln in log.splitlines() if is_start_line(ln)]
         if not starts:
             return False, "no llama-server command line in the log"
