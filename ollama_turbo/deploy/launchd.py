@@ -35,8 +35,9 @@ class Launchd(ManagerBase):
                 self._bootout(d, label)
                 r = self.t.sh(q("launchctl", "bootstrap", d, plist), check=False)
             if not r.ok:
+                said = (r.stderr or r.stdout).strip().splitlines() or [""]
                 raise ServiceError(f"{self.host.name}: launchctl bootstrap {d} {plist} failed ({r.returncode}): "
-                                   f"{(r.stderr or r.stdout).strip()}")
+                                   f"{said[-1]}", hint=f"look at {plist} and what it runs; then run the task again")
         if restart or "state = running" not in (self._print(d, label) or ""):
             self.t.sh(q("launchctl", "kickstart", "-k", f"{d}/{label}"))
         if "state = running" not in (self._print(d, label) or ""):

@@ -11,15 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ollama_turbo.core.errors import Interrupted
+from ollama_turbo.core.errors import Interrupted, TurboError
 from ollama_turbo.core.settings import Host
 from ollama_turbo.deploy import adopt
 from ollama_turbo.deploy.errors import DeployError
-from ollama_turbo.deploy.lock import host_lock
+from ollama_turbo.deploy.lock import host_lock, lock_owner
 from ollama_turbo.deploy.session import HostSession, open_host
 from ollama_turbo.deploy.stock import StockService
 from ollama_turbo.deploy.store import current_release
-from ollama_turbo.deploy.transport import q
+from ollama_turbo.deploy.transport import TransportError, q
 
 Say = Callable[[str], None]
 
@@ -74,23 +74,43 @@ def uninstall(host: Host, *, dry_run: bool = False, say: Say = print) -> Uninsta
         if not have_prefix and not have_config:
             res.status = "nothing"
             return res
+        me = lock_owner()
+        step = "the stop of our service"
         try:
-            with host_lock(s.t, lay, say):
+            with host_lock(s.t, lay, say, me):
                 say(f"[{host.name}] 1/3 {res.steps[0]}")
                 current = current_release(s.t, lay)
                 s.mgr.remove()
                 res.removed.append(f"service ({s.mgr.config_path})")
+                step = "the return of the stock Ollama"
                 say(f"[{host.name}] 2/3 {res.steps[1]}")
                 if stock:
                     adopt.give_back(s, stock, say)
+                step = "the removal of our files"
                 say(f"[{host.name}] 3/3 {res.steps[2]}")
                 # everything but the record and the lock, then the record, then the prefix (the lock with it)
                 s.t.sh(f"cd {q(lay.prefix)} && for f in * .[!.]*; do case \"$f\" in adopted.json|.deploy-lock|"
                        f"'*'|'.[!.]*') ;; *) rm -rf \"$f\" ;; esac; done")
                 s.t.sh(f"rm -f {q(lay.adopted)} && rm -rf {q(lay.prefix)}")
                 res.removed.append(f"{lay.prefix}" + (f" (release {current})" if current else ""))
+        except TransportError as exc:
+            _drop_lock(host, me)
+            raise DeployError(f"the uninstall of {host.name} lost the connection during {step}: {exc.message}",
+                              hint=f"run it again when the host is reachable: invoke uninstall --host {host.name} "
+                                   "(what was done is not done twice)") from None
         except KeyboardInterrupt:
             raise Interrupted(f"the uninstall of {host.name} was cut short: run invoke uninstall --host {host.name} "
                               "again to complete it", hosts=[host.name]) from None
         res.status = "uninstalled"
         return res
+
+
+def _drop_lock(host: Host, me: str) -> None:
+    """After a lost connection: our own lock on the host removed, if the host can be reached again."""
+    try:
+        with open_host(host) as s:
+            owner = s.t.sh(f"cat {q(s.layout.lock + '/owner')} 2>/dev/null", check=False).stdout.strip()
+            if owner == me:
+                s.t.sh(f"rm -rf {q(s.layout.lock)}", check=False)
+    except TurboError:
+        pass
