@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ollama_turbo.core import poll
+from ollama_turbo.core.errors import TurboError
 from ollama_turbo.core.settings import KV
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.services import owned_env
@@ -86,7 +87,12 @@ def take_over(s: HostSession, adoption: Adoption, say: Say) -> None:
         s.t.sh(f"mkdir -p {q(s.layout.prefix)}")
         s.t.write(s.layout.adopted, json.dumps(adoption.stock.to_json(), indent=2) + "\n")
     if adoption.stop:
-        s.mgr.stop_stock(adoption.stock)
+        try:
+            s.mgr.stop_stock(adoption.stock)
+        except TurboError:
+            if adoption.new:  # not stopped: nothing to give back, and the next deploy records it afresh
+                s.t.sh(q("rm", "-f", s.layout.adopted), check=False)
+            raise
     url = f"http://{url_host(s.host.probe_host)}:{adoption.stock.port}/"
 
     def free() -> bool | None:
