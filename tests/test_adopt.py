@@ -9,7 +9,6 @@ import os
 import plistlib
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,27 +256,72 @@ def test_a_cut_between_stopping_the_stock_and_starting_ours_gives_it_back(fresh:
     assert version(env) == manifest.load(env["dist"]).version and "stockmodel:latest" in tags(env)
 
 
+def test_ctrl_c_after_the_stock_is_stopped_gives_it_back(fresh: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ollama_turbo.core.errors import Interrupted
+    from ollama_turbo.deploy import releases
+
+    env = fresh
+    before = models(env)
+    for name, value in env["sshd"].env().items():
+        monkeypatch.setenv(name, value)
+    s = config.parse(yaml.safe_load(env["fleet"].read_text())["turbo"])
+
+    def say(line: str) -> None:
+        if "stock Ollama stopped and disabled" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as exc:
+        releases.deploy(s, s.host("mac"), env["dist"], specs_dir=env["specs"], say=say)
+    assert exc.value.left.startswith("nothing was switched on mac: the stock Ollama was given back "
+                                     "(homebrew.mxcl.ollama, port"), exc.value.left
+    given_back(env, before, uninstalled=False)
+    assert not (env["sshd"].home / ".ollama-turbo/.deploy-lock").exists()
+    code, out, err = deploy(env)
+    assert code == 0, out + err
+
+
 def test_an_uninstall_cut_short_is_completed_by_running_it_again(fresh: dict, flaky: tuple) -> None:
+    """Ctrl-C (raised by the uninstall's own progress line) after our service is gone and before the stock one is
+    back; then a cut connection at the same point: each time, running uninstall again completes it."""
+    from ollama_turbo.core.errors import Interrupted
     from ollama_turbo.deploy.uninstall import uninstall
 
     env, (proxy, s) = fresh, flaky
     before = models(env)
     code, out, err = deploy(env)
     assert code == 0, out + err
-    cut = threading.Event()
 
-    def fault(line: str) -> None:
+    def ctrl_c(line: str) -> None:
         if "2/3 give back" in line:
-            cut.set()
-            proxy.cut()
+            raise KeyboardInterrupt
 
-    with pytest.raises(TurboError):
-        uninstall(s.host("mac"), say=fault)
-    assert cut.is_set()
-    # our service is gone and the stock one not yet back: the record of it is still there
-    assert version(env) is None and (env["sshd"].home / ".ollama-turbo/adopted.json").exists()
+    with pytest.raises(Interrupted) as exc:
+        uninstall(s.host("mac"), say=ctrl_c)
+    assert exc.value.left == "the uninstall of mac was cut short: run invoke uninstall --host mac again to complete it"
+    # our service is gone and the stock one not yet back: its record is still there, the lock is not
+    home = env["sshd"].home
+    assert version(env) is None and (home / ".ollama-turbo/adopted.json").exists()
+    assert not (home / ".ollama-turbo/.deploy-lock").exists()
     code, out, err = run(env, "uninstall", "--host", "mac")
     assert code == 0 and "stock Ollama given back" in out, out + err
+    given_back(env, before)
+
+    code, out, err = deploy(env)
+    assert code == 0, out + err
+
+    def cut(line: str) -> None:
+        if "2/3 give back" in line:
+            proxy.cut()
+
+    # the cut shows at the next command, or Fabric reconnects at once and the uninstall goes on: either way the
+    # host is left on one of the two, and running it again completes it
+    try:
+        uninstall(s.host("mac"), say=cut)
+    except TurboError as e:
+        assert "the uninstall of mac lost the connection during the return of the stock Ollama" in e.message
+        assert "invoke uninstall --host mac" in str(e.hint)
+    code, out, err = run(env, "uninstall", "--host", "mac")
+    assert code == 0, out + err
     given_back(env, before)
 
 
