@@ -23,7 +23,7 @@ from invoke.parser.argument import Argument
 from invoke.program import Program
 
 from ollama_turbo import __version__
-from ollama_turbo.commands.hosts import deploy, rollback, status
+from ollama_turbo.commands.hosts import deploy, rollback, status, uninstall
 from ollama_turbo.commands.proofs import bench, quality, recommend, smoke
 from ollama_turbo.commands.sources import (
     api_check,
@@ -168,7 +168,8 @@ def namespace(project: Path | None = None, settings_file: Path | None = None) ->
     """The task collection; ``project`` is where settings and specs are read (default: the current directory),
     ``settings_file`` the ``-f`` file (the ``ollama-turbo`` program sets it when it parses its flags)."""
     ns = Collection(sample, demo, settings_show, plan, modelfiles, spec_init, api_check, verify_fork, upstream_tree,
-                    build_ollama, smoke, bench, quality, recommend, deploy, rollback, status, compat_record)
+                    build_ollama, smoke, bench, quality, recommend, deploy, rollback, status, uninstall,
+                    compat_record)
     ns.configure({"turbo": config.DEFAULTS, "ollama_turbo": {"project_dir": str(project) if project else "",
                                                              "settings_file": str(settings_file or "")}})
     return ns

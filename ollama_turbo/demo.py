@@ -97,10 +97,11 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
         d = deploy_mod.deploy(s, host, b.dist, specs_dir=specs, say=lambda line: say("    " + line))
     finally:
         if not keep_running:
-            from ollama_turbo.deploy.services import Layout, Manager
+            from ollama_turbo.deploy.managers import manager_for
+            from ollama_turbo.deploy.services import Layout
             from ollama_turbo.deploy.transport import LocalTransport
 
-            Manager(LocalTransport(), host, Layout("", str(root / "host"), "")).stop()
+            manager_for(LocalTransport(), host, Layout("", str(root / "host"), "")).stop()
     say("7/7 smoke (run by the deploy): version, model, generation, /api/ps, cache type in effect")
     r = d.proofs[0]  # the deploy's own smoke of the first model (the deploy fails when a smoke fails)
     for line in r.render().splitlines()[1:]:

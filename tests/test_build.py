@@ -356,7 +356,8 @@ def _local_host(tmp_path: Path, extra_env: dict[str, str] | None = None, name: s
 def _deployed_here(s: config.Settings, name: str, dist: Path, model: Path, tmp_path: Path) -> Iterator[Any]:
     """Deploy ``dist`` with one model to the local host ``name``; its server is stopped afterwards."""
     from ollama_turbo.deploy import releases
-    from ollama_turbo.deploy.services import Layout, Manager
+    from ollama_turbo.deploy.managers import manager_for
+    from ollama_turbo.deploy.services import Layout
     from ollama_turbo.deploy.transport import LocalTransport
 
     specs = tmp_path / "specs"
@@ -366,7 +367,7 @@ def _deployed_here(s: config.Settings, name: str, dist: Path, model: Path, tmp_p
     try:
         yield releases.deploy(s, host, dist, specs_dir=specs, say=lambda line: None, accept_unmeasured=True)
     finally:
-        Manager(LocalTransport(), host, Layout("", str(tmp_path / "host"), "")).stop()
+        manager_for(LocalTransport(), host, Layout("", str(tmp_path / "host"), "")).stop()
 
 
 def _deploy_gqa6(era_c_build: build.Result, world: sample.World, tmp_path: Path,

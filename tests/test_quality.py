@@ -148,11 +148,12 @@ def test_deploy_refuses_a_config_that_failed_the_gate_and_an_unmeasured_one(buil
                    "--json", str(tmp_path / "d.json"))
         assert r.returncode == 0, r.stdout + r.stderr
     finally:
-        from ollama_turbo.deploy.services import Layout, Manager
+        from ollama_turbo.deploy.managers import manager_for
+        from ollama_turbo.deploy.services import Layout
         from ollama_turbo.deploy.transport import LocalTransport
 
         s = config.parse(yaml.safe_load(fleet.read_text())["turbo"])
-        Manager(LocalTransport(), s.host("box"), Layout("", str(tmp_path / "host"), "")).stop()
+        manager_for(LocalTransport(), s.host("box"), Layout("", str(tmp_path / "host"), "")).stop()
     q = json.loads(next((tmp_path / "host/releases").glob("*/quality.json")).read_text())
     assert q[0]["model"] == "sample" and q[0]["verdict"] == "PASS" and len(q[0]["report_sha256"]) == 64
     assert json.loads((tmp_path / "d.json").read_text())["quality"][0]["config"] == "turbo4"

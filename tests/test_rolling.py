@@ -16,7 +16,8 @@ import yaml
 from ollama_turbo import sample
 from ollama_turbo.builder import build_ollama as build
 from ollama_turbo.core import settings as config
-from ollama_turbo.deploy.services import Layout, Manager
+from ollama_turbo.deploy.managers import manager_for
+from ollama_turbo.deploy.services import Layout
 from ollama_turbo.deploy.transport import LocalTransport
 
 from .conftest import bench, free_port, invoke
@@ -44,7 +45,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int]]]:
     yield f, ports
     s = config.parse(yaml.safe_load(f.read_text())["turbo"])
     for name in ports:
-        Manager(LocalTransport(), s.host(name), Layout("", str(tmp_path / name), "")).stop()
+        manager_for(LocalTransport(), s.host(name), Layout("", str(tmp_path / name), "")).stop()
 
 
 def _taken(port: int) -> http.server.HTTPServer:

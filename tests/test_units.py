@@ -11,6 +11,7 @@ from ollama_turbo.core import proc, rules, sources
 from ollama_turbo.core import settings as config
 from ollama_turbo.core.errors import ConfigError, SourceError
 from ollama_turbo.deploy import services
+from ollama_turbo.deploy.managers import manager_for
 from ollama_turbo.sample.gitrepo import Repo
 
 GO = """package ggml
@@ -95,7 +96,7 @@ class Scripted:
 def test_launchd_restart_retries_bootout_in_progress_and_bootstrap_exit_5() -> None:
     host = config.parse({"hosts": {"mac": {}}}).host("mac")
     t = Scripted()
-    m = services.Manager(t, host, services.Layout("/Users/me", "/Users/me/.ollama-turbo", "/Users/me/m"))  # type: ignore[arg-type]
+    m = manager_for(t, host, services.Layout("/Users/me", "/Users/me/.ollama-turbo", "/Users/me/m"))  # type: ignore[arg-type]
     m.restart()
     launchctl = [c.split()[1] for c in t.calls if c.startswith("launchctl")]
     # bootout (in progress) -> bootout -> bootstrap (5) -> bootout -> bootstrap -> kickstart -k -> print
@@ -116,7 +117,7 @@ def test_gui_domain_when_the_user_owns_the_console() -> None:
         return original(script)
 
     t.sh = console_owner  # type: ignore[method-assign]
-    m = services.Manager(t, host, services.Layout("/Users/me", "/p", "/m"))  # type: ignore[arg-type]
+    m = manager_for(t, host, services.Layout("/Users/me", "/p", "/m"))  # type: ignore[arg-type]
     assert m.domain() == "gui/501"
 
 

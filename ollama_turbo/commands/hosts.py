@@ -1,4 +1,4 @@
-"""Tasks that change or read a host: deploy, rollback, status."""
+"""Tasks that change or read a host: deploy, rollback, status, uninstall."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ from ollama_turbo.core.errors import UsageError
     specs="Modelfile specs to create on the host after the switch (default: modelfiles/ in the project; with "
           "none, the server is deployed without models)",
     accept_unmeasured="deploy a K/V config that invoke quality has not measured for the host's models",
+    adopt_loaded="take over a stock Ollama even while it has models loaded (they are unloaded; whoever uses them "
+                 "is cut off)",
     json="write the result as JSON to this file",
     verbose="echo every command",
 )
 def deploy(c, host="", hosts="", group="", batch=2, dist="", dry_run=False, specs="", accept_unmeasured=False,
-           json="", verbose=False):
+           adopt_loaded=False, json="", verbose=False):
     """Install a build as a service on a host (or a fleet, canary first), switch atomically, verify, roll back."""
     from ollama_turbo.deploy import dists, releases, rolling
 
@@ -50,7 +52,7 @@ def deploy(c, host="", hosts="", group="", batch=2, dist="", dry_run=False, spec
     target = s.host(host)  # an unknown host is named before anything else is looked at
     d = Path(dist) if dist else dists.latest_dist(s)
     r = releases.deploy(s, target, d, dry_run=dry_run, specs_dir=user_specs(c, specs),
-                        accept_unmeasured=accept_unmeasured)
+                        accept_unmeasured=accept_unmeasured, adopt_loaded=adopt_loaded)
     print(r.render(host))
     write_json(json, r.to_json())
 
@@ -99,9 +101,24 @@ def status(c, host, json=""):
         print(f"{'deployed':<10} {dep['note']}")
     for d in [*dep.get("differs", []), *dep.get("problems", [])]:
         print(f"{'NOTE':<10} {d}")
+    if st.get("adopted"):
+        print(f"{'adopted':<10} {st['adopted']['text']}; invoke uninstall --host {host} gives it back")
     for f in st.get("not_supported") or []:
         print(f"{'unsupported':<10} {f}")
     for i, m in enumerate(st.get("loaded") or []):
         print(f"{'loaded' if i == 0 else '':<10} {m['name']}: ctx {m['context_length']:,}, K/V {m['configured']} "
               f"({'its own kv_cache_type' if m['source'] == 'model' else 'host default'}); running {m['running']}")
     write_json(json, st)
+
+
+@turbo_task(host="a host under turbo.hosts",
+            dry_run="print what would be stopped, restored and removed; change nothing",
+            json="write the result as JSON to this file")
+def uninstall(c, host, dry_run=False, json=""):
+    """Remove ollama-turbo from a host and give back the stock Ollama it took over, as it was; models untouched."""
+    from ollama_turbo.deploy.uninstall import uninstall as remove
+
+    s = settings(c)
+    r = remove(s.host(host), dry_run=dry_run)
+    print(r.render())
+    write_json(json, r.to_json())

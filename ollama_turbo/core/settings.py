@@ -17,10 +17,9 @@ from typing import Any
 
 from ollama_turbo.core.errors import ConfigError
 from ollama_turbo.core.kv_types import CACHE_TYPES, ForkBehaviour, label
+from ollama_turbo.core.platforms import HOST_OS, SERVICES, default_service, runs_on
 
 BACKENDS = ("metal", "cuda", "cpu")
-HOST_OS = ("darwin", "linux")
-SERVICES = ("launchd", "systemd", "none")
 CUDA_ARCH_PATTERN = r"[1-9]\d{1,2}[af]?"  # a compute capability as CMake names it: 90, 89, 90a, 120
 CUDA_ARCH_EXAMPLES = "90 (H100/H200), 89 (L4/RTX 40), 86 (A10/RTX 30), 80 (A100)"
 
@@ -380,12 +379,10 @@ class _Validator:
             raise self.fail(key, f"{name!r} is not a valid host name")
         m = merged(HOST_DEFAULTS, self.mapping(value, key, allowed=set(HOST_DEFAULTS)))
         os_ = self.choice(m["os"], f"{key}.os", HOST_OS)
-        service = m["service"] or ("launchd" if os_ == "darwin" else "systemd")
-        service = self.choice(service, f"{key}.service", SERVICES)
-        if service == "launchd" and os_ != "darwin":
-            raise self.fail(f"{key}.service", "launchd runs only on os: darwin")
-        if service == "systemd" and os_ != "linux":
-            raise self.fail(f"{key}.service", "systemd runs only on os: linux")
+        service = self.choice(m["service"] or default_service(os_), f"{key}.service", SERVICES)
+        why = runs_on(service, os_)
+        if why:
+            raise self.fail(f"{key}.service", why)
         listen = self.string(m["listen"], f"{key}.listen", pattern=r"^[\w.\[\]:-]+:\d{1,5}$")
         if not _is_port(listen.rsplit(":", 1)[1]):
             raise self.fail(f"{key}.listen", f"port {listen.rsplit(':', 1)[1]} is not a TCP port (1 to 65535)")

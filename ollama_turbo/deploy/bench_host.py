@@ -10,12 +10,14 @@ from typing import Any
 from ollama_turbo.core.errors import TurboError
 from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.settings import Host, Settings
+from ollama_turbo.deploy.adopt import carried_env
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.hostview import wait_version
 from ollama_turbo.deploy.lock import host_lock
-from ollama_turbo.deploy.services import Manager, render, service_env
-from ollama_turbo.deploy.store import current_manifest, current_record, current_release, layout_of
-from ollama_turbo.deploy.transport import Transport, connect
+from ollama_turbo.deploy.services import render, service_env
+from ollama_turbo.deploy.session import open_host
+from ollama_turbo.deploy.store import current_manifest, current_record, current_release
+from ollama_turbo.deploy.transport import Transport
 from ollama_turbo.fork.cache_types import label
 from ollama_turbo.prove.client import Endpoint
 
@@ -36,13 +38,11 @@ def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], 
     def starter(k: str, v: str) -> Callable[[], contextlib.AbstractContextManager[Any]]:
         @contextlib.contextmanager
         def start() -> Iterator[Any]:
-            t = connect(host.name, host.ssh)
-            try:
-                layout = layout_of(t, host)
+            with open_host(host) as s:
+                t, layout, mgr = s.t, s.layout, s.mgr
                 if current_release(t, layout) is None:
                     raise DeployError(f"{host.name} has no current release under {layout.prefix}: nothing to bench",
                                       hint=f"invoke deploy --host {host.name} first")
-                mgr = Manager(t, host, layout)
                 # the host's lock, held from the rewrite to the restore: a deploy cannot run in between
                 with host_lock(t, layout, print):
                     m = current_manifest(t, layout, host)
@@ -56,7 +56,8 @@ def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], 
                             "is rendered from today's settings (turbo.kv.env, flash attention)")
                     cache = deployed.cache() if deployed else settings.kv
                     try:
-                        mgr.install(render(host, layout, service_env(cache, host, layout, m.era, KVPair(k, v))))
+                        mgr.install(render(host, layout, service_env(cache, host, layout, m.era, KVPair(k, v),
+                                                                     carried_env(s, cache))))
                         start = _logged(t, layout.log)
                         mgr.restart()
                         with t.forward(host.port, host.probe_host) as url:
@@ -69,8 +70,6 @@ def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], 
                     finally:
                         mgr.install(original)
                         mgr.restart()
-            finally:
-                t.close()
 
         return start
 

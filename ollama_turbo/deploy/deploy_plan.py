@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ollama_turbo.core import server_kv as server_env
 from ollama_turbo.core.kv_types import KVPair, label
@@ -23,10 +23,13 @@ from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.models import quality_gate, render_models, server_kv
 from ollama_turbo.deploy.record import DeployRecord, ModelCache
 from ollama_turbo.deploy.record import make as make_record
-from ollama_turbo.deploy.services import Layout, Manager, render, service_env
+from ollama_turbo.deploy.services import Layout, ServiceManager, render, service_env
 from ollama_turbo.deploy.store import current_release, previous_release, remote_sums
 from ollama_turbo.deploy.transport import Transport, q
 from ollama_turbo.kv import modelfiles as modelfile
+
+if TYPE_CHECKING:
+    from ollama_turbo.deploy.adopt import Adoption
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ class Step:
 ON_FAILURE = "on failure: switch back, restart the previous release"
 
 # the steps apply runs, in its order, and what a lost connection's message calls each
-STEPS = {"port": "the port check", "upload": "the upload", "switch": "the switch",
+STEPS = {"port": "the port check", "upload": "the upload", "adopt": "the take-over of the stock Ollama",
+         "switch": "the switch",
          "restart": "the restart and health check", "models": "the model creation", "smoke": "the smoke",
          "prune": "the pruning of old releases"}
 
@@ -117,6 +121,12 @@ class DeployPlan:
     send: tuple[str, ...]        # files to upload (differ on the host)
     reused: tuple[str, ...]      # files already there
     steps: tuple[Step, ...]
+    adoption: Adoption | None = None  # the stock Ollama served in place of (taken over now, or before)
+
+    @property
+    def adopts(self) -> bool:
+        """This deploy stops and disables a stock Ollama (its "adopt" step)."""
+        return self.adoption is not None and (self.adoption.new or self.adoption.stop)
 
     @property
     def version(self) -> str:
@@ -135,6 +145,7 @@ class DeployPlan:
             f"plan for {host}: {self.version} (current: {self.current or 'none'})",
             f"files to send ({len(self.send)}): " + (", ".join(self.send) or "none"),
             f"already on the host: {', '.join(self.reused) or 'none'}",
+            *([f"adopts stock Ollama: {self.adoption.stock.describe()}"] if self.adoption else []),
             *[f"model {m}: KV {kv}" for m, kv in self.intent.model_kv.items()],
             self.config_diff or "service config unchanged",
             *[f"  {i}. {s.text}" for i, s in enumerate(self.steps, 1)],
@@ -142,10 +153,13 @@ class DeployPlan:
             "dry run: nothing was changed"])
 
 
-def survey(intent: Intent, t: Transport, layout: Layout, mgr: Manager) -> DeployPlan:
-    """The plan for this host as it is now: the files it lacks, its service config against the new one."""
+def survey(intent: Intent, t: Transport, layout: Layout, mgr: ServiceManager,
+           adoption: Adoption | None = None) -> DeployPlan:
+    """The plan for this host as it is now: the files it lacks, its service config against the new one (with the
+    environment of the stock Ollama it serves in place of, where it adopts one)."""
     host, m = intent.host, intent.build
-    config = render(host, layout, service_env(intent.cache, host, layout, m.era, intent.server_kv))
+    keep = adoption.carried(intent.cache) if adoption else {}
+    config = render(host, layout, service_env(intent.cache, host, layout, m.era, intent.server_kv, keep))
     old_config = t.sh(f"cat {q(mgr.config_path)} 2>/dev/null", check=False).stdout
     diff = "".join(difflib.unified_diff(old_config.splitlines(True), config.splitlines(True),
                                         mgr.config_path + " (on host)", mgr.config_path + " (new)"))
@@ -159,10 +173,15 @@ def survey(intent: Intent, t: Transport, layout: Layout, mgr: Manager) -> Deploy
     previous = old_previous if current == m.version else current  # a redeploy keeps its previous
     what = "the server" if host.service == "none" else f"the {host.service} service"
     models = ", ".join(f"{name} ({kv})" for name, kv in intent.model_kv.items())
+    adopt = (Step("adopt", f"take over the stock Ollama ({adoption.stock.name}): record it in {layout.adopted}, "
+                           f"stop and disable it; its models ({adoption.stock.models}) and port stay")
+             if adoption and (adoption.new or adoption.stop) else None)
     steps = (
-        Step("port", f"check port {host.port} is free or this service's"),
+        Step("port", f"check port {host.port} is free or this service's"
+                     + (" (or the stock Ollama's)" if adopt else "")),
         Step("upload", f"upload {len(send)} files ({len(reused)} already there) to releases/{m.version}.partial "
                        f"under {layout.prefix}, verify sha256, rename it to releases/{m.version}"),
+        *([adopt] if adopt else []),
         Step("switch", f"switch current -> releases/{m.version} (one rename; previous: {previous or 'none'})"),
         Step("restart", f"write {mgr.config_path}, restart {what}, wait for /api/version = {m.version}"),
         Step("models", f"create models: {models}" if models else "create models: none"),
@@ -171,4 +190,4 @@ def survey(intent: Intent, t: Transport, layout: Layout, mgr: Manager) -> Deploy
         Step("prune", f"keep the newest {host.keep} releases (and the previous)"),
     )
     return DeployPlan(intent, layout, mgr.config_path, config, diff, old_config, current, previous, old_previous,
-                      send, reused, steps)
+                      send, reused, steps, adoption)

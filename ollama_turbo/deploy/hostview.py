@@ -15,18 +15,12 @@ from ollama_turbo.core.errors import TurboError
 from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import Host, Settings
+from ollama_turbo.deploy import adopt
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.record import DeployRecord
-from ollama_turbo.deploy.services import Manager
-from ollama_turbo.deploy.store import (
-    current_manifest,
-    current_record,
-    current_release,
-    layout_of,
-    previous_release,
-    releases,
-)
-from ollama_turbo.deploy.transport import connect, q
+from ollama_turbo.deploy.session import open_host
+from ollama_turbo.deploy.store import current_manifest, current_record, current_release, previous_release, releases
+from ollama_turbo.deploy.transport import q
 from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.prove import loaded
 from ollama_turbo.prove.ollama_api import ApiError, Client
@@ -78,9 +72,8 @@ class HostView:
 def host_view(host: Host) -> Iterator[HostView]:
     """A view of a host for the length of a ``with`` block: a tunnelled URL, its service log, its deployed
     manifest. The tunnel and the connection close when the block ends, however it ends."""
-    t = connect(host.name, host.ssh)
-    try:
-        layout = layout_of(t, host)
+    with open_host(host) as s:
+        t, layout = s.t, s.layout
         if current_release(t, layout) is None:
             raise DeployError(f"{host.name} has no current release under {layout.prefix}: nothing was deployed "
                               "there", hint=f"invoke deploy --host {host.name}; or point --url at a running server")
@@ -88,26 +81,20 @@ def host_view(host: Host) -> Iterator[HostView]:
         with t.forward(host.port, host.probe_host) as url:
             yield HostView(url, lambda: t.read(layout.log), lambda: current_manifest(t, layout, host),
                            lambda: current_record(t, layout, host))
-    finally:
-        t.close()
 
 
 def deployed_manifest(host: Host) -> Manifest | None:
     """The manifest of the build a host runs now (None: nothing deployed, or unreadable)."""
-    t = connect(host.name, host.ssh)
     try:
-        return current_manifest(t, layout_of(t, host), host)
+        with open_host(host) as s:
+            return current_manifest(s.t, s.layout, host)
     except (TurboError, OSError):
         return None
-    finally:
-        t.close()
 
 
 def status(settings: Settings, host: Host) -> dict[str, Any]:
-    t = connect(host.name, host.ssh)
-    try:
-        layout = layout_of(t, host)
-        mgr = Manager(t, host, layout)
+    with open_host(host) as s:
+        t, layout, mgr = s.t, s.layout, s.mgr
         current = current_release(t, layout)
         deployed = current_manifest(t, layout, host) if current else None
         rec = current_record(t, layout, host) if current else None
@@ -130,16 +117,17 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
                     models = [x.to_json() for x in loaded.loaded_models(Client(url, timeout=10), log,
                                                                          (default.k, default.v))]
         fork = rec.fork if rec else settings.kv.fork
+        stock = adopt.read_record(s)
         return {"host": host.name, "service": host.service, "state": mgr.state(), "current": current,
                 "serving": served, "previous": previous_release(t, layout),
                 "releases": releases(t, layout), "kv_cache": env_kv,
                 "deployed": _deployed(rec, settings) if current else None,
                 "kv_running": kv_running(log, env_kv, fork),
                 "loaded": models, "prefix": layout.prefix,
+                "adopted": {**stock.to_json(), "text": f"adopted stock Ollama ({stock.describe()})",
+                            "config_b64": None} if stock else None,
                 "not_supported": [f"models of {f} (left out of this build)" for f in deployed.left_out]
                 if deployed else []}
-    finally:
-        t.close()
 
 
 def _deployed(rec: DeployRecord | None, settings: Settings) -> dict[str, Any]:

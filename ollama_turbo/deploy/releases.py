@@ -9,7 +9,6 @@ deploy at a time), ``store`` (the releases on the host and the switch), ``servic
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import requests
 
 from ollama_turbo.core.errors import Interrupted, TurboError
 from ollama_turbo.core.settings import Host, Settings
+from ollama_turbo.deploy import adopt
 from ollama_turbo.deploy.deploy_plan import ON_FAILURE, STEPS, DeployPlan, Intent, decide, survey
 from ollama_turbo.deploy.dists import check_platform, load_dist
 from ollama_turbo.deploy.errors import DeployError
@@ -29,10 +29,10 @@ from ollama_turbo.deploy.lock import host_lock, lock_owner
 from ollama_turbo.deploy.models import create_models
 from ollama_turbo.deploy.record import NAME as RECORD
 from ollama_turbo.deploy.rollback import Attempt, interrupted, put_back, recover, rollback_to
-from ollama_turbo.deploy.services import Manager
+from ollama_turbo.deploy.services import ServiceManager
+from ollama_turbo.deploy.session import HostSession, open_host
 from ollama_turbo.deploy.store import (
     history,
-    layout_of,
     log_tail,
     port_holder,
     prune,
@@ -40,7 +40,7 @@ from ollama_turbo.deploy.store import (
     set_previous,
     switch,
 )
-from ollama_turbo.deploy.transport import Transport, TransportError, connect, q, url_host
+from ollama_turbo.deploy.transport import Transport, TransportError, q, url_host
 from ollama_turbo.prove import smoke
 from ollama_turbo.prove.smoke import SmokeResult
 
@@ -89,52 +89,51 @@ class DeployResult:
 
 
 def deploy(settings: Settings, host: Host, dist: Path, *, dry_run: bool = False, say: Say = print,
-           specs_dir: Path | None = None, accept_unmeasured: bool = False) -> DeployResult:
+           specs_dir: Path | None = None, accept_unmeasured: bool = False, adopt_loaded: bool = False) -> DeployResult:
     """Plan, then apply: everything that needs no host is decided first (bad specs, a failed quality gate, a
     damaged build stop here); the host's state is read under its lock into the plan; :func:`apply` runs it."""
     t0 = time.perf_counter()
     intent = decide(settings, host, load_dist(dist), specs_dir=specs_dir, accept_unmeasured=accept_unmeasured)
-    return carry_out(intent, dry_run=dry_run, say=say, t0=t0)
+    return carry_out(intent, dry_run=dry_run, say=say, t0=t0, adopt_loaded=adopt_loaded)
 
 
-def carry_out(intent: Intent, *, dry_run: bool = False, say: Say = print, t0: float | None = None) -> DeployResult:
+def carry_out(intent: Intent, *, dry_run: bool = False, say: Say = print, t0: float | None = None,
+              adopt_loaded: bool = False) -> DeployResult:
     """A decided deploy to its host: surveyed into a plan (printed for ``dry_run``), else applied under the
-    host's lock."""
+    host's lock. A stock Ollama on the host is taken over (:mod:`.adopt`); one with models loaded only with
+    ``adopt_loaded``."""
     t0 = time.perf_counter() if t0 is None else t0
     host, version = intent.host, intent.build.version
     if host.listens_everywhere:
         say(f"WARNING: {host.name} listens on {host.listen}, every interface: Ollama's API has no authentication, so "
             "anyone who reaches this address can create, delete and pull models (listen on 127.0.0.1 or a private "
             "address, or put a proxy with authentication in front)")
-    t = connect(host.name, host.ssh)
     attempt: Attempt | None = None
     try:
-        check_platform(intent.build, host, t)
-        layout = layout_of(t, host)
-        mgr = Manager(t, host, layout)
-        if dry_run:
-            res = DeployResult.of(survey(intent, t, layout, mgr), "dry-run")
-            res.seconds = time.perf_counter() - t0
-            return res
-        run = Run(t, mgr, say, t0, Attempt(lock_owner()))
-        attempt = run.attempt
-        try:
-            with host_lock(t, layout, say, run.attempt.owner, recovers=True):  # taken before any state is read
-                try:
-                    return apply(survey(intent, t, layout, mgr), run)
-                except KeyboardInterrupt:  # Ctrl-C: back on a verified release, still under the lock
-                    raise Interrupted(put_back(t, host, layout, mgr, version, run.attempt, say),
-                                      hosts=[host.name]) from None
-        except TransportError as exc:
-            recover(host, version, run.attempt, exc, say)
-            raise  # recover raises; this is for the type checker
+        with open_host(host) as s:
+            t, layout, mgr = s.t, s.layout, s.mgr
+            check_platform(intent.build, host, t)
+            if dry_run:
+                res = DeployResult.of(survey(intent, t, layout, mgr, adopt.survey(s, adopt_loaded=adopt_loaded)),
+                                      "dry-run")
+                res.seconds = time.perf_counter() - t0
+                return res
+            run = Run(s, say, t0, Attempt(lock_owner()))
+            attempt = run.attempt
+            try:
+                with host_lock(t, layout, say, run.attempt.owner, recovers=True):  # taken before any state is read
+                    try:
+                        adoption = adopt.survey(s, adopt_loaded=adopt_loaded)
+                        return apply(survey(intent, t, layout, mgr, adoption), run)
+                    except KeyboardInterrupt:  # Ctrl-C: back on a verified release, still under the lock
+                        raise Interrupted(put_back(s, version, run.attempt, say), hosts=[host.name]) from None
+            except TransportError as exc:
+                recover(host, version, run.attempt, exc, say)
+                raise  # recover raises; this is for the type checker
     except KeyboardInterrupt as exc:  # before the lock, or a second Ctrl-C during the switch back
         if isinstance(exc, Interrupted):
             raise
         raise interrupted(host, version, attempt) from None
-    finally:
-        with contextlib.suppress(Exception):
-            t.close()
 
 
 @dataclass
@@ -142,12 +141,19 @@ class Run:
     """How a plan is applied: the connection, the host's service manager, where to report, when it started,
     and what was done so far (for a rollback or a recovery)."""
 
-    t: Transport
-    mgr: Manager
+    s: HostSession
     say: Say
     t0: float
     attempt: Attempt
     done: list[str] = field(default_factory=list)
+
+    @property
+    def t(self) -> Transport:
+        return self.s.t
+
+    @property
+    def mgr(self) -> ServiceManager:
+        return self.s.mgr
 
     def step(self, plan: DeployPlan, key: str) -> None:
         """Announce the plan's next step; a step out of the plan's order is refused (a bug), as a deploy error."""
@@ -165,7 +171,7 @@ def apply(plan: DeployPlan, run: Run) -> DeployResult:
     previous release."""
     intent, layout, t, mgr, attempt = plan.intent, plan.layout, run.t, run.mgr, run.attempt
     host, version = intent.host, plan.version
-    if tuple(s.key for s in plan.steps) != tuple(STEPS):  # before anything changes
+    if tuple(s.key for s in plan.steps) != tuple(k for k in STEPS if k != "adopt" or plan.adopts):  # before changes
         raise DeployError(f"the plan's steps ({', '.join(s.key for s in plan.steps)}) are not the ones apply runs",
                           hint="report this as a bug of ollama-turbo")
     res = DeployResult.of(plan, "failed")
@@ -176,7 +182,8 @@ def apply(plan: DeployPlan, run: Run) -> DeployResult:
         served = t.sh(q("curl", "-s", "-m", "2", f"http://{url_host(host.probe_host)}:{host.port}/api/version"),
                       check=False).stdout
         ours = bool(current) and f'"{current}"' in served and "running" in mgr.state()
-        if not ours:
+        stock = plan.adopts and plan.adoption is not None and plan.adoption.stock.active
+        if not ours and not stock:
             raise DeployError(
                 f"port {host.port} on {host.name} is already in use, by something that is not this service:\n"
                 f"  {holder}",
@@ -188,6 +195,16 @@ def apply(plan: DeployPlan, run: Run) -> DeployResult:
     previous = plan.previous  # on a redeploy of the current release, its previous stays the previous
     old_config, old_previous = plan.old_config, plan.old_previous
     attempt.previous, attempt.old_previous, attempt.old_config = previous, old_previous, old_config
+    if plan.adopts and plan.adoption is not None:
+        run.step(plan, "adopt")
+        attempt.adopted = True  # from here on, a failure with no release of ours gives the stock Ollama back
+        try:
+            adopt.take_over(run.s, plan.adoption, run.say)
+        except TransportError:
+            raise
+        except TurboError:
+            adopt.settle(run.s, run.say)
+            raise
     run.step(plan, "switch")
     attempt.switched = True  # from here on, recovery checks where current points
     switch(t, layout, version, host)
@@ -217,11 +234,12 @@ def apply(plan: DeployPlan, run: Run) -> DeployResult:
         rollback_to(t, host, layout, mgr, previous, old_config, run.say)
         if old_previous:
             set_previous(t, layout, old_previous)
+        given = None if previous else adopt.settle(run.s, run.say)
         res.status = "rolled-back" if previous else "failed"
         history(t, layout, version, res.status)
         res.seconds = time.perf_counter() - run.t0
         raise DeployError(f"deploy of {version} to {host.name} failed and was rolled back"
-                          + (f" to {previous}" if previous else " (no previous release: service stopped)")
+                          + (f" to {previous}" if previous else f" (no previous release: {given or 'service stopped'})")
                           + f": {exc}\n--- service log (last lines) ---\n{tail}",
                           hint=f"fix the build and deploy again; invoke status --host {host.name}") from None
     run.step(plan, "prune")

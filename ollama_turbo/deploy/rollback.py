@@ -12,15 +12,16 @@ from typing import Any
 from ollama_turbo.core import poll
 from ollama_turbo.core.errors import Interrupted, TurboError
 from ollama_turbo.core.settings import Host, Settings
+from ollama_turbo.deploy import adopt
 from ollama_turbo.deploy.deploy_plan import STEPS
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.hostview import wait_version
 from ollama_turbo.deploy.lock import host_lock
-from ollama_turbo.deploy.services import Layout, Manager
+from ollama_turbo.deploy.services import Layout, ServiceManager
+from ollama_turbo.deploy.session import HostSession, open_host, session_on
 from ollama_turbo.deploy.store import (
     current_release,
     history,
-    layout_of,
     log_tail,
     previous_release,
     releases,
@@ -41,6 +42,7 @@ class Attempt:
     old_previous: str | None = None
     old_config: str = ""
     switched: bool = False
+    adopted: bool = False       # a stock Ollama was stopped for this deploy
     step: str = "connecting"
     left: str = ""              # after Ctrl-C: what the host was left on, once that is settled
 
@@ -64,8 +66,8 @@ def recover(host: Host, version: str, attempt: Attempt, exc: TransportError, say
                                f"--host {host.name} if it is not on a release you trust; a lock left behind is "
                                "broken after 15 minutes") from None
     try:
-        layout = layout_of(t2, host)
-        mgr = Manager(t2, host, layout)
+        s = session_on(t2, host)
+        layout, mgr = s.layout, s.mgr
         # the lost session's service-manager commands may still be running on the host: let them finish first
         t2.sh("for i in $(seq 50); do pgrep -u \"$(id -u)\" -f '[l]aunchctl |[s]ystemctl ' >/dev/null || break; "
               "sleep 0.2; done", check=False)
@@ -83,6 +85,9 @@ def recover(host: Host, version: str, attempt: Attempt, exc: TransportError, say
             if current and "running" not in mgr.state():
                 mgr.restart()
             outcome = f"left on {current or 'no release'} (nothing was switched)"
+        given = adopt.settle(s, say)
+        if given:
+            outcome += f"; {given}"
         history(t2, layout, version, "lost-connection")
         owner = t2.sh(f"cat {q(layout.lock + '/owner')} 2>/dev/null", check=False).stdout.strip()
         if owner == attempt.owner:
@@ -95,10 +100,16 @@ def recover(host: Host, version: str, attempt: Attempt, exc: TransportError, say
                       hint=f"invoke status --host {host.name}; deploy again when the network is stable") from None
 
 
-def put_back(t: Transport, host: Host, layout: Layout, mgr: Manager, version: str, attempt: Attempt,
-             say: Say) -> str:
+def put_back(s: HostSession, version: str, attempt: Attempt, say: Say) -> str:
     """Ctrl-C during a deploy, its lock still held: a host switched to the new, unverified release is switched
-    back and its previous release restarted and awaited. Returns what the host was left on."""
+    back and its previous release restarted and awaited; a stock Ollama stopped for it with no release of ours to
+    go back to is given back. Returns what the host was left on."""
+    t, host, layout, mgr = s.t, s.host, s.layout, s.mgr
+    if attempt.adopted and not attempt.switched:
+        given = adopt.settle(s, say)
+        if given:
+            attempt.left = f"nothing was switched on {host.name}: {given}"
+            return attempt.left
     if not attempt.switched or attempt.step == STEPS["prune"]:
         attempt.left = left_after(host, version, attempt)
         return attempt.left
@@ -109,13 +120,15 @@ def put_back(t: Transport, host: Host, layout: Layout, mgr: Manager, version: st
         if attempt.old_previous:
             set_previous(t, layout, attempt.old_previous)
         history(t, layout, version, "interrupted")
+        given = None if attempt.previous else adopt.settle(s, say)
     except TurboError as exc:
         attempt.left = (f"{host.name} was switched to {version}, which is not verified, and the switch back to "
                         f"{back} failed: {exc.message}")
         return attempt.left
     attempt.left = (f"{host.name} was put back on {attempt.previous}, which answers again ({version} was not "
                     "verified)" if attempt.previous else
-                    f"{host.name} had no previous release: its service was stopped ({version} was not verified)")
+                    f"{host.name} had no previous release: its service was stopped ({version} was not verified)"
+                    + (f"; {given}" if given else ""))
     return attempt.left
 
 
@@ -137,7 +150,7 @@ def interrupted(host: Host, version: str, attempt: Attempt | None) -> Interrupte
     return Interrupted(left_after(host, version, attempt), hosts=[host.name])
 
 
-def rollback_to(t: Transport, host: Host, layout: Layout, mgr: Manager, previous: str | None,
+def rollback_to(t: Transport, host: Host, layout: Layout, mgr: ServiceManager, previous: str | None,
                  old_config: str, say: Say) -> None:
     if previous:
         switch(t, layout, previous, host)
@@ -157,10 +170,8 @@ def rollback_to(t: Transport, host: Host, layout: Layout, mgr: Manager, previous
 def rollback(settings: Settings, host: Host, to: str | None = None, say: Say = print,
              dry_run: bool = False) -> dict[str, Any]:
     """Switch back to the previous (or a given) release; returns {from, to, status}."""
-    t = connect(host.name, host.ssh)
-    try:
-        layout = layout_of(t, host)
-        mgr = Manager(t, host, layout)
+    with open_host(host) as s:
+        t, layout, mgr = s.t, s.layout, s.mgr
         current = current_release(t, layout)
         target = to or previous_release(t, layout)
         have = releases(t, layout)
@@ -197,5 +208,3 @@ def rollback(settings: Settings, host: Host, to: str | None = None, say: Say = p
                                "restart was not awaited",
                     "done": f"{host.name} serves {target}"}[stage]
             raise Interrupted(left, hosts=[host.name]) from None
-    finally:
-        t.close()

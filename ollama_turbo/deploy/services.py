@@ -1,16 +1,19 @@
-"""Service managers on a host: launchd (LaunchAgent), systemd (user unit), or none (a detached
-process with a pidfile). Rendering is pure; the managers act through a transport."""
+"""Service managers on a host: launchd (LaunchAgent), systemd (user unit), or none (a detached process with a
+pidfile), as one protocol (:class:`ServiceManager`; the three in :mod:`ollama_turbo.deploy.managers`). Here: the
+host's layout, the server's environment and the rendering of its config, all pure."""
 
 from __future__ import annotations
 
 import plistlib
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
-from ollama_turbo.core import poll, server_kv, templates
+from ollama_turbo.core import server_kv, templates
 from ollama_turbo.core.errors import TurboError
 from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.settings import KV, Host
+from ollama_turbo.deploy.stock import StockService
 from ollama_turbo.deploy.transport import Transport, q
 
 LABEL = "com.ollama-turbo.ollama"
@@ -57,19 +60,33 @@ class Layout:
     def unit(self) -> str:
         return f"{self.home}/.config/systemd/user/{UNIT}"
 
+    @property
+    def adopted(self) -> str:
+        """The record of the stock Ollama a deploy took over (absent: none was)."""
+        return f"{self.prefix}/adopted.json"
+
 
 def expand(path: str, home: str) -> str:
     return home + path[1:] if path == "~" or path.startswith("~/") else path
 
 
-def service_env(cache: KV, host: Host, layout: Layout, era: str, kv: KVPair) -> list[tuple[str, str]]:
-    """The server's environment: listen address, models, its K/V cache type ``kv``, and from the configured
-    ``cache``: flash attention and the variables of ``turbo.kv.env`` (the fork's knobs)."""
+def service_env(cache: KV, host: Host, layout: Layout, era: str, kv: KVPair,
+                carried: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """The server's environment: listen address, models, its K/V cache type ``kv``, the ``carried`` environment
+    of an adopted stock Ollama, and from the configured ``cache``: flash attention and the variables of
+    ``turbo.kv.env`` (the fork's knobs), which win over what was carried."""
     env = [("OLLAMA_HOST", host.listen), ("OLLAMA_MODELS", layout.models), *server_kv.to_env(era, kv)]
     if cache.flash_attention:
         env.append(("OLLAMA_FLASH_ATTENTION", "1"))
+    own = {k for k, _ in env} | set(cache.env)
+    env += [(k, v) for k, v in sorted((carried or {}).items()) if k not in own]
     env += sorted(cache.env.items())
     return env
+
+
+def owned_env(cache: KV) -> set[str]:
+    """The variables our service sets itself, whatever a stock config gave."""
+    return {"OLLAMA_HOST", "OLLAMA_MODELS", "OLLAMA_FLASH_ATTENTION", *server_kv.NAMES, *cache.env}
 
 
 def launchd_plist(layout: Layout, env: list[tuple[str, str]]) -> str:
@@ -103,113 +120,73 @@ def render(host: Host, layout: Layout, env: list[tuple[str, str]]) -> str:
     return "".join(f"{k}={v}\n" for k, v in env)
 
 
-class Manager:
+class ServiceManager(Protocol):
+    """One service manager on one host: our service (its config, restart, stop, state, removal) and the stock
+    Ollama's service there (found, stopped and disabled when a deploy adopts it, restored by uninstall)."""
+
+    t: Transport
+    host: Host
+    layout: Layout
+
+    @property
+    def config_path(self) -> str: ...
+    def install(self, text: str) -> None: ...
+    def restart(self) -> None: ...
+    def stop(self) -> None: ...
+    def remove(self) -> None: ...
+    def state(self) -> str: ...
+    def pid(self) -> int | None: ...
+    def find_stock(self) -> StockService | None: ...
+    def stop_stock(self, stock: StockService) -> None: ...
+    def restore_stock(self, stock: StockService) -> None: ...
+
+
+class ManagerBase:
+    """What every manager does the same way: install its config file, read its pid from its state, remove it;
+    a manager with no stock Ollama of its own finds none."""
+
     def __init__(self, t: Transport, host: Host, layout: Layout) -> None:
         self.t, self.host, self.layout = t, host, layout
 
     @property
     def config_path(self) -> str:
-        if self.host.service == "launchd":
-            return self.layout.plist
-        if self.host.service == "systemd":
-            return self.layout.unit
-        return f"{self.layout.prefix}/run/ollama.env"
+        raise NotImplementedError
 
     def install(self, text: str) -> None:
         self.t.write(self.config_path, text)
 
     def restart(self) -> None:
-        getattr(self, f"_restart_{self.host.service}")()
+        raise NotImplementedError
 
     def stop(self) -> None:
-        getattr(self, f"_stop_{self.host.service}")()
+        raise NotImplementedError
 
     def state(self) -> str:
-        result: str = getattr(self, f"_state_{self.host.service}")()
-        return result
+        raise NotImplementedError
 
     def pid(self) -> int | None:
         m = re.search(r"pid[ =]+(\d+)", self.state())
         return int(m.group(1)) if m else None
 
-    # --- launchd --------------------------------------------------------------------------
+    def remove(self) -> None:
+        """Stop our service and delete its config: nothing of it starts again."""
+        self.stop()
+        self.t.sh(q("rm", "-f", self.config_path), check=False)
 
-    def domain(self) -> str:
-        uid = self.t.sh("id -u").stdout.strip()
-        me = self.t.sh("id -un").stdout.strip()
-        console = self.t.sh("ls -ln /dev/console 2>/dev/null | awk '{print $3}'", check=False).stdout.strip()
-        return f"gui/{uid}" if console == uid and me else f"user/{uid}"
+    def find_stock(self) -> StockService | None:
+        return None
 
-    def _restart_launchd(self) -> None:
-        d = self.domain()
-        self._bootout(d)
-        r = self.t.sh(q("launchctl", "bootstrap", d, self.layout.plist), check=False)
-        if r.returncode == 5:  # "Input/output error": a stale registration; bootout and retry once
-            self._bootout(d)
-            r = self.t.sh(q("launchctl", "bootstrap", d, self.layout.plist), check=False)
-        if not r.ok:
-            raise ServiceError(f"{self.host.name}: launchctl bootstrap {d} failed ({r.returncode}): "
-                               f"{(r.stderr or r.stdout).strip()}")
-        self.t.sh(q("launchctl", "kickstart", "-k", f"{d}/{LABEL}"))
-        if "state = running" not in self._state_launchd():
-            raise ServiceError(f"{self.host.name}: {LABEL} is not running after kickstart")
+    def stop_stock(self, stock: StockService) -> None:
+        raise ServiceError(f"{self.host.name}: a {self.host.service} host has no stock Ollama service to stop")
 
-    def _bootout(self, d: str) -> None:
-        def done() -> bool | None:
-            r = self.t.sh(q("launchctl", "bootout", f"{d}/{LABEL}"), check=False)
-            text = (r.stderr + r.stdout).lower()
-            return None if r.returncode in (36, 37) or "in progress" in text else True
+    def restore_stock(self, stock: StockService) -> None:
+        raise ServiceError(f"{self.host.name}: a {self.host.service} host cannot start a {stock.manager} service",
+                           hint=f"start it by hand: {stock.path}")
 
-        poll.until(done, interval=0.25, tries=20)
 
-    def _stop_launchd(self) -> None:
-        self._bootout(self.domain())
-
-    def _state_launchd(self) -> str:
-        r = self.t.sh(q("launchctl", "print", f"{self.domain()}/{LABEL}"), check=False)
-        if not r.ok:
-            return "not loaded"
-        state = re.search(r"state = (\w+)", r.stdout)
-        pid = re.search(r"pid = (\d+)", r.stdout)
-        return f"state = {state.group(1) if state else 'unknown'}" + (f", pid = {pid.group(1)}" if pid else "")
-
-    # --- systemd --------------------------------------------------------------------------
-
-    def _restart_systemd(self) -> None:
-        self.t.sh("systemctl --user daemon-reload")
-        self.t.sh(q("systemctl", "--user", "enable", UNIT), check=False)
-        self.t.sh(q("systemctl", "--user", "restart", UNIT))
-        if self.t.sh(q("systemctl", "--user", "is-active", UNIT), check=False).stdout.strip() != "active":
-            raise ServiceError(f"{self.host.name}: {UNIT} is not active after restart")
-
-    def _stop_systemd(self) -> None:
-        self.t.sh(q("systemctl", "--user", "stop", UNIT), check=False)
-
-    def _state_systemd(self) -> str:
-        active = self.t.sh(q("systemctl", "--user", "is-active", UNIT), check=False).stdout.strip()
-        pid = self.t.sh(q("systemctl", "--user", "show", "-p", "MainPID", "--value", UNIT), check=False)
-        return f"state = {active}" + (f", pid = {pid.stdout.strip()}" if pid.stdout.strip() not in ("", "0") else "")
-
-    # --- none: a detached process ----------------------------------------------------------
-
-    def _restart_none(self) -> None:
-        self._stop_none()
-        lay = self.layout
-        env = self.t.read(self.config_path)
-        exports = " ".join(q(line) for line in env.splitlines() if "=" in line)
-        self.t.sh(f"mkdir -p {q(lay.prefix + '/run', lay.prefix + '/logs')} && cd {q(lay.prefix)} && "
-                  f"env {exports} nohup {q(lay.current + '/bin/ollama')} serve >> {q(lay.log)} 2>&1 < /dev/null & "
-                  f"echo $! > {q(lay.pidfile)}")
-
-    def _stop_none(self) -> None:
-        lay = self.layout
-        self.t.sh(f"if [ -f {q(lay.pidfile)} ]; then p=$(cat {q(lay.pidfile)}); "
-                  f"if ps -p \"$p\" -o args= 2>/dev/null | grep -q {q(lay.prefix)}; then kill \"$p\"; "
-                  f"for i in $(seq 50); do kill -0 \"$p\" 2>/dev/null || break; sleep 0.1; done; fi; "
-                  f"rm -f {q(lay.pidfile)}; fi", check=False)
-
-    def _state_none(self) -> str:
-        lay = self.layout
-        r = self.t.sh(f"p=$(cat {q(lay.pidfile)} 2>/dev/null) && kill -0 \"$p\" 2>/dev/null && echo \"$p\"",
-                      check=False)
-        return f"state = running, pid = {r.stdout.strip()}" if r.ok and r.stdout.strip() else "state = stopped"
+def write_bytes(t: Transport, path: str, b64: str, *, root: str = "") -> None:
+    """A config file's exact bytes back at ``path`` (written beside it, then renamed); ``root`` is a ``sudo -n ``
+    prefix where the file belongs to root."""
+    tmp = f"{path}.restore-tmp"
+    inner = f"base64 --decode > {q(tmp)} && chmod 644 {q(tmp)} && mv -f {q(tmp)} {q(path)}"
+    t.sh(f"printf %s {q(b64)} | {root}sh -c {q(inner)}")
