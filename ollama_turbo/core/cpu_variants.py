@@ -141,12 +141,26 @@ def explain_sigill(log: str, *, where: str, host: str = "") -> str:
                 f"loaded (load_backend line): a library the CPU cannot run. Leave the variant out "
                 f"({_setting(host, '<variant>')}, or build-ollama --cpu-exclude <variant>)")
     variant, path = got
-    flags = VARIANTS.get(variant)
-    need = f"needs {' '.join(flags)}" if flags else "flags not in our table" if flags is None else "needs nothing"
+    need = describe_needs(variant)
     return (f"{where} died of an illegal instruction (SIGILL, exit 132) in CPU variant {variant} "
             f"({path.rsplit('/', 1)[-1]}, {need}): the CPU reports these flags but cannot run them (a hypervisor "
             f"advertising AMX without enabling it is one known cause). Leave it out: {_setting(host, variant)}, or "
             f"build-ollama --cpu-exclude {variant}; ggml then loads the next best variant")
+
+
+def describe_needs(variant: str) -> str:
+    """What a variant needs, short: the flags it adds to the strongest variant below it (whose flags it all needs)."""
+    flags = VARIANTS.get(variant)
+    if flags is None:
+        return "its flags are not in our table"
+    if not flags:
+        return "needs no flag beyond x86-64"
+    below = [v for v, f in VARIANTS.items() if v != variant and set(f) < set(flags)]
+    base = max(below, key=lambda v: len(VARIANTS[v])) if below else None
+    if base is None or not VARIANTS[base]:
+        return f"needs {' '.join(flags)}"
+    extra = [f for f in flags if f not in VARIANTS[base]]
+    return f"needs {' '.join(extra)} on top of {base}'s {len(VARIANTS[base])} flags"
 
 
 def _setting(host: str, variant: str) -> str:

@@ -83,16 +83,19 @@ def probe(t: Transport, host: Host, release: str, log: str, env: list[tuple[str,
     check_flags(present, cpu_flags(t, host), host.name, say)
     port = _free_port(t, host.port)
     staged = dict(env, OLLAMA_HOST=f"127.0.0.1:{port}")
-    start = (f"mkdir -p \"$(dirname {q(log)})\" && nohup env "
+    t.sh(f"mkdir -p \"$(dirname {q(log)})\"")
+    start = ("nohup env "
              + " ".join(q(f"{k}={v}") for k, v in staged.items())
              + f" {q(release + '/bin/ollama')} serve > {q(log)} 2>&1 < /dev/null & echo $!")
     pid = t.sh(start).stdout.strip()
     url = f"http://127.0.0.1:{port}"
     try:
         if not _wait(t, url, host.health_timeout):
-            say(f"[{host.name}] probe: the new release did not answer on the staged port {port} (log: {log}); "
-                "the restart after the switch checks it")
-            _judge(t.read(log), "", host, release)
+            text = t.read(log)
+            _judge(text, "", host, release)
+            last = (text.strip().splitlines() or ["nothing"])[-1][:200]
+            say(f"[{host.name}] probe: the new release did not answer on the staged port {port} (its log {log} "
+                f"ends: {last}); the restart after the switch checks it")
             return
         tags = t.sh(f"curl -s -m 10 {q(url + '/api/tags')}", check=False).stdout
         names = {m.get("name") for m in _json(tags).get("models", [])}
