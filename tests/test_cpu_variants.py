@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ollama_turbo import sample
+from ollama_turbo.builder import build_ollama as build
 from ollama_turbo.builder import cpu_exclude
 from ollama_turbo.builder.options import Options
 from ollama_turbo.builder.plan import build_identity, check_options
@@ -17,6 +19,8 @@ from ollama_turbo.core.errors import ConfigError, UsageError
 from ollama_turbo.deploy import cpu_guard
 from ollama_turbo.deploy.record import parse as parse_record
 from ollama_turbo.prove.smoke import Check, SmokeResult, sigill
+
+from .conftest import invoke
 
 LIB = "lib/ollama"
 ALL = ["x64", "sse42", "sandybridge", "haswell", "skylakex", "icelake", "alderlake", "sapphirerapids", "zen4"]
@@ -163,3 +167,31 @@ def test_a_smoke_whose_runner_died_of_sigill_names_the_variant() -> None:
     fine = SmokeResult(url="u", api="ollama", model="m", checks=[Check("generate", False, 0.1, "timeout")])
     sigill(fine, lambda: FIELD_LOG)
     assert [c.name for c in fine.checks] == ["generate"]
+
+
+@pytest.mark.sample
+def test_build_ollama_leaves_a_variant_out_of_the_dist_and_records_it(world: sample.World, tmp_path: Path) -> None:
+    """The cpu preset's variant libraries stand in the llama-server build's cache (the sample's llama.cpp builds
+    none), as Ollama's CMake installs them beside llama-server; build-ollama copies them into the dist."""
+    ws = tmp_path / "ws"
+    s = config.parse({"workspace": str(ws), "build": {"backend": "cpu"}})
+    plain = build.run(s, build.Options(ollama=str(world.ollama_c), fork=str(world.fork)), say=lambda x: None)
+    assert "cpu_variants" not in plain.manifest
+    (cached,) = (ws / "cache" / "llama-server").glob("*/lib/ollama")
+    for v in ("x64", "haswell", "zen4", "sapphirerapids"):
+        (cached / f"libggml-cpu-{v}.so").write_text(v)
+    args = ("build-ollama", "--ollama", str(world.ollama_c), "--fork", str(world.fork), "--backend", "cpu")
+    e = {"INVOKE_TURBO_WORKSPACE": str(ws)}
+    r = invoke(*args, "--cpu-exclude", "sapphirerapids", "--json", str(tmp_path / "m.json"), env=e)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "left out CPU variants sapphirerapids; shipped: haswell, x64, zen4" in r.stdout
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["version"] != plain.plan.version  # another build: another release on the hosts
+    assert m["cpu_variants"]["excluded"] == ["sapphirerapids"] and "--cpu-exclude" in m["cpu_variants"]["why"]
+    assert "lib/ollama/libggml-cpu-sapphirerapids.so" not in m["files"]
+    assert "lib/ollama/libggml-cpu-zen4.so" in m["files"]
+    assert not (Path(m["dist"]) / "lib/ollama/libggml-cpu-sapphirerapids.so").exists()
+    r = invoke(*args, "--cpu-exclude", "x64,haswell,zen4,sapphirerapids", env=e)
+    assert r.returncode == 2 and "leaves no CPU variant at all" in r.stderr and "Traceback" not in r.stderr
+    r = invoke(*args, "--cpu-exclude", "amx", "--dry-run", env=e)
+    assert r.returncode == 2 and "--cpu-exclude: 'amx' is not a CPU variant (known: x64" in r.stderr

@@ -120,3 +120,16 @@ def test_a_cpu_that_traps_on_a_variant_is_caught_before_the_switch_and_cpu_exclu
 def test_a_bad_cpu_exclude_is_refused_before_the_host_is_touched(env: dict, fleet: str, said: str) -> None:
     code, out, err = run(env, fleet, "deploy", "--host", "mac", "--dist", str(env["cpu"]))
     assert code == 2 and said in err and "Traceback" not in err, out + err
+
+
+def test_a_first_install_meets_the_sigill_in_its_smoke_and_names_it_too(env: dict) -> None:
+    """No model on the host yet: the probe cannot warm up, the smoke after the switch does, and the failure names
+    the variant as the probe would."""
+    reset(env)
+    on_host(env, f"cat > ~/{cpu_host.CPU_FILE} <<'EOF'\n{cpu_host.cpu_text(AMX_VM, 'amx_tile')}EOF\n")
+    code, out, err = run(env, "plain", "deploy", "--host", "mac", "--dist", str(env["cpu"]))
+    assert code == 1, out + err
+    assert "none of this deploy's models is on the host yet" in out, out
+    assert "failed and was rolled back (no previous release: service stopped)" in err, err
+    assert "in CPU variant sapphirerapids" in err and "turbo.hosts.mac.cpu_exclude: [sapphirerapids]" in err, err
+    assert version(env) is None
