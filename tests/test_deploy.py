@@ -165,12 +165,12 @@ def test_a_dry_run_changes_nothing_then_a_fresh_install_applies_its_plan(fresh: 
     assert not (env["sshd"].home / ".ollama-turbo").exists()
     assert not (env["sshd"].home / "Library").exists()
     steps = re.findall(r"^  (\d+)\. (.+)$", out, re.M)
-    assert [k for k, _ in steps] == [str(i) for i in range(1, 8)] and "upload 3 files (0 already there)" in out
+    assert [k for k, _ in steps] == [str(i) for i in range(1, 9)] and "upload 3 files (0 already there)" in out
     v1 = version_of(env["dists"][0])
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][0]), "--specs", str(env["specs"]))
     assert code == 0, out + err
     # the plan printed is the plan applied: the same steps, in the same order, with the same words
-    assert re.findall(r"^\[mac\] (\d+)/7 (.+)$", out, re.M) == steps
+    assert re.findall(r"^\[mac\] (\d+)/8 (.+)$", out, re.M) == steps
     assert f"deployed {v1} to mac" in out and "models: sample" in out
     assert "[1/3] bin/ollama:" in out and "MB sent in" in out
     assert version(env) == v1
@@ -225,7 +225,7 @@ def test_upgrade_switches_with_little_downtime(fresh: dict) -> None:
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][1]), "--dry-run")
     assert code == 0 and f"switch current -> releases/{v2} (one rename; previous: {v1})" in out, out + err
     code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][1]))  # no models: quick
-    assert code == 0 and f"3/7 switch current -> releases/{v2} (one rename; previous: {v1})" in out, out + err
+    assert code == 0 and f"4/8 switch current -> releases/{v2} (one rename; previous: {v1})" in out, out + err
     assert f"(previous: {v1})" in out.splitlines()[-1]
     assert (env["sshd"].home / ".ollama-turbo/previous").read_text().strip() == v1
 
@@ -566,7 +566,7 @@ def test_a_cut_during_the_switch_or_the_health_check_rolls_back(fresh: dict, fla
     deployed(env, 0)
     v1 = version_of(env["dists"][0])
     # each cut is set off by the deploy's own progress line for that step: no timer races the deploy
-    for when, step_line in (("switch", "/7 switch "), ("health", "restart the launchd service")):
+    for when, step_line in (("switch", "/8 switch "), ("health", "restart the launchd service")):
         def fault(line: str, proxy: Proxy, step_line: str = step_line) -> None:
             if step_line in line:
                 proxy.cut()
@@ -590,9 +590,9 @@ def test_ctrl_c_leaves_the_host_on_a_verified_release(fresh: dict, monkeypatch: 
     for name, value in env["sshd"].env().items():
         monkeypatch.setenv(name, value)
     s = config.parse(yaml.safe_load(env["fleet"].read_text())["turbo"])
-    for step, left in (("2/7 ", "nothing was switched: mac keeps the release it served; the partial upload is kept "
+    for step, left in (("2/8 ", "nothing was switched: mac keeps the release it served; the partial upload is kept "
                                 "and the next deploy resumes it"),
-                       ("4/7 ", f"mac was put back on {v1}, which answers again ({v2} was not verified)")):
+                       ("5/8 ", f"mac was put back on {v1}, which answers again ({v2} was not verified)")):
         def say(line: str, step: str = step) -> None:
             if f"] {step}" in line:
                 raise KeyboardInterrupt
@@ -611,7 +611,7 @@ def test_a_stall_past_the_timeout_rolls_back(fresh: dict, flaky: tuple, monkeypa
     monkeypatch.setenv("TURBO_SSH_COMMAND_TIMEOUT", "4")
 
     def fault(line: str, proxy: Proxy) -> None:
-        if "/7 switch " in line:
+        if "/8 switch " in line:
             proxy.stall()
             threading.Timer(7.0, proxy.resume).start()
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ollama_turbo import __version__
+from ollama_turbo.builder import cpu_exclude, go_modules, gpu_part, machine
 from ollama_turbo.builder import era_c as build_era_c
-from ollama_turbo.builder import go_modules, gpu_part, machine
 from ollama_turbo.builder.llama_server import TOOLS, TOOLS_KEY, build_tools
 from ollama_turbo.builder.llama_server import publish as llama_publish
 from ollama_turbo.builder.options import BuildError, Options
@@ -77,6 +77,7 @@ class Result:
             "merge_base": p.contract.upstream if p.contract else "",
             "carry_seconds": p.contract.carry_seconds if p.contract else 0.0,
             "dropped_flags": p.dropped_flags, "adaptations": p.adaptations, "commands": p.commands,
+            "cpu_exclude": list(p.cpu_exclude),
             "notes": p.notes}
         return {"status": self.status, "dist": str(self.dist), **payload}
 
@@ -148,6 +149,9 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
                         "ran": f"the CUDA backend (cmake preset {plan.preset}, sm_{plan.cuda_arch})"}
         if base is not None and machine.same(here, parts["base"]["machine"]):
             parts["gpu"]["same_machine_as_base"] = True
+    cpu = cpu_exclude.leave_out(stage, plan.cpu_exclude)
+    if cpu and cpu.get("excluded"):
+        say(f"left out CPU variants {', '.join(cpu['excluded'])}; shipped: {', '.join(cpu['shipped'])}")
     record = build_record.BuildRecord(
         version=plan.version, era=plan.era, flavor="stock" if plan.stock else "custom",
         ollama=build_record.SourceRef(plan.ollama.url, plan.ollama.ref, plan.ollama.sha, plan.info.version),
@@ -162,7 +166,7 @@ def run(settings: Settings, opts: Options, say: Say = print) -> Result:
         patches=patch_results, dropped_flags=plan.dropped_flags, adaptations=plan.adaptations,
         verify_fork=plan.verify, toolchain=tools,
         build_flags={"ldflags": build_era_c.ldflags(plan.version), **extra},
-        inputs_key=plan.key, ollama_turbo=__version__, built_at=_now())
+        inputs_key=plan.key, ollama_turbo=__version__, built_at=_now(), cpu_variants=cpu or {})
     if plan.backend == "cuda":
         record = dataclasses.replace(record, cuda_arch=plan.cuda_arch, parts=parts, gpu=_gpu(gpu))
     if opts.part:  # a base part: recorded beside its files, completed into a dist by --base-from

@@ -34,5 +34,6 @@ class Options:
     leave_out: tuple[str, ...] = ()  # model architectures whose compat patches to leave out (with the settings')
     placements: str = ""  # a YAML file of placement rules (with turbo.build.placements)
     stock: bool = False  # stock Ollama: the llama.cpp it pins (from the upstream source), no fork, no rules of ours
+    cpu_exclude: tuple[str, ...] = ()  # ggml CPU variants left out of the dist (with turbo.build.cpu_exclude)
 
 

@@ -23,7 +23,7 @@ from ollama_turbo.builder.options import PROBE_PATHS, BuildError, Options
 from ollama_turbo.builder.ref_choice import pinned_upstream
 from ollama_turbo.check import carry_report, carry_rules, fork_contract, verify_fork
 from ollama_turbo.check.carry import Upstream
-from ollama_turbo.core import gpu, proc, rules, sources
+from ollama_turbo.core import cpu_variants, gpu, proc, rules, sources
 from ollama_turbo.core.era import Era
 from ollama_turbo.core.errors import SourceError, ToolMissing, UsageError
 from ollama_turbo.core.settings import CUDA_ARCH_EXAMPLES, CUDA_ARCH_PATTERN, Settings
@@ -62,6 +62,7 @@ class Plan:
     cuda_toolkit: str = ""  # --backend cuda: nvcc's version line here ("" where the GPU backend is not built)
     picked: list[str] = field(default_factory=list)  # why this Ollama ref, where none was named
     stock: bool = False  # Ollama with the llama.cpp it pins, as its own release builds it
+    cpu_exclude: tuple[str, ...] = ()  # ggml CPU variants left out of the dist (flag and settings)
 
     def render(self) -> str:
         lines = [*self.picked,
@@ -87,6 +88,9 @@ class Plan:
             lines.append(f"WARNING: dropping {', '.join(self.dropped_flags)} from Ollama's llama-server argv "
                          "(the fork does not define them)")
         lines += [f"adapted: {a['define']}: {a['why']}" for a in self.adaptations]
+        if self.cpu_exclude:
+            lines.append("cpu variants left out: " + ", ".join(f"lib/ollama/{cpu_variants.PREFIX}{v}.so"
+                                                             for v in self.cpu_exclude))
         lines.append("commands:")
         lines += [f"  {c}" for c in self.commands]
         lines += [f"NOTE: {n}" for n in self.notes]
@@ -110,7 +114,8 @@ def build_platform() -> dict[str, str]:
 
 
 def build_identity(ollama_sha: str, fork_sha: str, backend: str, preset: str, rule_list: list[rules.Rule],
-                   defines: list[str] | None = None, *, cuda_arch: str = "", stock: bool = False) -> str:
+                   defines: list[str] | None = None, *, cuda_arch: str = "", stock: bool = False,
+                   cpu_exclude: tuple[str, ...] = ()) -> str:
     """What makes two builds differ, as one digest: both commits, the backend and preset (and a CUDA build's
     GPU architecture), this machine's OS/arch and the source rules. Two builds with the same identity are the
     same build."""
@@ -121,6 +126,8 @@ def build_identity(ollama_sha: str, fork_sha: str, backend: str, preset: str, ru
         parts["cuda_arch"] = cuda_arch
     if stock:
         parts["stock"] = True
+    if cpu_exclude:  # a dist without some CPU variants is another build (another release on the hosts)
+        parts["cpu_exclude"] = sorted(cpu_exclude)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -237,6 +244,7 @@ def check_options(opts: Options, backend: str) -> None:
     if opts.base_from and not Path(opts.base_from).expanduser().exists():
         raise UsageError(f"--base-from {opts.base_from}: no such base part",
                          hint="copy <workspace>/parts/<version>/ of the build machine here and name that folder")
+    cpu_variants.exclude(opts.cpu_exclude, (), key="--cpu-exclude")  # a name not in our table: refused here
     if opts.cuda_arch and not re.fullmatch(CUDA_ARCH_PATTERN, opts.cuda_arch):
         raise UsageError(f"--cuda-arch {opts.cuda_arch!r} is not a CUDA architecture",
                          hint=f"give the compute capability without the dot, e.g. {CUDA_ARCH_EXAMPLES}")
@@ -246,6 +254,8 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     ws = settings.workspace
     backend = opts.backend or settings.build.backend
     check_options(opts, backend)
+    cpu_exclude = tuple(dict.fromkeys([*settings.build.cpu_exclude, *opts.cpu_exclude]))
+    cpu_variants.exclude(settings.build.cpu_exclude, (), key="turbo.build.cpu_exclude")
     ollama, fork, pick = ref_choice.sources_for(settings, opts, probe)
     for co in (ollama, fork):
         changed = sources.dirty(co)
@@ -320,7 +330,8 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
     # a build's identity, in the one name every later stage uses (dist folder, release, /api/version):
     # readable parts (fork commit, backend) and a digest of everything that makes two builds differ
     identity = build_identity(ollama.sha, fork.sha, backend, identity_preset(backend, preset), rule_list,
-                              [a["define"] for a in adaptations], cuda_arch=cuda_arch, stock=opts.stock)
+                              [a["define"] for a in adaptations], cuda_arch=cuda_arch, stock=opts.stock,
+                              cpu_exclude=cpu_exclude)
     version = (f"{info.version}-stock+{info.pin}.{backend}.{identity[:6]}" if opts.stock else
                f"{info.version}-{settings.build.version_suffix}+{fork.short}.{backend}.{identity[:6]}")
     # the up-to-date check: the build's identity, its version stamp and the tool that builds it
@@ -332,7 +343,8 @@ def make_plan(settings: Settings, opts: Options, probe: Path) -> Plan:
                 patches=patches,
                 dist=ws / "dist" / version, key=key, notes=notes, verify=verified,
                 outcomes=applied + skipped, per_model_kv=per_model, contract=the_contract,
-                adaptations=adaptations, cuda_arch=cuda_arch, cuda_toolkit=toolkit, picked=pick, stock=opts.stock)
+                adaptations=adaptations, cuda_arch=cuda_arch, cuda_toolkit=toolkit, picked=pick, stock=opts.stock,
+                cpu_exclude=cpu_exclude)
     ld = build_era_c.ldflags(version)
     server_cmake = o_dir / "llama/server/CMakeLists.txt"
     if server_cmake.is_file():

@@ -204,11 +204,13 @@ def verify_fork(c, fork="", fork_ref="", json="", markdown="", static_only=False
     base_from="a base part built elsewhere (--part base): build the GPU backend here and assemble one dist",
     stock="stock Ollama: the llama.cpp it pins (from --upstream or turbo.sources.upstream), no fork, no rules of "
           "ours; to compare with, or to go back to",
+    cpu_exclude="ggml CPU variants to leave out of the dist, e.g. sapphirerapids: lib/ollama/libggml-cpu-<variant>.so "
+                "(comma-separated; with turbo.build.cpu_exclude; docs/cpu-variants.md)",
     verbose="echo every command",
 )
 def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", leave_out="", placements="",
                  backend="", dry_run=False, force=False, allow_dirty=False, json="", skip_verify=False, cuda_arch="",
-                 part="", base_from="", stock=False, verbose=False):
+                 part="", base_from="", stock=False, cpu_exclude="", verbose=False):
     """Build Ollama around the fork: patched, version-stamped, with a provenance manifest."""
     from ollama_turbo.builder import build_ollama as build
     from ollama_turbo.builder.plan import check_options
@@ -220,7 +222,8 @@ def build_ollama(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="",
     opts = build.Options(ollama=ollama, ollama_ref=ollama_ref, fork=fork, fork_ref=fork_ref, backend=backend,
                          dry_run=dry_run, force=force, allow_dirty=allow_dirty, skip_verify=skip_verify,
                          cuda_arch=cuda_arch, part=part, base_from=base_from, upstream=upstream,
-                         leave_out=config.names_flag(leave_out, "--leave-out"), placements=placements, stock=stock)
+                         leave_out=config.names_flag(leave_out, "--leave-out"), placements=placements, stock=stock,
+                         cpu_exclude=config.names_flag(cpu_exclude, "--cpu-exclude"))
     if stock and (fork or fork_ref or leave_out or placements or skip_verify):
         raise UsageError("--stock builds the llama.cpp Ollama pins: --fork, --fork-ref, --leave-out, --placements and "
                          "--skip-verify are for builds with the fork", hint="drop them, or drop --stock")

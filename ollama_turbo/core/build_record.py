@@ -132,6 +132,7 @@ class BuildRecord:
     cuda_arch: str = ""
     parts: dict[str, Any] = field(default_factory=dict)  # a CUDA build's base and GPU parts, where each was built
     gpu: GPU | None = None
+    cpu_variants: dict[str, Any] = field(default_factory=dict)  # CPU variant libraries left out, and why
     extra: dict[str, Any] = field(default_factory=dict)  # keys this toolkit does not know, kept as written
 
     @property
@@ -164,6 +165,8 @@ class BuildRecord:
         }
         if self.cuda_arch or self.parts or self.gpu:
             out.update(cuda_arch=self.cuda_arch, parts=dict(self.parts), gpu=self.gpu.to_json() if self.gpu else None)
+        if self.cpu_variants:
+            out["cpu_variants"] = dict(self.cpu_variants)
         return {**out, **self.extra, "files": dict(self.files)}
 
     @classmethod
@@ -240,7 +243,8 @@ class _Reader:
                                                               self.table("toolchain").items()},
             build_flags=flags, inputs_key=self.text("inputs_key"), ollama_turbo=self.text("ollama_turbo"),
             built_at=self.text("built_at"), cuda_arch=self.text("cuda_arch"), parts=self.table("parts"),
-            gpu=self.gpu(), extra={k: v for k, v in self.d.items() if k not in _KNOWN})
+            gpu=self.gpu(), cpu_variants=self.table("cpu_variants"),
+            extra={k: v for k, v in self.d.items() if k not in _KNOWN})
 
     def planned_kv(self) -> PlannedKV | None:
         key = "planned_kv" if "planned_kv" in self.d else "kv"  # "kv": toolkits before the build record

@@ -34,7 +34,8 @@ DEFAULTS: dict[str, Any] = {
         "upstream": {"url": "https://github.com/ggml-org/llama.cpp.git", "ref": "master"},
     },
     "kv": {"type_k": "turbo4", "type_v": "turbo4", "flash_attention": True, "env": {}},
-    "build": {"backend": "metal", "version_suffix": "turbo", "cuda_arch": "", "leave_out": [], "placements": ""},
+    "build": {"backend": "metal", "version_suffix": "turbo", "cuda_arch": "", "leave_out": [], "placements": "",
+              "cpu_exclude": []},
     "hosts": {},
     "groups": {},
 }
@@ -49,6 +50,7 @@ HOST_DEFAULTS: dict[str, Any] = {
     "models_dir": "~/.ollama/models",
     "keep": 3,
     "health_timeout": 60,
+    "cpu_exclude": [],
 }
 
 _HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -112,6 +114,7 @@ class Build:
     cuda_arch: str = ""  # the GPU architecture a CUDA build is for (e.g. 90 for Hopper); "" detects it
     leave_out: tuple[str, ...] = ()  # model architectures whose compat patches the build leaves out (laguna)
     placements: str = ""  # a YAML file of the user's own placement rules for Ollama's compat patches
+    cpu_exclude: tuple[str, ...] = ()  # ggml CPU variants left out of the build (lib/ollama/libggml-cpu-<v>.so)
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class Host:
     models_dir: str
     keep: int = 3
     health_timeout: float = 60
+    cpu_exclude: tuple[str, ...] = ()  # ggml CPU variants this host cannot run: left out of its release
 
     @property
     def is_local(self) -> bool:
@@ -221,13 +225,14 @@ def parse(raw: Mapping[str, Any], origin: Origin = _no_origin, *, base: Path | N
         env=env, fork=ForkBehaviour.from_env(env, origin), parallel=v.parallel(env),
     )
     bm = v.mapping(full["build"], "build",
-                   allowed={"backend", "version_suffix", "cuda_arch", "leave_out", "placements"})
+                   allowed={"backend", "version_suffix", "cuda_arch", "leave_out", "placements", "cpu_exclude"})
     build = Build(
         backend=v.choice(bm["backend"], "build.backend", BACKENDS),
         version_suffix=v.string(bm["version_suffix"], "build.version_suffix", pattern=r"^[A-Za-z0-9.]+$"),
         cuda_arch=v.cuda_arch(bm["cuda_arch"], "build.cuda_arch"),
         leave_out=v.names(bm["leave_out"], "build.leave_out"),
         placements=v.optional_path(bm["placements"], "build.placements", base),
+        cpu_exclude=v.names(bm["cpu_exclude"], "build.cpu_exclude"),
     )
     hosts_raw = v.mapping(full["hosts"], "hosts")
     hosts = {name: v.host(name, h) for name, h in hosts_raw.items()}
@@ -413,5 +418,5 @@ class _Validator:
             memory_gib=None if mem is None else float(mem),
             prefix=self.prefix(m["prefix"], f"{key}.prefix"),
             models_dir=self.string(m["models_dir"], f"{key}.models_dir"),
-            keep=keep, health_timeout=float(ht),
+            keep=keep, health_timeout=float(ht), cpu_exclude=self.names(m["cpu_exclude"], f"{key}.cpu_exclude"),
         )

@@ -19,6 +19,7 @@ from ollama_turbo.core import server_kv as server_env
 from ollama_turbo.core.kv_types import KVPair, label
 from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import KV, Host, Settings
+from ollama_turbo.deploy import cpu_guard
 from ollama_turbo.deploy.errors import DeployError
 from ollama_turbo.deploy.models import quality_gate, render_models, server_kv
 from ollama_turbo.deploy.record import DeployRecord, ModelCache
@@ -54,7 +55,7 @@ class Intent:
         """What the host is deployed to run, recorded in the release for smoke, bench and status."""
         return make_record(self.build.version, self.server_kv,
                            {r.spec.name: ModelCache(KVPair(r.type_k, r.type_v), r.per_model) for r in self.models},
-                           self.cache)
+                           self.cache, cpu_variants=cpu_guard.host_excluded(self.build))
 
     @property
     def smokes(self) -> list[tuple[str, KVPair]]:
@@ -66,7 +67,9 @@ def decide(settings: Settings, host: Host, build: Manifest, *, specs_dir: Path |
            accept_unmeasured: bool = False) -> Intent:
     """For ``build`` (loaded whole by :func:`~ollama_turbo.deploy.dists.load_dist`): the host's models rendered
     for it, the server's K/V (types the build's fork has, one type for an era B build), the quality verdicts:
-    all before any host is contacted."""
+    all before any host is contacted. The CPU variants the host cannot run (its ``cpu_exclude``) are left out of
+    the build it gets."""
+    build = cpu_guard.for_host(build, host)
     models = render_models(settings, host, specs_dir, build)
     kv = server_kv(settings, models)
     server_env.to_env(build.era, kv)  # a pair the build's era cannot be given stops here, not at the host
@@ -99,8 +102,8 @@ class Step:
 ON_FAILURE = "on failure: switch back, restart the previous release"
 
 # the steps apply runs, in its order, and what a lost connection's message calls each
-STEPS = {"port": "the port check", "upload": "the upload", "adopt": "the take-over of the stock Ollama",
-         "switch": "the switch",
+STEPS = {"port": "the port check", "upload": "the upload", "probe": "the pre-switch probe",
+         "adopt": "the take-over of the stock Ollama", "switch": "the switch",
          "restart": "the restart and health check", "models": "the model creation", "smoke": "the smoke",
          "prune": "the pruning of old releases"}
 
@@ -181,6 +184,7 @@ def survey(intent: Intent, t: Transport, layout: Layout, mgr: ServiceManager,
                      + (" (or the stock Ollama's)" if adopt else "")),
         Step("upload", f"upload {len(send)} files ({len(reused)} already there) to releases/{m.version}.partial "
                        f"under {layout.prefix}, verify sha256, rename it to releases/{m.version}"),
+        Step("probe", cpu_guard.step_text(m)),
         *([adopt] if adopt else []),
         Step("switch", f"switch current -> releases/{m.version} (one rename; previous: {previous or 'none'})"),
         Step("restart", f"write {mgr.config_path}, restart {what}, wait for /api/version = {m.version}"),

@@ -39,6 +39,7 @@ class DeployRecord:
     toolkit: str
     deployed_at: str
     problems: tuple[str, ...] = field(default=())  # what could not be read (a record of another toolkit)
+    cpu_variants: dict[str, Any] = field(default_factory=dict)  # CPU variants left out (build, host) and shipped
 
     @property
     def fork(self) -> ForkBehaviour:
@@ -76,12 +77,15 @@ class DeployRecord:
         return {"schema": SCHEMA, "version": self.version, "server_kv": self.server_kv.label,
                 "models": {n: {"kv": m.kv.label, "own": m.own} for n, m in self.models.items()},
                 "cache_env": self.cache_env, "flash_attention": self.flash_attention, "parallel": self.parallel,
-                "toolkit": self.toolkit, "deployed_at": self.deployed_at}
+                "toolkit": self.toolkit, "deployed_at": self.deployed_at,
+                **({"cpu_variants": self.cpu_variants} if self.cpu_variants else {})}
 
 
-def make(version: str, server_kv: KVPair, models: dict[str, ModelCache], cache: KV) -> DeployRecord:
+def make(version: str, server_kv: KVPair, models: dict[str, ModelCache], cache: KV, *,
+         cpu_variants: dict[str, Any] | None = None) -> DeployRecord:
     return DeployRecord(version, server_kv, models, dict(cache.env), cache.flash_attention, cache.parallel,
-                        __version__, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+                        __version__, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                        cpu_variants=dict(cpu_variants or {}))
 
 
 def parse(text: str, where: str) -> DeployRecord:
@@ -123,7 +127,8 @@ def parse(text: str, where: str) -> DeployRecord:
         env = {}
     return DeployRecord(str(d.get("version", "")), server, models, {str(k): str(v) for k, v in env.items()},
                         bool(d.get("flash_attention", True)), int(d.get("parallel") or 1),
-                        str(d.get("toolkit", "")), str(d.get("deployed_at", "")), tuple(problems))
+                        str(d.get("toolkit", "")), str(d.get("deployed_at", "")), tuple(problems),
+                        dict(d["cpu_variants"]) if isinstance(d.get("cpu_variants"), dict) else {})
 
 
 class RecordError(TurboError):

@@ -18,9 +18,11 @@ from typing import Any
 
 import requests
 
+from ollama_turbo.core import cpu_variants
 from ollama_turbo.core.errors import Interrupted, TurboError
+from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import Host, Settings
-from ollama_turbo.deploy import adopt
+from ollama_turbo.deploy import adopt, cpu_guard
 from ollama_turbo.deploy.deploy_plan import ON_FAILURE, STEPS, DeployPlan, Intent, decide, survey
 from ollama_turbo.deploy.dists import check_platform, load_dist
 from ollama_turbo.deploy.errors import DeployError
@@ -29,7 +31,7 @@ from ollama_turbo.deploy.lock import host_lock, lock_owner
 from ollama_turbo.deploy.models import create_models
 from ollama_turbo.deploy.record import NAME as RECORD
 from ollama_turbo.deploy.rollback import Attempt, interrupted, put_back, recover, rollback_to
-from ollama_turbo.deploy.services import ServiceManager
+from ollama_turbo.deploy.services import ServiceManager, service_env
 from ollama_turbo.deploy.session import HostSession, open_host
 from ollama_turbo.deploy.store import (
     history,
@@ -195,6 +197,10 @@ def apply(plan: DeployPlan, run: Run) -> DeployResult:
     previous = plan.previous  # on a redeploy of the current release, its previous stays the previous
     old_config, old_previous = plan.old_config, plan.old_previous
     attempt.previous, attempt.old_previous, attempt.old_config = previous, old_previous, old_config
+    run.step(plan, "probe")
+    cpu_guard.probe(t, host, plan.release, f"{layout.prefix}/logs/probe-{version}.log",
+                    service_env(intent.cache, host, layout, intent.build.era, intent.server_kv),
+                    [r.spec.name for r in intent.models], run.say)
     if plan.adopts and plan.adoption is not None:
         run.step(plan, "adopt")
         attempt.adopted = True  # from here on, a failure with no release of ours gives the stock Ollama back
@@ -229,6 +235,9 @@ def apply(plan: DeployPlan, run: Run) -> DeployResult:
         raise  # the connection is gone: deploy() reconnects and recovers
     except (TurboError, requests.RequestException) as exc:
         tail = log_tail(t, layout)
+        if cpu_variants.is_sigill(f"{exc}\n{tail}"):  # name it: the variant the server loaded, the way out
+            exc = DeployError(f"{exc}; " + cpu_variants.explain_sigill(tail, where=f"{version}'s server",
+                                                                        host=host.name))
         res.error = f"{exc}\n--- service log (last lines) ---\n{tail}"
         run.say(f"[{host.name}] FAILED: {exc}; rolling back")
         rollback_to(t, host, layout, mgr, previous, old_config, run.say)
@@ -276,6 +285,9 @@ def _upload(t: Transport, plan: DeployPlan, say: Say) -> None:
     dist = m.dist
     if t.sh(f"test -d {q(release)}", check=False).ok:
         if not plan.send:  # already there, intact: only the verdicts and the record it is deployed with are new
+            if host_cut(m):  # variants this host cannot run, from a deploy that kept them: out, and said so
+                t.sh(f"cd {q(release)} && rm -f " + " ".join(q(f) for f in m.data["cpu_variants"]["host"]["files"]))
+                t.write(f"{release}/manifest.json", json.dumps(m.data, indent=2) + "\n")
             _write_records(t, plan, release)
             return
         if version in (plan.current, plan.old_previous):
@@ -306,7 +318,10 @@ def _upload(t: Transport, plan: DeployPlan, say: Say) -> None:
             say(f"  [{i}/{len(plan.send)}] {rel}: {size / 1e6:.1f} MB sent in {secs:.1f} s")
         if (dist / rel).stat().st_mode & 0o111:
             t.sh(f"chmod 755 {q(target)}")
-    t.put(m.path, f"{partial}/manifest.json")
+    if host_cut(m):  # this host's release leaves CPU variants out: its manifest says so, and lists what it has
+        t.write(f"{partial}/manifest.json", json.dumps(m.data, indent=2) + "\n")
+    else:
+        t.put(m.path, f"{partial}/manifest.json")
     got = remote_sums(t, partial)
     extra = [f for f in got if f not in m.files and f not in ("manifest.json", "quality.json", RECORD)]
     if extra:  # left by an older build of the same name
@@ -317,6 +332,10 @@ def _upload(t: Transport, plan: DeployPlan, say: Say) -> None:
                           hint="run the deploy again; files that arrived intact are not sent twice")
     _write_records(t, plan, partial)
     t.sh(f"mv {q(partial)} {q(release)}")
+
+
+def host_cut(m: Manifest) -> bool:
+    return bool(((m.data.get("cpu_variants") or {}).get("host") or {}).get("excluded"))
 
 
 def _write_records(t: Transport, plan: DeployPlan, release: str) -> None:

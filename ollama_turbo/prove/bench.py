@@ -19,6 +19,7 @@ from typing import Any
 
 import requests
 
+from ollama_turbo.core import cpu_variants
 from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.core.progress import bar
 from ollama_turbo.core.sizes import parse_sizes
@@ -355,7 +356,10 @@ def run(endpoints: list[tuple[Endpoint, Callable[[], AbstractContextManager[Endp
             report["results"].append(res)
             try:
                 with starter() as ep:
-                    bench_endpoint(ep, opts, tick, res, save, reference=f16_splits(report))
+                    try:
+                        bench_endpoint(ep, opts, tick, res, save, reference=f16_splits(report))
+                    finally:
+                        name_sigill(res, ep)
             except ServerMismatch as exc:
                 res["error"] = f"server mismatch: {exc.message}"
             except FAULTS as exc:
@@ -364,6 +368,14 @@ def run(endpoints: list[tuple[Endpoint, Callable[[], AbstractContextManager[Endp
     flag_fallbacks(report)
     write_outputs(report, out)
     return report
+
+
+def name_sigill(res: dict[str, Any], ep: Endpoint) -> None:
+    """A config whose server died of an illegal instruction says so: the CPU variant it loaded, the way out."""
+    text = json.dumps(res, default=str)
+    if cpu_variants.is_sigill(text):
+        log = ep.log() if ep.log is not None else ""
+        res["cpu_variant"] = cpu_variants.explain_sigill(log + "\n" + text, where=f"{ep.label}'s server")
 
 
 def f16_splits(report: dict[str, Any]) -> int | None:

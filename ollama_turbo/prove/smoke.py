@@ -19,6 +19,7 @@ from typing import Any
 
 import requests
 
+from ollama_turbo.core import cpu_variants
 from ollama_turbo.core.era import Era
 from ollama_turbo.core.errors import TurboError, UsageError
 from ollama_turbo.fork.behaviour import ForkBehaviour, effective
@@ -267,8 +268,20 @@ def smoke_ollama(url: str, *, model: str | None, expect: Expect, log: LogReader 
 
     check("ps", ps)
     _cache_check(check, expect, log)
+    sigill(r, log)
     r.seconds = time.perf_counter() - t_start
     return r
+
+
+def sigill(r: SmokeResult, log: LogReader | None, where: str = "the server's llama-server", host: str = "") -> None:
+    """A check that failed because the runner died of an illegal instruction gets a check of its own naming it:
+    the CPU variant it loaded (from the log), the flags that variant needs, the way out."""
+    died = next((c for c in r.checks if c.ok is False and cpu_variants.is_sigill(c.evidence)), None)
+    if died is None:
+        return
+    text = log() if log is not None else ""
+    r.checks.append(Check("cpu variant", False, 0.0,
+                          cpu_variants.explain_sigill(text + "\n" + died.evidence, where=where, host=host)))
 
 
 def _stream(r: SmokeResult, url: str, api: str, num_predict: int, timeout: float

@@ -131,7 +131,8 @@ def test_the_build_records_every_go_rule_on_real_ollama(builds: dict[str, Any]) 
     assert (rules["per-model-kv-option"]["status"], rules["per-model-kv-option"]["file"],
             rules["per-model-kv-option"]["line"]) == ("applied", "api/types.go", 602)
     assert (rules["per-model-kv-load"]["file"], rules["per-model-kv-load"]["line"]) == ("llm/server.go", 118)
-    assert (rules["per-model-kv-split"]["file"], rules["per-model-kv-split"]["line"]) == ("llm/llama_server.go", 362)  # lines as patched: rules applied above it shift it
+    # lines as the file is patched: a rule applied above another shifts it
+    assert (rules["per-model-kv-split"]["file"], rules["per-model-kv-split"]["line"]) == ("llm/llama_server.go", 362)
     # the fork has --no-webui (a negated name of --webui): only what it lacks is dropped
     assert "drop-flag--no-webui" not in rules and rules["drop-flag--no-log-prefix"]["status"] == "applied"
     assert (rules["context-shift-quantized-k"]["file"], rules["context-shift-quantized-k"]["line"]) == \
