@@ -178,7 +178,7 @@ def test_deploy_adopts_the_stock_ollama_and_uninstall_gives_it_back(fresh: dict)
     code, out, err = deploy(env)
     assert code == 0, out + err
     ours = manifest.load(env["dist"]).version
-    assert "/8 take over the stock Ollama" in out and "stock Ollama stopped and disabled" in out
+    assert "4/9 take over the stock Ollama" in out and "stock Ollama stopped and disabled" in out
     assert version(env) == ours  # the same port
     assert "stockmodel:latest" in tags(env) and models(env) == before  # the same files: nothing copied
     assert not (h.home / f"Library/LaunchAgents/{STOCK}.plist").exists() and not stock_loaded(env)

@@ -60,7 +60,7 @@ class Systemd(ManagerBase):
                             active=show.get("ActiveState") == "active", env=env, models=models_of(env, home),
                             listen=normal_listen(env.get("OLLAMA_HOST")), user=user, config_b64=b64)
 
-    def _system(self, *words: str, what: str) -> None:
+    def _systemctl(self, *words: str, what: str) -> None:
         r = self.t.sh(self._root() + q("systemctl", *words), check=False)
         if not r.ok:
             raise ServiceError(f"{self.host.name}: systemctl {' '.join(words)} failed ({r.returncode}): "
@@ -70,13 +70,13 @@ class Systemd(ManagerBase):
                                     "the task again")
 
     def stop_stock(self, stock: StockService) -> None:
-        self._system("disable", "--now", stock.name, what="stopping the stock ollama.service")
+        self._systemctl("disable", "--now", stock.name, what="stopping the stock ollama.service")
 
     def restore_stock(self, stock: StockService) -> None:
         if not self.t.sh(q("test", "-f", stock.path), check=False).ok:
             write_bytes(self.t, stock.path, stock.config_b64, root=self._root())
-            self._system("daemon-reload", what="restoring the stock ollama.service")
+            self._systemctl("daemon-reload", what="restoring the stock ollama.service")
         if stock.enabled:
-            self._system("enable", stock.name, what="restoring the stock ollama.service")
+            self._systemctl("enable", stock.name, what="restoring the stock ollama.service")
         if stock.active:
-            self._system("start", stock.name, what="restoring the stock ollama.service")
+            self._systemctl("start", stock.name, what="restoring the stock ollama.service")
