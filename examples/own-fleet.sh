@@ -127,8 +127,8 @@ step "smoke box (after rollback)" invoke -f "$CFG" smoke --host box --json "$OUT
 # --- 7. uninstall: the Mac gets its stock Ollama back ----------------------------------------------------------
 step "uninstall mac" invoke -f "$CFG" uninstall --host mac --json "$OUT/uninstall-mac.json"
 step "uninstall box" invoke -f "$CFG" uninstall --host box --json "$OUT/uninstall-box.json"
-step "the stock Ollama answers again on the Mac" curl -sS -w '\n' "http://127.0.0.1:$MAC_PORT/api/version"
-step "with its models, and the one deployed beside them" curl -sS -w '\n' "http://127.0.0.1:$MAC_PORT/api/tags"
+step "the stock Ollama answers again on the Mac" curl -sS "http://127.0.0.1:$MAC_PORT/api/version"
+step "with its models, and the one deployed beside them" curl -sS "http://127.0.0.1:$MAC_PORT/api/tags"
 
 # --- the times -------------------------------------------------------------------------------------------------
 echo; echo "== wall time per step"

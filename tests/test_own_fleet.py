@@ -75,9 +75,9 @@ def test_own_fleet_walkthrough(tmp_path: Path) -> None:
     assert res["uninstall-mac"]["status"] == "uninstalled"
     assert res["uninstall-mac"]["stock"]["name"] == "homebrew.mxcl.ollama"
     assert res["uninstall-box"]["status"] == "uninstalled" and not res["uninstall-box"].get("stock")
-    version = json.loads(after(out, "curl -sS -w \\\\n http://127.0.0.1:" + fleet["MAC_PORT"] + "/api/version"))
+    version = json.loads(after(out, "curl -sS http://127.0.0.1:" + fleet["MAC_PORT"] + "/api/version"))
     assert version["version"] == fleet["STOCK_VERSION"] and "-stock+" in version["version"]
-    tags = json.loads(after(out, "curl -sS -w \\\\n http://127.0.0.1:" + fleet["MAC_PORT"] + "/api/tags"))
+    tags = json.loads(after(out, "curl -sS http://127.0.0.1:" + fleet["MAC_PORT"] + "/api/tags"))
     assert "stockmodel:latest" in [m["name"] for m in tags["models"]]
     # the hosts are gone when the script ends: their accounts too
     for user in (fleet["MAC_USER"], fleet["BOX_USER"]):
