@@ -24,7 +24,7 @@ from pathlib import Path
 from ollama_turbo.core import proc
 from ollama_turbo.core.ports import free_port
 
-PREFIX = "turbot-"  # the accounts of test runs: PREFIX + the pid of the run's process
+PREFIX = "turbot-"  # the accounts of test runs: PREFIX + the pid of the run's process [+ "-" + a host name]
 SSHD = "/usr/sbin/sshd"
 
 
@@ -50,8 +50,11 @@ def _remove(user: str) -> None:
 
 def reap_stale() -> list[str]:
     """Remove the accounts of test runs whose process is gone (killed before they could clean up)."""
+    def pid(name: str) -> str:
+        return name[len(PREFIX):].split("-")[0]
+
     stale = [p.pw_name for p in pwd.getpwall() if p.pw_name.startswith(PREFIX)
-             and p.pw_name[len(PREFIX):].isdigit() and not _alive(int(p.pw_name[len(PREFIX):]))]
+             and pid(p.pw_name).isdigit() and not _alive(int(pid(p.pw_name)))]
     for user in stale:
         _remove(user)
     return stale
@@ -80,12 +83,13 @@ def unavailable() -> str | None:
     return None
 
 
-def start(emulator: Path) -> SSHHost:
+def start(emulator: Path, name: str = "", alias: str = "turbo-test") -> SSHHost:
+    """A host of this process: ``name`` tells apart several hosts of one process (each its own account)."""
     root = Path(tempfile.mkdtemp(prefix="turbo-ssh-", dir="/tmp"))
     root.chmod(0o755)
     home = root / "home"
     reap_stale()
-    user = f"{PREFIX}{os.getpid()}"
+    user = f"{PREFIX}{os.getpid()}" + (f"-{name}" if name else "")
     try:
         pwd.getpwnam(user)  # this process's own account, from an earlier fixture of the same run
     except KeyError:
@@ -137,14 +141,14 @@ LogLevel ERROR
     known = root / "known_hosts"
     known.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
     ssh_config = root / "ssh_config"
-    ssh_config.write_text(f"""Host turbo-test
+    ssh_config.write_text(f"""Host {alias}
     HostName 127.0.0.1
     Port {port}
     User {user}
     IdentityFile {keys / 'client'}
     IdentitiesOnly yes
 """)
-    return SSHHost("turbo-test", port, home, user, info.pw_uid, ssh_config, known, p)
+    return SSHHost(alias, port, home, user, info.pw_uid, ssh_config, known, p)
 
 
 def stop(h: SSHHost) -> None:
