@@ -144,18 +144,23 @@ def parse_stats(text: str) -> dict[str, float]:
 
 
 def default_corpus() -> tuple[str, str]:
-    """This project's own documentation: the README every installation of ollama-turbo carries."""
+    """This project's own documentation: the README every installation of ollama-turbo carries, and in a
+    checkout the manual beside it (docs/*.md, less the generated compatibility record)."""
     from importlib import metadata
 
+    root = Path(__file__).resolve().parents[2]
     try:
         text = metadata.metadata("ollama-turbo").get_payload()  # type: ignore[attr-defined]
     except metadata.PackageNotFoundError:
         text = ""
     if not text or len(text) < 1000:
-        readme = Path(__file__).resolve().parents[2] / "README.md"
+        readme = root / "README.md"
         text = readme.read_text() if readme.is_file() else ""
     if not text:
         raise UsageError("no default corpus: ollama-turbo's README is not installed", hint="give --corpus FILE")
+    docs = sorted(p for p in (root / "docs").glob("*.md") if not p.name.startswith("compatibility"))
+    for doc in docs if (root / "README.md").is_file() else []:
+        text += "\n\n" + doc.read_text(errors="replace")
     return text, "ollama-turbo's README (its documentation)"
 
 
