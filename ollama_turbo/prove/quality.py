@@ -163,7 +163,10 @@ def default_corpus() -> tuple[str, str]:
 def _run(binary: Path, model: Path, corpus: Path, ctx: int, base: Path, pair: KVPair | None,
          opts: Options, log: Path) -> str:
     argv: list[str | Path] = [binary, "-m", model, "-f", corpus, "-c", str(ctx), "--kl-divergence-base", base,
-                              "-fa", "on", "-t", str(opts.resolved_threads())]
+                              "-fa", "on", "-t", str(opts.resolved_threads()),
+                              # llama.cpp's own lines (the KV cache it made, its rotation) are info messages, which
+                              # newer llama-perplexity builds print only from this verbosity on
+                              "-lv", "4"]
     ngl = opts.resolved_gpu_layers()
     if ngl is not None:
         argv += ["-ngl", str(ngl)]
