@@ -17,6 +17,7 @@ from ollama_turbo.builder import build_ollama as build
 from ollama_turbo.check import apicheck
 from ollama_turbo.core import settings as config
 from ollama_turbo.core import sources
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.ports import free_port
 from ollama_turbo.kv import geometry, plan
 
@@ -65,7 +66,7 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
     b = build.run(s, build.Options(go_env={"GOPROXY": world.goproxy_url}), say=lambda line: say("   " + line))
     geo = geometry.geometry_from_gguf(world.model)
     say(f"4/7 plan: KV cache of {world.model.name} at 8,192 tokens; Modelfile with num_ctx: auto")
-    p = plan.make_plan(geo, [8192], [("f16", "f16"), ("q8_0", "q8_0"), (cache_type, cache_type)])
+    p = plan.make_plan(geo, [8192], [KVPair("f16", "f16"), KVPair("q8_0", "q8_0"), KVPair(cache_type, cache_type)])
     table = "\n".join(p.table_lines())
     for line in table.splitlines():
         say("    " + line)
@@ -75,7 +76,8 @@ def run(workspace: Path, say: Say = print, cache_type: str = "turbo4", keep_runn
 
     tools = reports.Tools.of(str(b.dist))  # the quality task's own path: the build's tool, criteria, index
     q, _ = reports.run_quality(s.workspace, world.model, tools.tool("llama-perplexity"), tools,
-                               quality_mod.Options(pairs=[(cache_type, cache_type)], contexts=[512]), root / "quality",
+                               quality_mod.Options(pairs=[KVPair(cache_type, cache_type)],
+                                                                    contexts=[512]), root / "quality",
                                say=lambda line: None)
     for r in q["results"]:
         say(f"    {r['label']}: mean KLD {r['kld']:.5f}, top-1 agreement {100 * r['top1']:.1f} %, "

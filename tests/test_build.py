@@ -19,6 +19,7 @@ from ollama_turbo.builder import build_ollama as build
 from ollama_turbo.core import manifest, proc
 from ollama_turbo.core import settings as config
 from ollama_turbo.core.errors import SourceError, ToolMissing
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.rules import RuleError
 from ollama_turbo.kv import geometry
 from ollama_turbo.sample.gitrepo import Repo
@@ -559,7 +560,7 @@ def test_bench_records_a_failing_type_and_keeps_what_was_measured(
     from ollama_turbo.prove.client import Endpoint
 
     good = targets.local_llama_server(era_c_build.dist / "lib/ollama/llama-server", worlds["clean"].model,
-                                      [("q8_0", "q8_0")], ctx=2048, logs=tmp_path / "logs")
+                                      [KVPair("q8_0", "q8_0")], ctx=2048, logs=tmp_path / "logs")
 
     @contextlib.contextmanager
     def broken():  # type: ignore[no-untyped-def]

@@ -195,3 +195,15 @@ def test_build_ollama_leaves_a_variant_out_of_the_dist_and_records_it(world: sam
     assert r.returncode == 2 and "leaves no CPU variant at all" in r.stderr and "Traceback" not in r.stderr
     r = invoke(*args, "--cpu-exclude", "amx", "--dry-run", env=e)
     assert r.returncode == 2 and "--cpu-exclude: 'amx' is not a CPU variant (known: x64" in r.stderr
+
+
+def test_every_variant_a_real_cpu_preset_ships_is_known_with_its_flags() -> None:
+    # the libggml-cpu-*.so files of a real cpu-preset dist (Ollama main + the fork, x86-64)
+    shipped = ["alderlake", "cannonlake", "cascadelake", "cooperlake", "haswell", "icelake", "ivybridge",
+               "piledriver", "sandybridge", "sapphirerapids", "skylakex", "sse42", "x64", "zen4"]
+    assert set(shipped) <= set(cv.VARIANTS)
+    # each needs at least what the weaker one beside it needs
+    needs = cv.VARIANTS
+    assert set(needs["sandybridge"]) < set(needs["ivybridge"]) < set(needs["piledriver"])
+    assert set(needs["skylakex"]) < set(needs["cascadelake"]) < set(needs["cooperlake"])
+    assert "avx2" not in needs["piledriver"] and "avx512ifma" in needs["cannonlake"]

@@ -450,7 +450,7 @@ def test_a_deploy_waits_out_a_bench_that_holds_the_host(fresh: dict) -> None:
 
     os.environ.update(env["sshd"].env())
     try:
-        _, start = bench_host.bench_targets(s, s.host("mac"), [("q8_0", "q8_0")], "sample")[0]
+        _, start = bench_host.bench_targets(s, s.host("mac"), [KVPair("q8_0", "q8_0")], "sample")[0]
         with start() as ep:
             assert ep.label == "q8_0"
             code, out, err = run(env, "deploy", "--host", "mac", "--dist", str(env["dists"][2]), "--specs",

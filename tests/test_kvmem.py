@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ollama_turbo.core.errors import UsageError
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.sizes import parse_sizes
 from ollama_turbo.fork import cache_types
 from ollama_turbo.fork.behaviour import ForkBehaviour
@@ -128,8 +129,8 @@ def test_max_context_rounds_down_to_1024() -> None:
 
 
 def test_pairs_and_bad_names() -> None:
-    assert cache_types.parse_pair("q8_0/turbo4") == ("q8_0", "turbo4")
-    assert cache_types.parse_pair("Turbo3") == ("turbo3", "turbo3")
+    assert tuple(cache_types.parse_pair("q8_0/turbo4")) == ("q8_0", "turbo4")
+    assert cache_types.parse_pair("Turbo3").label == "turbo3"
     with pytest.raises(UsageError, match="unknown cache type 'turbo5'"):
         cache_types.parse_pair("turbo5")
     with pytest.raises(UsageError, match="is not a number"):
@@ -195,7 +196,7 @@ def test_bad_gguf_files(tmp_path: Path) -> None:
 def test_plan_table_and_json() -> None:
     geo = Geometry.simple(40, 8, 128, weights_bytes=20 * cache_types.GIB, n_ctx_train=262144)
     budget = plan.Budget("macbook", 36, geo.weights_bytes, 4)
-    p = plan.make_plan(geo, [32768], [("f16", "f16"), ("turbo4", "turbo4")], budget=budget)
+    p = plan.make_plan(geo, [32768], [KVPair("f16", "f16"), KVPair("turbo4", "turbo4")], budget=budget)
     text = p.render()
     assert "36 GiB - weights 20.00 GiB - reserve 4 GiB" in text and "= 12.00 GiB" in text
     js = p.to_json()
@@ -206,8 +207,8 @@ def test_plan_table_and_json() -> None:
     assert rows["turbo4"]["max_context"] == 262144 and rows["turbo4"]["capped_by_model"]
     assert not rows["f16"]["capped_by_model"]
     tiny = plan.Budget("pi", 4, geo.weights_bytes, 4)
-    assert plan.make_plan(geo, [1024], [("f16", "f16")], budget=tiny).rows[0].max_context == 0
-    assert "none fits" in plan.make_plan(geo, [1024], [("f16", "f16")], budget=tiny).render()
+    assert plan.make_plan(geo, [1024], [KVPair("f16", "f16")], budget=tiny).rows[0].max_context == 0
+    assert "none fits" in plan.make_plan(geo, [1024], [KVPair("f16", "f16")], budget=tiny).render()
 
 
 def test_effective_says_what_the_fork_changes_and_why() -> None:

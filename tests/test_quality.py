@@ -202,7 +202,7 @@ def test_quality_uses_this_machines_cores_and_records_how_it_ran(measured: dict,
     again = json.loads((out / "quality.json").read_text())["run"]
     assert (again["threads"], again["gpu_layers"], again["baseline_reused"], again["passes"]) == (3, 0, True, 1)
     log = (out / "llama-perplexity.log").read_text()
-    assert " -t 3 -ngl 0" in log
+    assert " -t 3 -lv 4 -ngl 0" in log  # and llama.cpp's own lines printed: the cache it made, its rotation
 
 
 def test_a_baseline_of_another_text_is_refused_before_llama_perplexity_runs(built: tuple, measured: dict,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from ollama_turbo.core import settings as config
-from ollama_turbo.core.kv_types import label
+from ollama_turbo.core.kv_types import KVPair, label
 from ollama_turbo.prove import offload, quality, recommend
 from ollama_turbo.prove.choose import Option, Situation, decide
 from ollama_turbo.sample.model import Geometry, write_model
@@ -351,7 +351,7 @@ def test_the_index_keeps_the_numbers_of_the_context_that_decided_the_verdict(tmp
     path = tmp_path / "quality.json"
     path.write_text(json.dumps(report))
     quality.record(tmp_path / "ws", report, path)
-    found = quality.verdict_for(tmp_path / "ws", "ab", ("turbo4", "turbo4"))
+    found = quality.verdict_for(tmp_path / "ws", "ab", KVPair("turbo4", "turbo4"))
     assert found is not None
     assert (found["verdict"], found["kld"], found["dppl"], found["ctx"]) == ("BORDERLINE", 0.03120, 0.6120, rows[[
         r[0] for r in rows].index("BORDERLINE")][3])

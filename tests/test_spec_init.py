@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.kv import modelfiles as modelfile
 
 from .test_cli_fuzz import isolated, run
@@ -66,7 +67,7 @@ def test_spec_init_writes_a_spec_that_renders_with_auto_context(tmp_path: Path, 
                        "hosts: [box, mac]\n"
                        "next: invoke modelfiles renders it for each host; invoke deploy --host H creates it there\n")
         loaded = modelfile.load_spec(spec)
-        assert (loaded.from_, loaded.num_ctx, loaded.kv, loaded.hosts) == (str(model), "auto", ("q8_0", "turbo4"),
+        assert (loaded.from_, loaded.num_ctx, loaded.kv, loaded.hosts) == (str(model), "auto", KVPair("q8_0", "turbo4"),
                                                                           ["box", "mac"])
         code, out, err = run(["modelfiles", "--out", str(tmp_path / "mf")])
         assert code == 0, err
@@ -74,7 +75,7 @@ def test_spec_init_writes_a_spec_that_renders_with_auto_context(tmp_path: Path, 
 
         code, _, err = run(["spec-init", "--from", str(model)])  # never overwrites
         assert code == 2 and f"error: {spec} exists: spec-init does not overwrite a spec" in err
-        assert modelfile.load_spec(spec).kv == ("q8_0", "turbo4")
+        assert modelfile.load_spec(spec).kv == KVPair("q8_0", "turbo4")
 
 
 def test_spec_init_for_an_ollama_name(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 from ollama_turbo.core import proc, rules, sources
 from ollama_turbo.core import settings as config
 from ollama_turbo.core.errors import ConfigError, SourceError
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.deploy import services
 from ollama_turbo.deploy.managers import manager_for
 from ollama_turbo.sample.gitrepo import Repo
@@ -359,8 +360,8 @@ def test_quality_refuses_a_pass_that_ran_another_cache_than_its_label() -> None:
     out = ("print_info: n_layer          = 4\nprint_info: n_head           = 8\nprint_info: n_head_kv        = 2\n"
            "llama_kv_cache: size =    8.50 MiB (  4096 cells,   4 layers,  1/1 seqs), K (f16):    4.25 MiB, "
            "V (f16):    4.25 MiB\n")
-    assert quality.ran_with(out, ("f16", "f16"), ForkBehaviour()).startswith("llama_kv_cache K (f16) V (f16)")
+    assert quality.ran_with(out, KVPair("f16", "f16"), ForkBehaviour()).startswith("llama_kv_cache K (f16) V (f16)")
     with pytest.raises(quality.QualityError, match=r"was asked for q8_0/turbo4 and its output shows llama_kv_cache "
                                                    r"K \(f16\) V \(f16\), 4096 cells; expected K q8_0 V turbo4"):
-        quality.ran_with(out, ("q8_0", "turbo4"), ForkBehaviour())
-    assert quality.ran_with("no cache lines", ("turbo4", "turbo4"), ForkBehaviour()).startswith("not in")
+        quality.ran_with(out, KVPair("q8_0", "turbo4"), ForkBehaviour())
+    assert quality.ran_with("no cache lines", KVPair("turbo4", "turbo4"), ForkBehaviour()).startswith("not in")

@@ -6,7 +6,7 @@ them is :mod:`ollama_turbo.fork.behaviour`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .errors import ConfigError, TurboError, UsageError
@@ -90,6 +90,10 @@ class KVPair:
 
     def __str__(self) -> str:
         return self.label
+
+    def __iter__(self) -> Iterator[str]:
+        """``k, v = pair``: the two types, K first."""
+        return iter((self.k, self.v))
 
 
 LAYER_ADAPTIVE_MODES = (0, 1, 2, 5, 6, 7)

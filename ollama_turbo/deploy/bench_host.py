@@ -30,7 +30,7 @@ def _logged(t: Transport, path: str) -> int:
         return 0
 
 
-def bench_targets(settings: Settings, host: Host, pairs: list[tuple[str, str]], model: str,
+def bench_targets(settings: Settings, host: Host, pairs: list[KVPair], model: str,
                   say: Callable[[str], None] = print) -> list[Any]:
     """For bench --host: per cache type, rewrite the service's KV setting, restart, and restore it after. The rest
     of the service (flash attention, the fork's knobs, the server's variables) is what the host was deployed with

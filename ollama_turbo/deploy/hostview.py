@@ -115,7 +115,7 @@ def status(settings: Settings, host: Host) -> dict[str, Any]:
             if served:
                 with contextlib.suppress(ApiError, requests.RequestException):
                     models = [x.to_json() for x in loaded.loaded_models(Client(url, timeout=10), log,
-                                                                         (default.k, default.v))]
+                                                                         default)]
         fork = rec.fork if rec else settings.kv.fork
         stock = adopt.read_record(s)
         return {"host": host.name, "service": host.service, "state": mgr.state(), "current": current,

@@ -11,7 +11,7 @@ from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.deploy.errors import DeployError
-from ollama_turbo.fork.cache_types import BUILTIN, BlockTable, label
+from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
 from ollama_turbo.kv import modelfiles as modelfile
 from ollama_turbo.prove import quality
 from ollama_turbo.prove.ollama_api import Client
@@ -48,8 +48,8 @@ def quality_gate(settings: Settings, rendered: list[modelfile.Rendered],
     failed one, or an unmeasured one without ``accept_unmeasured``, stops the deploy before the host is touched."""
     out = []
     for r in rendered:
-        kv = (r.type_k, r.type_v)
-        config = label(*kv)
+        kv = KVPair(r.type_k, r.type_v)
+        config = kv.label
         gguf = r.spec.gguf or (Path(r.spec.from_).expanduser() if r.spec.from_.endswith(".gguf") else None)
         found = (quality.verdict_for(settings.workspace, quality.model_sha256(settings.workspace, gguf), kv)
                  if gguf and gguf.is_file() else None)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..core.errors import UsageError
-from ..core.kv_types import CACHE_TYPES, GIB, MIB, CacheType, KVMemError, cache_type, label
+from ..core.kv_types import CACHE_TYPES, GIB, MIB, CacheType, KVMemError, KVPair, cache_type, label
 from ..core.manifest import Manifest
 
 __all__ = ["BUILTIN", "CACHE_TYPES", "GIB", "MIB", "BlockTable", "CacheType", "KVMemError", "cache_type",
@@ -51,17 +51,11 @@ BUILTIN = BlockTable(CACHE_TYPES, "the built-in table (the fork as of 2026-05-04
                                   "--manifest or --fork reads a build's or a fork's own")
 
 
-def parse_pair(spec: str) -> tuple[str, str]:
-    """``turbo4`` -> (turbo4, turbo4); ``q8_0/turbo4`` -> (q8_0, turbo4)."""
-    k, slash, v = spec.strip().partition("/")
-    if slash and not (k.strip() and v.strip()):
-        raise UsageError(f"{spec.strip()!r}: K and V must both be named", hint="write k/v, e.g. q8_0/turbo4, or "
-                         "one name for both")
-    k, v = k.strip().lower(), (v or k).strip().lower()
-    cache_type(k), cache_type(v)
-    return k, v
+def parse_pair(spec: str) -> KVPair:
+    """``turbo4`` -> turbo4/turbo4; ``q8_0/turbo4`` -> K q8_0, V turbo4 (:meth:`KVPair.parse`)."""
+    return KVPair.parse(spec)
 
 
-def parse_pairs(text: str) -> list[tuple[str, str]]:
-    """``f16,q8_0/turbo4`` -> [(f16, f16), (q8_0, turbo4)]."""
+def parse_pairs(text: str) -> list[KVPair]:
+    """``f16,q8_0/turbo4`` -> [f16/f16, q8_0/turbo4]."""
     return [parse_pair(p) for p in text.split(",") if p.strip()]

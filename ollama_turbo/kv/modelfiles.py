@@ -27,6 +27,7 @@ import yaml
 
 from ollama_turbo.core import templates
 from ollama_turbo.core.errors import ConfigError, TurboError
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.manifest import Manifest
 from ollama_turbo.core.settings import Host, Settings
 from ollama_turbo.core.sizes import MAX_TOKENS
@@ -58,7 +59,7 @@ class Spec:
     path: Path
     from_: str
     num_ctx: int | str | None
-    kv: tuple[str, str] | None
+    kv: KVPair | None
     parameters: dict[str, Any]
     system: str
     template: str
@@ -188,8 +189,8 @@ def load_specs(directory: Path) -> list[Spec]:
     return [load_spec(p) for p in sorted(directory.glob("*.yaml"))]
 
 
-def host_kv(specs: Sequence[Spec], host: str, default: tuple[str, str], *,
-            why_one: str = "Ollama has one KV cache type per server") -> tuple[str, str]:
+def host_kv(specs: Sequence[Spec], host: str, default: KVPair, *,
+            why_one: str = "Ollama has one KV cache type per server") -> KVPair:
     """The one server-wide KV type for ``host`` on a build without per-model cache types: what its specs ask
     for, else the settings."""
     wanted = {s.kv: s for s in specs if host in s.hosts and s.kv}
@@ -336,7 +337,7 @@ def render_all(settings: Settings, specs: Sequence[Spec], out: Path, *, host: st
     hosts = [settings.host(host)] if host else [settings.hosts[h] for h in sorted(settings.hosts)]
     results = []
     for h in hosts:
-        default = (settings.kv.type_k, settings.kv.type_v)
+        default = KVPair(settings.kv.type_k, settings.kv.type_v)
         if not per_model:
             default = host_kv(specs, h.name, default, why_one=why_not or "Ollama has one KV cache type per server")
         for s in specs:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_turbo.core.errors import ConfigError, UsageError
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.settings import Settings
 from ollama_turbo.core.sizes import parse_sizes
 from ollama_turbo.fork.behaviour import ForkBehaviour
@@ -142,7 +143,7 @@ def _arithmetic(geo: Geometry, est: memory.KVEstimate, blocks: BlockTable) -> st
     return f"{' + '.join(parts)} = {per_tok / 1024:,.2f} KiB per token"
 
 
-def make_plan(geo: Geometry, contexts: list[int], pairs: list[tuple[str, str]], *,
+def make_plan(geo: Geometry, contexts: list[int], pairs: list[KVPair], *,
               fb: ForkBehaviour | None = None, budget: Budget | None = None, blocks: BlockTable = BUILTIN) -> Plan:
     if not contexts:
         raise UsageError("give at least one context size (--ctx)")

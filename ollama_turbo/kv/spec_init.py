@@ -78,7 +78,7 @@ def starting_spec(model: str, *, hosts: list[str], name: str = "", gguf: str = "
         if geo else NO_GEOMETRY
     if kv:
         try:
-            lines.append(_line(f"kv: {cache_types.label(*cache_types.parse_pair(kv))}",
+            lines.append(_line(f"kv: {cache_types.parse_pair(kv).label}",
                                "this model's own cache (PARAMETER kv_cache_type)"))
         except UsageError as exc:
             raise UsageError(f"--kv {kv}: {exc.message}", hint="e.g. --kv q8_0/turbo4, or leave it out for the "

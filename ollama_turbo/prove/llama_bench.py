@@ -9,16 +9,16 @@ from typing import Any
 
 from ollama_turbo.core import proc
 from ollama_turbo.core.errors import TurboError
-from ollama_turbo.fork.cache_types import label
+from ollama_turbo.core.kv_types import KVPair
 
 
 class LlamaBenchError(TurboError):
     pass
 
 
-def argv(binary: Path, gguf: Path, pair: tuple[str, str], depths: list[int], *, n_prompt: int, n_gen: int,
+def argv(binary: Path, gguf: Path, pair: KVPair, depths: list[int], *, n_prompt: int, n_gen: int,
          reps: int) -> list[str | Path]:
-    return [binary, "-m", gguf, "-ctk", pair[0], "-ctv", pair[1], "-fa", "1", "-p", str(n_prompt), "-n", str(n_gen),
+    return [binary, "-m", gguf, "-ctk", pair.k, "-ctv", pair.v, "-fa", "1", "-p", str(n_prompt), "-n", str(n_gen),
             "-d", ",".join(map(str, depths)), "-r", str(reps), "-o", "json"]
 
 
@@ -39,7 +39,7 @@ def parse(text: str) -> dict[str, Any]:
     return out
 
 
-def measure(binary: Path, gguf: Path, pairs: list[tuple[str, str]], depths: dict[str, list[int]], *,
+def measure(binary: Path, gguf: Path, pairs: list[KVPair], depths: dict[str, list[int]], *,
             n_prompt: int, n_gen: int, reps: int, env: dict[str, str], log: Path) -> dict[str, Any]:
     """Per K/V label, llama-bench's prefill at depth 0 and decode at each of that label's ``depths`` (a config
     that falls back to the CPU is given its first only); a failing config: its error."""
@@ -50,17 +50,17 @@ def measure(binary: Path, gguf: Path, pairs: list[tuple[str, str]], depths: dict
     out: dict[str, Any] = {}
     log.parent.mkdir(parents=True, exist_ok=True)
     for pair in pairs:
-        args = argv(binary, gguf, pair, depths.get(label(*pair)) or [0], n_prompt=n_prompt, n_gen=n_gen, reps=reps)
+        args = argv(binary, gguf, pair, depths.get(pair.label) or [0], n_prompt=n_prompt, n_gen=n_gen, reps=reps)
         r = proc.run(args, check=False, timeout=3600, extra_env=env or None)
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"+ {' '.join(map(str, args))}\n{r.stdout}{r.stderr}\n")
         if r.returncode != 0:
-            out[label(*pair)] = {"error": f"llama-bench exit {r.returncode}: {proc.tail(r.stderr, 2).strip()}"}
+            out[pair.label] = {"error": f"llama-bench exit {r.returncode}: {proc.tail(r.stderr, 2).strip()}"}
             continue
         try:
-            out[label(*pair)] = parse(r.stdout)
+            out[pair.label] = parse(r.stdout)
         except LlamaBenchError as exc:
-            out[label(*pair)] = {"error": str(exc)}
+            out[pair.label] = {"error": str(exc)}
     return out
 
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ollama_turbo.fork.cache_types import label
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.prove.ollama_api import ApiError, Client
 from ollama_turbo.prove.server_log import kv_lines
 from ollama_turbo.prove.smoke import model_file, model_section
@@ -35,7 +35,7 @@ def own_kv(shown: dict[str, Any]) -> str | None:
     return m.group(1) if m else None
 
 
-def loaded_models(client: Client, log: str, host_default: tuple[str, str]) -> list[Loaded]:
+def loaded_models(client: Client, log: str, host_default: KVPair) -> list[Loaded]:
     out = []
     for ps in client.get("/api/ps").get("models", []):
         name = str(ps.get("name", ""))
@@ -45,12 +45,12 @@ def loaded_models(client: Client, log: str, host_default: tuple[str, str]) -> li
             shown = {}
         own = own_kv(shown)
         k, _, v = (own or "").partition("/")
-        want = (k, v or k) if own else host_default
+        want = KVPair(k, v or k) if own else host_default
         path = model_file(shown)
         section = model_section(log, path, want) if path else None
         kv = kv_lines(section or "")
         running = (f"K {kv[-1].type_k} V {kv[-1].type_v}, {kv[-1].cells} cells" if kv else
                    "unknown (no llama-server lines for its file in the log)")
-        out.append(Loaded(name, int(ps.get("context_length") or 0), label(*want), "model" if own else "host",
+        out.append(Loaded(name, int(ps.get("context_length") or 0), want.label, "model" if own else "host",
                           running))
     return out

@@ -22,9 +22,10 @@ from typing import Any
 
 from ollama_turbo.core import proc
 from ollama_turbo.core.errors import TurboError, UsageError
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.manifest import sha256
 from ollama_turbo.fork.behaviour import ForkBehaviour
-from ollama_turbo.fork.cache_types import BUILTIN, BlockTable, label
+from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
 from ollama_turbo.prove import offload, quality_report, server_log
 from ollama_turbo.prove.server_log import kv_lines
 from ollama_turbo.prove.smoke import cache_type_from_log
@@ -75,8 +76,8 @@ class Stock:
     backend: str = ""
     version: str = ""
 
-    def takes(self, pair: tuple[str, str]) -> bool:
-        return pair[0] in self.types and pair[1] in self.types
+    def takes(self, pair: KVPair) -> bool:
+        return pair.k in self.types and pair.v in self.types
 
 
 STOCK = "stock "  # the label of a config measured on stock Ollama's build
@@ -84,7 +85,7 @@ STOCK = "stock "  # the label of a config measured on stock Ollama's build
 
 @dataclass
 class Options:
-    pairs: list[tuple[str, str]]
+    pairs: list[KVPair]
     contexts: list[int] = field(default_factory=lambda: [512, 4096])
     chunks: int = 0  # 0: every chunk the corpus has
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -164,17 +165,20 @@ def default_corpus() -> tuple[str, str]:
     return text, "ollama-turbo's README (its documentation)"
 
 
-def _run(binary: Path, model: Path, corpus: Path, ctx: int, base: Path, pair: tuple[str, str] | None,
+def _run(binary: Path, model: Path, corpus: Path, ctx: int, base: Path, pair: KVPair | None,
          opts: Options, log: Path) -> str:
     argv: list[str | Path] = [binary, "-m", model, "-f", corpus, "-c", str(ctx), "--kl-divergence-base", base,
-                              "-fa", "on", "-t", str(opts.resolved_threads())]
+                              "-fa", "on", "-t", str(opts.resolved_threads()),
+                              # llama.cpp's own lines (the KV cache it made, its rotation) are info messages, which
+                              # newer llama-perplexity builds print only from this verbosity on
+                              "-lv", "4"]
     ngl = opts.resolved_gpu_layers()
     if ngl is not None:
         argv += ["-ngl", str(ngl)]
     if pair is None:
         argv += ["-ctk", "f16", "-ctv", "f16"]
     else:
-        argv += ["--kl-divergence", "-ctk", pair[0], "-ctv", pair[1]]
+        argv += ["--kl-divergence", "-ctk", pair.k, "-ctv", pair.v]
     if opts.chunks:
         argv += ["--chunks", str(opts.chunks)]
     r = proc.run([*argv, *opts.extra_args], check=False, timeout=7200, extra_env=opts.env or None)
@@ -189,7 +193,7 @@ def _run(binary: Path, model: Path, corpus: Path, ctx: int, base: Path, pair: tu
                                f"{need.group(1)} tokens (two contexts)"
                                + (f", it has {have.group(1) or have.group(2)}" if have else ""),
                                hint="give a longer --corpus, or smaller --ctx")
-        what = f"{label(*pair)}" if pair else "the f16 baseline"
+        what = pair.label if pair else "the f16 baseline"
         raise QualityError(f"llama-perplexity failed for {what} at -c {ctx} (exit {r.returncode}): "
                            f"{proc.tail(text, 4).strip()}", hint=f"full output: {log}")
     return text
@@ -213,14 +217,14 @@ def _kv_at_context(model: Path, rows: list[dict[str, Any]], opts: Options) -> in
     return ctx
 
 
-def ran_with(text: str, pair: tuple[str, str], fork: ForkBehaviour) -> str:
+def ran_with(text: str, pair: KVPair, fork: ForkBehaviour) -> str:
     """What cache llama-perplexity really ran for ``pair``, from its own output; a pass that ran another K/V than
     its label is a :class:`QualityError` naming both (its numbers would be filed under the wrong config)."""
     if not kv_lines(text):
         return "not in llama-perplexity's output (no llama_kv_cache line)"
-    ok, evidence = cache_type_from_log(text, pair[0], pair[1], "B", fork)
+    ok, evidence = cache_type_from_log(text, pair.k, pair.v, "B", fork)
     if not ok:
-        raise QualityError(f"llama-perplexity was asked for {label(*pair)} and its output shows {evidence}: the "
+        raise QualityError(f"llama-perplexity was asked for {pair.label} and its output shows {evidence}: the "
                            "build did not run that cache; nothing was recorded for it",
                            hint="is this build's llama-perplexity built from the fork (invoke build-ollama)?")
     return evidence
@@ -280,14 +284,14 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
     passes = len(opts.contexts) * (len(opts.pairs) + (baseline is None))
     done = 0
 
-    def timed(ctx: int, base: Path, pair: tuple[str, str] | None) -> str:
+    def timed(ctx: int, base: Path, pair: KVPair | None) -> str:
         nonlocal done
         t0 = time.perf_counter()
         on_stock = stock is not None and (pair is None or stock.takes(pair))
         text = _run(stock.binary if stock and on_stock else binary, model, corpus_path, ctx, base, pair,
                     stock_opts if on_stock else opts, log)
         done += 1
-        what = (STOCK if on_stock else "") + (label(*pair) if pair else "f16 baseline")
+        what = (STOCK if on_stock else "") + (pair.label if pair else "f16 baseline")
         say(f"  [{done}/{passes}] {what} at ctx {ctx}: {time.perf_counter() - t0:.1f} s")
         return text
 
@@ -306,11 +310,11 @@ def run(binary: Path, model: Path, opts: Options, out: Path, *, corpus: Path | N
             cache = ran_with(text, pair, opts.fork)
             where = offload.placement(text)
             stats = parse_stats(text)
-            bits = (opts.blocks.get(pair[0]).bits_per_value + opts.blocks.get(pair[1]).bits_per_value) / 2
+            bits = (opts.blocks.get(pair.k).bits_per_value + opts.blocks.get(pair.v).bits_per_value) / 2
             v_kld = grade(stats["kld"], opts.thresholds.max_kld)
             v_dppl = grade(max(stats["dppl"], 0.0), opts.thresholds.max_dppl)
             on_stock = stock is not None and stock.takes(pair)
-            rows.append({"label": (STOCK if on_stock else "") + label(*pair), "type_k": pair[0], "type_v": pair[1],
+            rows.append({"label": (STOCK if on_stock else "") + pair.label, "type_k": pair.k, "type_v": pair.v,
                          "build": "stock" if on_stock else "custom", "ctx": ctx,
                          "bits_per_value": bits, **stats, "verdict_kld": v_kld, "verdict_dppl": v_dppl,
                          "verdict": worst(v_kld, v_dppl), **where.to_json(), "cache": cache,
@@ -386,7 +390,7 @@ def model_sha256(workspace: Path, model: Path) -> str:
     return str(cache[key])
 
 
-def verdict_for(workspace: Path, model_sha: str, pair: tuple[str, str], *, stock: bool = False
+def verdict_for(workspace: Path, model_sha: str, pair: KVPair, *, stock: bool = False
                 ) -> dict[str, Any] | None:
     """The recorded quality verdict of this model with this K/V config (on stock Ollama's build, ``stock``), or
     None when unmeasured."""
@@ -397,5 +401,5 @@ def verdict_for(workspace: Path, model_sha: str, pair: tuple[str, str], *, stock
         index = json.loads(index_path.read_text())
     except ValueError:
         return None
-    entry = index.get(model_sha, {}).get("configs", {}).get((STOCK if stock else "") + label(*pair))
+    entry = index.get(model_sha, {}).get("configs", {}).get((STOCK if stock else "") + pair.label)
     return dict(entry) if entry else None

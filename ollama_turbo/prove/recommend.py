@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_turbo.core.errors import ConfigError, UsageError
-from ollama_turbo.core.kv_types import MIB, label
+from ollama_turbo.core.kv_types import MIB, KVPair, label
 from ollama_turbo.core.settings import Settings
 from ollama_turbo.fork.behaviour import effective
 from ollama_turbo.fork.cache_types import BUILTIN, BlockTable
@@ -23,13 +23,13 @@ from ollama_turbo.kv.plan import DEFAULT_RESERVE_GIB, Budget
 from ollama_turbo.prove import offload, quality
 from ollama_turbo.prove.choose import STOCK, UNMEASURED, Option, Situation, decide
 
-CANDIDATES = [("q8_0", "q8_0"), ("q8_0", "turbo4"), ("q8_0", "turbo3"), ("turbo4", "turbo4"), ("turbo3", "turbo3"),
-              ("q4_0", "q4_0"), ("q8_0", "turbo2"), ("turbo2", "turbo2")]
+CANDIDATES = [KVPair.parse(p) for p in ("q8_0", "q8_0/turbo4", "q8_0/turbo3", "turbo4", "turbo3", "q4_0",
+                                         "q8_0/turbo2", "turbo2")]
 # stock Ollama's own configs (its build, llama.cpp as Ollama pins it, which rotates quantized caches)
-STOCK_CANDIDATES = [("q8_0", "q8_0"), ("q4_0", "q4_0")]
+STOCK_CANDIDATES = [KVPair("q8_0", "q8_0"), KVPair("q4_0", "q4_0")]
 # the field's order for a model nothing has been measured on: K protected with q8_0, or not
-GUIDANCE_PROTECT_K = [("q8_0", "turbo4"), ("q8_0", "turbo3"), ("q8_0", "q8_0")]
-GUIDANCE = [("turbo4", "turbo4"), ("q8_0", "turbo4"), ("q8_0", "q8_0")]
+GUIDANCE_PROTECT_K = [KVPair("q8_0", "turbo4"), KVPair("q8_0", "turbo3"), KVPair("q8_0", "q8_0")]
+GUIDANCE = [KVPair("turbo4", "turbo4"), KVPair("q8_0", "turbo4"), KVPair("q8_0", "q8_0")]
 LOW_BIT_WEIGHTS = ("Q2", "Q3", "Q4", "IQ1", "IQ2", "IQ3", "IQ4")
 # GGUF general.file_type values of 4 bits or fewer per weight (Q4_0, Q4_1, Q2_K, Q3_K_*, Q4_K_*, IQ*)
 LOW_BIT_FILE_TYPES = {"2", "3", "10", "11", "12", "13", "14", "15", *map(str, range(16, 32))}
@@ -144,8 +144,8 @@ def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: di
     measured_stock = any(quality.verdict_for(settings.workspace, model_sha, p, stock=True) for p in STOCK_CANDIDATES)
     stock_pairs = STOCK_CANDIDATES if measured_stock else []
     for pair, stock in [*((p, True) for p in stock_pairs), *((p, False) for p in CANDIDATES)]:
-        config = (STOCK if stock else "") + label(*pair)
-        est = memory.estimate(geo, ctx, pair[0], pair[1], fb, blocks=blocks)
+        config = (STOCK if stock else "") + pair.label
+        est = memory.estimate(geo, ctx, pair.k, pair.v, fb, blocks=blocks)
         v = quality.verdict_for(settings.workspace, model_sha, pair, stock=stock)
         result = _bench_result(bench, config)
         fell, source, on_gpu = _gpu_evidence(result, v, v is not None and v.get("backend") == "cuda"
@@ -155,8 +155,8 @@ def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: di
             config, est.mib, est.memory_bytes <= budget.kv_bytes, v["verdict"] if v else UNMEASURED,
             v.get("kld") if v else None, v.get("dppl") if v else None, v.get("ctx") if v else None,
             decode[0] if decode else None, decode[1] if decode else None, fell, source, on_gpu,
-            effective(pair[0], pair[1], n_layer=geo.n_layer, gqa_ratio=geo.gqa_ratio, fb=fb).explain(),
-            max_ctx=memory.max_context(geo, budget.kv_bytes, pair[0], pair[1], fb, blocks=blocks, limit=1 << 24)))
+            effective(pair.k, pair.v, n_layer=geo.n_layer, gqa_ratio=geo.gqa_ratio, fb=fb).explain(),
+            max_ctx=memory.max_context(geo, budget.kv_bytes, pair.k, pair.v, fb, blocks=blocks, limit=1 << 24)))
     meta = read_gguf_metadata(model)
     ftype = str(meta.get("general.file_type", ""))
     low_bit = any(x in model.name.upper() for x in LOW_BIT_WEIGHTS) or ftype in LOW_BIT_FILE_TYPES
@@ -164,6 +164,6 @@ def recommend(settings: Settings, model: Path, host: str, ctx: int, *, bench: di
                                                          if geo.gqa_ratio >= 6 else [])
     guidance = GUIDANCE_PROTECT_K if traits else GUIDANCE
     d = decide(options, Situation(str(model), host, ctx, budget.kv_bytes / MIB,
-                                  tuple(label(*p) for p in guidance), ", ".join(traits)))
+                                  tuple(p.label for p in guidance), ", ".join(traits)))
     return Recommendation(model.name, host, ctx, d.choice.config if d.choice else None, d.why, d.measured, options,
                           d.next_step, stock_measured=measured_stock)

@@ -12,8 +12,8 @@ from typing import Any
 
 from ollama_turbo.core import manifest as manifest_mod
 from ollama_turbo.core.errors import ToolMissing, UsageError
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.manifest import Manifest
-from ollama_turbo.fork.cache_types import label
 from ollama_turbo.prove import bench, bench_report, criteria, depth, llama_bench, quality, smoke
 from ollama_turbo.prove.client import Endpoint
 from ollama_turbo.prove.server_log import LogReader
@@ -87,7 +87,7 @@ def run_quality(workspace: Path, model: Path, binary: Path, tools: Tools, opts: 
     return report, rows
 
 
-def stock_side(dist: str, custom: Manifest | None, pairs: list[tuple[str, str]]) -> quality.Stock:
+def stock_side(dist: str, custom: Manifest | None, pairs: list[KVPair]) -> quality.Stock:
     """Stock Ollama's build for a side-by-side quality run: a build of ``build-ollama --stock`` whose llama.cpp is the
     pin of the custom build's Ollama (another pin is said, not refused: stock moves with Ollama)."""
     tools = Tools.of(dist)
@@ -106,7 +106,7 @@ def stock_side(dist: str, custom: Manifest | None, pairs: list[tuple[str, str]])
                          m.version)
 
 
-def check_types(pairs: list[tuple[str, str]], build: Manifest | None, stock: quality.Stock | None) -> None:
+def check_types(pairs: list[KVPair], build: Manifest | None, stock: quality.Stock | None) -> None:
     """Every config is one the build that measures it has (stock's types on stock, the rest on the custom build):
     refused before llama-perplexity runs, naming the types each build has."""
     for p in pairs:
@@ -114,7 +114,7 @@ def check_types(pairs: list[tuple[str, str]], build: Manifest | None, stock: qua
             continue
         if build is not None and build.cache_types and not all(t in build.cache_types for t in p):
             missing = next(t for t in p if t not in build.cache_types)
-            raise UsageError(f"{label(*p)}: {build.version} has no {missing} cache type "
+            raise UsageError(f"{p.label}: {build.version} has no {missing} cache type "
                              f"({'a stock build: ' if build.stock else ''}it has {', '.join(build.cache_types)})"
                              + (f"; stock {stock.version} has {', '.join(sorted(stock.types))}" if stock else ""),
                              hint="measure the fork's types with the custom build (--manifest) and stock's with "
@@ -132,7 +132,7 @@ Starter = Callable[[], AbstractContextManager[Endpoint]]
 
 
 def run_bench(targets: list[tuple[Endpoint, Starter]], opts: bench.Options, out: Path,
-              provenance: dict[str, Any], *, side_by_side: tuple[Path, Path, Iterable[tuple[str, str]]] | None = None,
+              provenance: dict[str, Any], *, side_by_side: tuple[Path, Path, Iterable[KVPair]] | None = None,
               tools: Tools | None = None) -> dict[str, Any]:
     """Bench every target; with ``side_by_side`` (llama-bench, the model file, the K/V pairs) the same build's
     llama-bench at the same depths, beside it in the report. Writes bench.json, report.md and the plots."""
@@ -140,7 +140,7 @@ def run_bench(targets: list[tuple[Endpoint, Starter]], opts: bench.Options, out:
     if side_by_side:
         binary, gguf, pairs = side_by_side
         fell = {r["label"] for r in report["results"] if r.get("cpu_fallback")} if not opts.measure_fallback else set()
-        depths = {label(*p): opts.depths[:1] if label(*p) in fell else opts.depths for p in pairs}
+        depths = {p.label: opts.depths[:1] if p.label in fell else opts.depths for p in pairs}
         report["llama_bench"] = llama_bench.measure(
             binary, gguf, list(pairs), depths, n_prompt=depth.PREFILL_TOKENS, n_gen=opts.n_predict,
             reps=opts.reps, env=tools.env if tools else {}, log=out / "llama-bench.log")

@@ -22,6 +22,7 @@ import requests
 from ollama_turbo.core import cpu_variants
 from ollama_turbo.core.era import Era
 from ollama_turbo.core.errors import TurboError, UsageError
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.fork.behaviour import ForkBehaviour, effective
 from ollama_turbo.kv.geometry import geometry_from_metadata
 from ollama_turbo.prove import offload
@@ -118,7 +119,7 @@ def model_file(shown: dict[str, Any]) -> str | None:
     return found.group(1) if found else None
 
 
-def model_section(log: str, model_path: str, argv_types: tuple[str, str] | None = None) -> str | None:
+def model_section(log: str, model_path: str, argv_types: KVPair | None = None) -> str | None:
     """The part of ``log`` that a llama-server started for ``model_path`` wrote (from its command line to the next
     llama-server's), so one model's cache is read when several share a host; None if it never started.
 
@@ -147,7 +148,7 @@ def cache_type_from_log(log: str, type_k: str, type_v: str, era: str | None,
     symmetric turbo on a model with >= 6 query heads per KV head.
     """
     if model_path:
-        section = model_section(log, model_path, (type_k, type_v))
+        section = model_section(log, model_path, KVPair(type_k, type_v))
         if section is None:
             return False, f"no llama-server command line for {model_path} in the log"
         log = section
@@ -317,7 +318,7 @@ def _cache_check(check: _Run, expect: Expect, log: LogReader | None) -> None:
         if log is None:
             return None, "no service log to read"
         text = log()
-        section = (model_section(text, expect.model_path, (expect.type_k, expect.type_v))
+        section = (model_section(text, expect.model_path, KVPair(expect.type_k, expect.type_v))
                    if expect.model_path and expect.type_k and expect.type_v else None) or text
         where = offload.placement(section)
         if not where.on_gpu:

@@ -14,6 +14,7 @@ import requests
 
 from ollama_turbo.core import poll, proc
 from ollama_turbo.core.errors import TurboError, UsageError
+from ollama_turbo.core.kv_types import KVPair
 from ollama_turbo.core.ports import free_port
 from ollama_turbo.fork import cache_types
 from ollama_turbo.fork.cache_types import label
@@ -27,7 +28,7 @@ Starter = Callable[[], AbstractContextManager[Endpoint]]
 DEFAULT_TYPES = "f16,q8_0,turbo4,q8_0/turbo4"
 
 
-def pairs_for(types: str) -> list[tuple[str, str]]:
+def pairs_for(types: str) -> list[KVPair]:
     """The K/V pairs to bench: ``--types``, or the default set."""
     return cache_types.parse_pairs(types or DEFAULT_TYPES)
 
@@ -93,7 +94,7 @@ class StockServer:
     env: dict[str, str]
 
 
-def local_llama_server(binary: Path, gguf: Path, pairs: list[tuple[str, str]], *, ctx: int, logs: Path,
+def local_llama_server(binary: Path, gguf: Path, pairs: list[KVPair], *, ctx: int, logs: Path,
                        extra_env: dict[str, str] | None = None, parallel: int = 1,
                        stock: StockServer | None = None) -> list[tuple[Endpoint, Starter]]:
     """Start ``binary`` once per cache type, on 127.0.0.1, and stop it after that type's bench; with ``stock``,
