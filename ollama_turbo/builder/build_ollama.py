@@ -208,7 +208,7 @@ def _build_gpu(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, sta
     """The CUDA backend (Ollama's CUDA preset, one architecture) into the stage's lib/ollama/cuda_vNN/."""
     fork_dir = work / "fork"
     if not fork_dir.is_dir():
-        step("copy the fork to a scratch source tree", lambda: _clone_fork(plan, fork_dir, log))
+        step(f"copy {_llama_source(plan)} to a scratch source tree", lambda: _clone_fork(plan, fork_dir, log))
     cache = settings.workspace / "cache" / "ggml-cuda"
     out, key = step(f"build the CUDA backend (cmake preset {plan.preset}, sm_{plan.cuda_arch}; cached by source "
                     "hash)",
@@ -218,6 +218,11 @@ def _build_gpu(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, sta
                                                    defines=tuple(a["define"] for a in plan.adaptations), log=log))
     shutil.copytree(out / "lib", stage / "lib", dirs_exist_ok=True)
     return gpu_part.record(plan.preset, plan.cuda_arch, plan.cuda_toolkit, key)
+
+
+def _llama_source(plan: Plan) -> str:
+    """What a build compiles as llama.cpp, in its step lines: the fork, or for a stock build upstream at the pin."""
+    return f"upstream llama.cpp {plan.info.pin}" if plan.stock else "the fork"
 
 
 def _clone_fork(plan: Plan, fork_dir: Path, log: Path) -> None:
@@ -261,7 +266,7 @@ def _toolchain(plan: Plan, *, go: bool = True, cuda: bool = False) -> dict[str, 
 def _build_c(plan: Plan, settings: Settings, work: Path, ollama_dir: Path, stage: Path, log: Path,
              step: _Steps, patch_results: list[dict[str, str]], go_env: dict[str, str]) -> dict[str, Any]:
     fork_dir = work / "fork"
-    step("copy the fork to a scratch source tree", lambda: _clone_fork(plan, fork_dir, log))
+    step(f"copy {_llama_source(plan)} to a scratch source tree", lambda: _clone_fork(plan, fork_dir, log))
     preset = gpu_part.BASE_PRESET if plan.backend == "cuda" else plan.preset  # a GPU build's base: Ollama's CPU
     step(f"apply {len(plan.rules)} Go rules", lambda: rules.apply_rules(ollama_dir, plan.rules))
 

@@ -373,7 +373,7 @@ class Carrier:
         raise CarryError(
             f"{patch.name}: {hunk.describe()} {what} in the fork: " + "; ".join(reasons),
             hint=("add a placement rule naming the hunk, the patch's sha256 and an anchor in the fork (turbo.build."
-                  "placements, see the README), " if hunk.insertion_only else "")
+                  "placements, see docs/build.md), " if hunk.insertion_only else "")
             + "or use an Ollama release whose patches the fork can take (invoke api-check --scan-ollama); "
               "nothing was built")
 

@@ -195,7 +195,7 @@ def bench(c, url="", host="", api="ollama", model="", types="", depths="0,2048,8
     llama_perplexity="the llama-perplexity binary (instead of --manifest)",
     types="K/V configs to measure against the f16 cache (default q8_0,turbo4,turbo3,q8_0/turbo4)",
     ctx="contexts, comma-separated (default 512,4096)",
-    corpus="text file to evaluate (default: ollama-turbo's own README)",
+    corpus="text file to evaluate (default: ollama-turbo's own documentation, README and docs/)",
     chunks="at most this many chunks per context (default: all)",
     max_kld="quality gate: mean KL divergence at most (default 0.02; up to twice is BORDERLINE)",
     max_dppl="quality gate: perplexity increase at most (default 0.5)",

@@ -13,7 +13,8 @@ from ollama_turbo.core.errors import ConfigError, UsageError
 
 
 @turbo_task(dest="empty directory to write the four repositories into",
-            scenario="clean (default), fork-behind, collision, removed-function, patch-conflict",
+            scenario="clean (default), fork-behind, collision, ollama-ahead, removed-function, patch-conflict, "
+                     "fork-2026-06, quant-suboptimal, quant-backends-disagree, quant-inverse-signs",
             verbose="echo every command")
 def sample(c, dest, scenario="clean", verbose=False):
     """Write the sample world (upstream, fork, Ollama era B and C) as real git repos."""

@@ -281,7 +281,7 @@ class _Validator:
                 k = f"{key}.{unknown[0]}" if key else str(unknown[0])
                 raise self.fail(k, f"unknown key {unknown[0]!r}; expected one of: "
                                    + ", ".join(sorted(allowed)),
-                                hint="fix its spelling or remove it (README, Settings)")
+                                hint="fix its spelling or remove it (docs/settings.md)")
         return dict(value)
 
     def string(self, value: Any, key: str, pattern: str | None = None) -> str:

@@ -65,7 +65,7 @@ def check_file(path: Path) -> Any:
                           hint=f"make {path} a readable file") from None
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}",
-                          hint=f"put the settings under 'turbo:' in {path} (README, Settings)")
+                          hint=f"put the settings under 'turbo:' in {path} (docs/settings.md)")
     return data
 
 

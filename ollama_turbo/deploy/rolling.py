@@ -76,7 +76,10 @@ class Rollout:
         refused = any(o.result == "refused" for o in self.outcomes)
         lines.append(f"stopped at {self.stopped_at} before any host was touched: its deploy could not be decided"
                      if refused else f"stopped at {self.stopped_at}: the hosts not reached keep their release"
-                     if self.stopped_at else f"all {len(self.outcomes)} hosts deployed in {self.seconds:.1f} s")
+                     if self.stopped_at else
+                     f"all {len(self.outcomes)} hosts planned (dry run): nothing was changed"
+                     if self.outcomes and all(o.result == "planned" for o in self.outcomes) else
+                     f"all {len(self.outcomes)} hosts deployed in {self.seconds:.1f} s")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def starting_spec(model: str, *, hosts: list[str], name: str = "", gguf: str = "
     if model.endswith(".gguf"):
         model = _absolute(model)
     lines = [f"# {name}, written by ollama-turbo spec-init: invoke modelfiles renders it for each host below,",
-             "# invoke deploy creates it there. Other keys (parameters, system, template): README, invoke modelfiles.",
+             "# invoke deploy creates it there. Other keys (parameters, system, template): docs/kv-planning.md.",
              f"from: {_scalar(model)}"]
     flag, given = ("--gguf", _absolute(gguf)) if gguf else ("--from", model if model.endswith(".gguf") else "")
     path = Path(given).expanduser()

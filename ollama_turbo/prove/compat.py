@@ -107,7 +107,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         "",
         "Field runs of ollama-turbo on the real projects: which Ollama release builds with which commit of the "
         "TurboQuant fork, on which backend, and what that build then proved. Written by the field tier "
-        "(`tests/field/`, see the README's *Field tier*) from what it measured; regenerate with "
+        "(`tests/field/`, see docs/testing.md) from what it measured; regenerate with "
         "`invoke compat-record`. A dash is a fact not measured for that row.",
         "",
         "| Ollama | fork | backend | build | compat patches | Go rules | smoke | KV MiB planner / log | "
