@@ -5,24 +5,24 @@ Thin by rule: a task parses its flags, calls one function of the package, prints
 and maps :class:`TurboError` to its exit code. Settings (``invoke.yaml`` in the project directory,
 ``INVOKE_TURBO_*``, ``-f FILE``) are read by the toolkit itself (:mod:`ollama_turbo.core.settings_layers`);
 the files are checked before invoke reads them too, so a malformed one is a one-line error, not a traceback.
+The command line is checked before invoke parses it (:mod:`ollama_turbo.commands.argv_check`), so a mistyped flag or
+task is a usage error of ours with its next step, under either program.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Callable, Sequence
-from functools import wraps
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from invoke.collection import Collection
 from invoke.completion.complete import complete, print_completion_script
-from invoke.exceptions import Exit, ParseError
+from invoke.exceptions import Exit
 from invoke.parser.argument import Argument
 from invoke.program import Program
 
 from ollama_turbo import __version__
+from ollama_turbo.commands import argv_check
 from ollama_turbo.commands.hosts import deploy, rollback, status, uninstall
 from ollama_turbo.commands.proofs import bench, quality, recommend, smoke
 from ollama_turbo.commands.sources import (
@@ -41,52 +41,19 @@ from ollama_turbo.core.errors import TurboError
 
 
 def preflight(project_dir: Path, argv: Sequence[str]) -> None:
-    """Check the settings files invoke is about to read; a problem ends the run with its exit code.
-    Also makes invoke's own parse errors (unknown flag or task, a missing value) usage errors of ours."""
-    adopt_parse_errors(Program)
+    """``invoke`` in a checkout (tasks.py): the command line, checked against invoke's own core flags and these
+    tasks before invoke parses it, then the settings files invoke is about to read. A problem ends the run with
+    one error line and its exit code."""
+    invoke_itself = Program()
+    argv_check.check(argv, namespace(project_dir), [*invoke_itself.core_args(), *invoke_itself.task_args()])
+    check_settings_files(project_dir, argv)
+
+
+def check_settings_files(project_dir: Path, argv: Sequence[str]) -> None:
     try:
         settings_files.preflight(project_dir, argv)
     except TurboError as err:
         raise Exit(f"error: {err}", code=err.exit_code) from None
-
-
-def parse_error_message(text: str) -> str:
-    """invoke's parse error as ours: what was wrong, and the next step (exit 2, like every usage error)."""
-    m = re.match(r"No idea what '([^']*)' is!", text)
-    if m and m.group(1).startswith("-"):
-        what, step = f"unknown flag {m.group(1)}", "run with --help TASK for the task's flags"
-    elif m:
-        what, step = f"no task or flag named {m.group(1)!r}", "run with --list for the tasks"
-    elif m := re.match(r"Flag <Argument: ([\w-]+)[^>]*> needed value", text):
-        flag = "--" + m.group(1).replace("_", "-")
-        what, step = f"{flag} needs a value", f"give it one: {flag} VALUE (see --help TASK)"
-    elif m := re.match(r"(?:invalid literal for (int)\(\)[^:]*|could not convert string to (float)): '(.*)'", text):
-        kind = "a whole number" if m.group(1) else "a number"
-        what, step = f"{m.group(3)!r} is not {kind}", "give the flag a number (see --help TASK for each flag)"
-    elif m := re.match(r"'([^']+)' did not receive required positional arguments: (.*)", text):
-        flags = ", ".join("--" + a.strip(" '").replace("_", "-") for a in m.group(2).split(","))
-        what, step = f"{m.group(1)} needs {flags}", f"run with --help {m.group(1)} for what each flag takes"
-    else:
-        what, step = text.rstrip(".!"), "run with --help TASK for the task's flags, or --list for the tasks"
-    return f"error: {what}\n  next step: {step}"
-
-
-def adopt_parse_errors(cls: type[Program]) -> None:
-    """Route ``cls``'s parse errors through :func:`parse_error_message`, once (a subclass's own parse methods
-    need their own call)."""
-    if cls.__dict__.get("_turbo_parse_errors", False):
-        return
-    for name in ("parse_core", "parse_tasks", "parse_cleanup"):
-        original = getattr(cls, name)
-
-        def wrapped(self: Program, *args: Any, _original: Callable[..., Any] = original, **kwargs: Any) -> Any:
-            try:
-                return _original(self, *args, **kwargs)
-            except (ParseError, ValueError) as exc:  # ValueError: a flag's int() of a word
-                raise Exit(parse_error_message(str(exc)), code=2) from None
-
-        setattr(cls, name, wraps(original)(wrapped))
-    cls._turbo_parse_errors = True  # type: ignore[attr-defined]
 
 
 class TurboProgram(Program):
@@ -111,6 +78,7 @@ class TurboProgram(Program):
 
     def parse_core(self, argv: list[str] | None) -> None:
         self.normalize_argv(argv)
+        self.check_command_line()
         self.parse_core_args()
         if self.args.version.value:
             self.print_version()
@@ -119,9 +87,13 @@ class TurboProgram(Program):
             print_completion_script(shell=self.args["print-completion-script"].value, names=self.binary_names)
             raise Exit
 
+    def check_command_line(self) -> None:
+        """The first word invoke would refuse, as a usage error of ours (see :mod:`argv_check`)."""
+        argv_check.check(self.argv, self.namespace or namespace(), [*self.core_args(), *self.task_args()])
+
     def parse_collection(self) -> None:
         super().parse_collection()
-        preflight(Path.cwd(), self.argv)
+        check_settings_files(Path.cwd(), self.argv)
         self.config.set_project_location(os.getcwd())
         self.config.load_project()
 
@@ -132,7 +104,7 @@ class TurboProgram(Program):
             raise Exit
         if wanted:
             if wanted not in self.parser.contexts:
-                raise ParseError(f"No idea what '{wanted}' is!")
+                raise argv_check.unknown(wanted)
             self.print_task_help(wanted)
             raise Exit
         if self.args.list.value:
@@ -159,9 +131,6 @@ class TurboProgram(Program):
         print("")
         self.print_columns(self.initial_context.help_tuples())
         self.list_tasks()
-
-
-adopt_parse_errors(TurboProgram)
 
 
 def namespace(project: Path | None = None, settings_file: Path | None = None) -> Collection:

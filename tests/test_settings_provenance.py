@@ -81,7 +81,18 @@ def test_settings_show_says_where_each_value_came_from(tmp_path: Path, program: 
 
 def test_no_private_invoke_configuration_is_read() -> None:
     """The toolkit's settings come from its own reader: nothing reaches into invoke's private config layers."""
-    private = re.compile(r"\._(runtime|env|project|user|system|collection|overrides)(_path|_prefix|_found)?\b")
+    private = re.compile(r"\._(runtime|env|project|user|system|collection|overrides)(_path|_prefix|_found)?\b(?!\()")
     hits = [f"{p.relative_to(ROOT)}:{n}" for p in [*PACKAGE.rglob("*.py"), ROOT / "tasks.py"]
             for n, line in enumerate(p.read_text().splitlines(), 1) if private.search(line)]
+    assert hits == []
+
+
+def test_invokes_parser_is_neither_patched_nor_read_for_its_words() -> None:
+    """The command line is checked by the toolkit before invoke parses it: nothing assigns to invoke's Program or
+    Parser classes, and nothing matches invoke's English error messages."""
+    patching = re.compile(r"setattr\((cls|Program|Parser)\b|\b(Program|Parser|ParseMachine)\.\w+\s*=[^=]"
+                          r"|No idea what|needed value|did not receive required|invalid literal for|"
+                          r"could not convert string")
+    hits = [f"{p.relative_to(ROOT)}:{n}" for p in [*PACKAGE.rglob("*.py"), ROOT / "tasks.py"]
+            for n, line in enumerate(p.read_text().splitlines(), 1) if patching.search(line)]
     assert hits == []
