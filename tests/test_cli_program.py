@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import bench
 from .test_cli_fuzz import isolated, run
 
 INVOKE_ONLY = ("--prompt-for-sudo-password", "--pty", "--write-pyc", "--echo", "--hide", "--warn-only",
@@ -149,3 +150,20 @@ def test_what_an_interrupted_deploy_left_follows_its_steps() -> None:
         "h serves 2, verified; only the pruning of old releases was cut short"
     assert left_after(host, "2", Attempt("me", switched=True, step=STEPS["smoke"], left="h was put back on 1")) == \
         "h was put back on 1"
+
+
+def test_start_up_time_is_printed() -> None:
+    # how long the program takes to answer before any task runs: importing the toolkit and reading the tasks
+    import subprocess
+    import sys
+    import time
+
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", "from ollama_turbo.cli import main; main()", "--list"],
+                           capture_output=True, text=True, timeout=120)
+        times.append(time.perf_counter() - t0)
+        assert r.returncode == 0 and "deploy" in r.stdout, r.stderr
+    bench(f"CLI start-up: ollama-turbo --list in {min(times) * 1000:.0f} ms (best of 3; {max(times) * 1000:.0f} ms "
+          "worst)")
