@@ -142,7 +142,7 @@ def spec_init(c, from_="", name="", gguf="", hosts="", kv="", specs=""):
 def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", leave_out="", placements="",
               target="arm64-apple-macos", json="", markdown="", scan_ollama="", apiignore="", verbose=False):
     """Can this fork replace the llama.cpp that this Ollama pins? Exit 0 ok, 4 review, 8 incompatible."""
-    from ollama_turbo.check import apicheck
+    from ollama_turbo.check import apicheck, apicheck_scan
     from ollama_turbo.core import sources
     from ollama_turbo.core.capi import TARGETS
 
@@ -156,9 +156,9 @@ def api_check(c, ollama="", ollama_ref="", fork="", fork_ref="", upstream="", le
     ollama_url = ollama or s.sources.ollama.url
     fork_co = sources.open_configured(s, "fork", fork, fork_ref)
     if scan_ollama:
-        rows = apicheck.scan(s, ollama_url=ollama_url, refs=scan_ollama, fork=fork_co,
+        rows = apicheck_scan.scan(s, ollama_url=ollama_url, refs=scan_ollama, fork=fork_co,
                              upstream_url=upstream or None, target=target, suppressions=supp, carry=carry_opts)
-        print(apicheck.render_scan(rows))
+        print(apicheck_scan.render_scan(rows))
         write_json(json, [vars(r) for r in rows])
         best = next((r for r in rows if r.verdict != "error"), None)
         if best is None:
