@@ -145,23 +145,21 @@ def parse_stats(text: str) -> dict[str, float]:
 
 
 def default_corpus() -> tuple[str, str]:
-    """This project's own documentation: the README every installation of ollama-turbo carries, and in a
-    checkout the manual beside it (docs/*.md, less the generated compatibility record)."""
+    """This project's own documentation: in a checkout its README and the manual beside it (docs/*.md, less the
+    generated compatibility record); installed, the same text as the package's description carries it."""
     from importlib import metadata
 
     root = Path(__file__).resolve().parents[2]
-    try:
-        text = metadata.metadata("ollama-turbo").get_payload()  # type: ignore[attr-defined]
-    except metadata.PackageNotFoundError:
-        text = ""
-    if not text or len(text) < 1000:
-        readme = root / "README.md"
-        text = readme.read_text() if readme.is_file() else ""
-    if not text:
-        raise UsageError("no default corpus: ollama-turbo's README is not installed", hint="give --corpus FILE")
-    docs = sorted(p for p in (root / "docs").glob("*.md") if not p.name.startswith("compatibility"))
-    for doc in docs if (root / "README.md").is_file() else []:
-        text += "\n\n" + doc.read_text(errors="replace")
+    if (root / "README.md").is_file():
+        docs = sorted(p for p in (root / "docs").glob("*.md") if not p.name.startswith("compatibility"))
+        text = "\n\n".join(p.read_text(errors="replace") for p in [root / "README.md", *docs])
+    else:
+        try:
+            text = metadata.metadata("ollama-turbo").get_payload() or ""  # type: ignore[attr-defined]
+        except metadata.PackageNotFoundError:
+            text = ""
+    if len(text) < 1000:
+        raise UsageError("no default corpus: ollama-turbo's documentation is not installed", hint="give --corpus FILE")
     return text, "ollama-turbo's README (its documentation)"
 
 
