@@ -63,8 +63,11 @@ def test_ctrl_c_ends_a_task_with_130_and_one_line(tmp_path: Path) -> None:
         server.listen(1)
         url = f"http://127.0.0.1:{server.getsockname()[1]}"
         env = {**os.environ, "PYTHONPATH": str(root), "INVOKE_TURBO_WORKSPACE": str(tmp_path / "ws")}
+        # Ctrl-C as a terminal delivers it: a test run started in the background (nohup, &) has SIGINT ignored,
+        # and an ignored signal stays ignored in every child, so the child gets the default back first
         p = subprocess.Popen([sys.executable, "-c", "from ollama_turbo.cli import main; main()", "smoke", "--url", url],
-                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             conn, _ = server.accept()  # the task is waiting for an answer now
             with conn:
